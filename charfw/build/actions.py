@@ -1,0 +1,45 @@
+"""What each doit task does, as plain module-level functions (doit -n pickles them to workers)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from charfw.dataset.images import remove_stale, write_set
+from charfw.dataset.plan import Prepared
+from charfw.errors import CharfwError
+from charfw.fsutil import write_text
+
+
+def reported(func):
+    """Turn CharfwError into doit's TaskFailed: one clear line instead of a traceback."""
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        try:
+            func(*args, **kwargs)
+        except CharfwError as exc:
+            return TaskFailed(str(exc))
+        return None
+    return run
+
+
+@reported
+def images(out_dir: str, items: list[Prepared], background: tuple[int, int, int]) -> None:
+    write_set(Path(out_dir), items, background)
+
+
+@reported
+def captions(out_dir: str, texts: dict[str, str]) -> None:
+    root = Path(out_dir)
+    for rel, text in texts.items():
+        path = root / rel
+        if not path.exists() or path.read_text(encoding="utf-8") != text + "\n":
+            write_text(path, text + "\n")
+    remove_stale(root, {tuple(rel.split("/")) for rel in texts}, ".txt")
+
+
+@reported
+def text_file(path: str, text: str) -> None:
+    write_text(path, text)

@@ -1,0 +1,119 @@
+"""The doit stages. Each task declares its files and exactly one `config_changed`
+holding every manifest value it reads, so doit reruns a task only when what it
+would write changes.
+
+    images    sources -> RGB PNGs per size     (per set)
+    captions  view codes -> .txt per image     (per set)
+    dataset   sd-scripts dataset TOML          (per target)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from doit.tools import config_changed
+
+from charfw.build import actions
+from charfw.config.workspace import Project, load_project
+from charfw.dataset.plan import Prepared, plan_set
+from charfw.dataset.toml import dataset_config, render_toml
+from charfw.errors import CharfwError
+from charfw.rules.captions import caption
+
+
+class Build:
+    """A loaded workspace and the paths of everything the build writes."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.images_root = project.build_dir / "images"
+        self.datasets_dir = project.build_dir / "datasets"
+        self.plans: dict[str, list[Prepared]] = {sid: plan_set(s) for sid, s in project.sets.items()}
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.project.root).as_posix()
+
+    def image_path(self, set_id: str, item: Prepared) -> Path:
+        return self.images_root / set_id / item.folder / item.name
+
+    def caption_path(self, set_id: str, item: Prepared) -> Path:
+        return self.image_path(set_id, item).with_suffix(".txt")
+
+    def toml_path(self, target: str) -> Path:
+        return self.datasets_dir / f"{target}.toml"
+
+    # -- stages ------------------------------------------------------------------
+
+    def task_images(self):
+        """Composite transparency onto the background and write every size of every source."""
+        for sid, s in self.project.sets.items():
+            items = self.plans[sid]
+            yield {
+                "name": sid,
+                "doc": f"{len(s.sources)} sources x {len(s.sizes)} sizes -> {len(items)} images",
+                "actions": [(actions.images, [str(self.images_root / sid), items, s.background])],
+                "file_dep": [str(src.path) for src in s.sources],
+                "targets": [str(self.image_path(sid, i)) for i in items],
+                "uptodate": [config_changed({
+                    "background": list(s.background),
+                    "images": [[self.rel(i.source.path), i.folder, i.width, i.height] for i in items],
+                })],
+                "clean": True,
+            }
+
+    def task_captions(self):
+        """Write one caption per prepared image, derived from its view code (SPEC §3)."""
+        template = self.project.config.captions.template
+        for sid, s in self.project.sets.items():
+            texts = {f"{i.folder}/{i.source.path.stem}.txt": caption(s.keywords, i.source.view, template)
+                     for i in self.plans[sid]}
+            yield {
+                "name": sid,
+                "doc": f"{len(texts)} captions starting {', '.join(s.keywords)}",
+                "actions": [(actions.captions, [str(self.images_root / sid), texts])],
+                "targets": [str(self.caption_path(sid, i)) for i in self.plans[sid]],
+                "uptodate": [config_changed(texts)],
+                "clean": True,
+            }
+
+    def task_dataset(self):
+        """Write each target's dataset TOML for sd-scripts' --dataset_config (SPEC §4)."""
+        table = self.project.config.batch_table()
+        for name, target in self.project.targets.items():
+            path = self.toml_path(name)
+            text = render_toml(dataset_config(target, self.plans, self.images_root, path.parent, table))
+            deps = [str(p) for sub in target.subsets for i in self.plans[sub.set.id]
+                    for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
+            yield {
+                "name": name,
+                "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
+                "actions": [(actions.text_file, [str(path), text])],
+                "file_dep": deps,
+                "targets": [str(path)],
+                "uptodate": [config_changed(text)],
+                "clean": True,
+            }
+
+
+STAGES = ("images", "captions", "dataset")
+
+
+def load_tasks(root: str | Path) -> dict:
+    """The names a dodo.py exposes to doit: its config and one task_<stage> per stage."""
+    try:
+        build = Build(load_project(Path(root)))
+    except CharfwError as exc:
+        print(f"charfw: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    build.project.build_dir.mkdir(parents=True, exist_ok=True)
+    names: dict = {
+        "DOIT_CONFIG": {
+            "dep_file": str(build.project.build_dir / ".doit.db"),
+            "default_tasks": list(STAGES),
+            "verbosity": 1,
+        },
+    }
+    for stage in STAGES:
+        names[f"task_{stage}"] = getattr(build, f"task_{stage}")
+    return names

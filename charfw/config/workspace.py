@@ -1,0 +1,283 @@
+"""Load a workspace: read every manifest, validate it, and resolve it into image sets and targets.
+
+A *set* is one folder of view-coded source images (a face set or an outfit's body set).
+A *target* is one LoRA to train: a face (its face set), an outfit (body set + face set)
+or a group (its member outfits' data). Targets are named by their keyword, which is
+also their file name in `dist/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, RootModel
+
+from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Stages,
+                                  TrainSettings, Workspace)
+from charfw.config.yamlfile import Loc, load_yaml, validate
+from charfw.errors import CharfwError
+from charfw.rules.viewcode import ViewCode, parse_view_code
+
+WORKSPACE_FILE = "charfw.yaml"
+CHARACTER_FILE = "character.yaml"
+GROUPS_FILE = "groups.yaml"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+IGNORED_SUFFIXES = {".txt", ".md", ".yaml", ".yml", ".json"}  # notes may sit beside images
+BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255)}
+KIND_DEFAULTS = {  # the seed's per-kind choices, beneath every user setting
+    "face": {"merge": {"weights": "FACE"}},
+    "outfit": {"merge": {"weights": "BODY"}},
+    "group": {"merge": {"weights": "BODY"}},
+}
+DEFAULT_STEPS = {"face": 1000, "outfit": 1200, "group": 1600}
+
+TargetKind = Literal["face", "outfit", "group"]
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    view: ViewCode
+
+
+@dataclass
+class ImageSet:
+    id: str  # "krnk/face", "krnk/sf"
+    kind: Literal["f", "b"]
+    folder: Path
+    sources: list[Source]
+    class_tokens: str  # "krnk girl": the subset's class_tokens and its folder names
+    keywords: list[str]  # first caption tags: "krnk" or "krnksf, krnk" (+ extra tags)
+    sizes: list[int]
+    background: tuple[int, int, int]
+    symmetric: bool
+    manifest: Path
+
+
+@dataclass
+class Subset:
+    set: ImageSet
+    repeats: int
+
+
+@dataclass
+class Target:
+    name: str
+    kind: TargetKind
+    subsets: list[Subset]
+    repeats: int  # the dataset's general num_repeats
+    trigger_words: list[str]
+    train: TrainSettings
+    merge: MergeSettings
+    compress: CompressSettings
+    init: str | None  # target whose LoRA this one starts from
+    manifest: Path
+    lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training
+
+    @property
+    def steps(self) -> int:
+        return self.train.steps or DEFAULT_STEPS[self.kind]
+
+
+@dataclass
+class Project:
+    root: Path
+    config: Workspace
+    sets: dict[str, ImageSet] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    characters: dict[str, Character] = field(default_factory=dict)
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / self.config.build
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.root / self.config.dist
+
+
+class _Groups(RootModel[dict[str, Group]]):
+    pass
+
+
+@dataclass
+class _Layer:
+    """One level's settings with where they came from, for errors in the merged result."""
+
+    stages: BaseModel | None
+    file: Path
+    lines: dict[Loc, int]
+    prefix: Loc
+
+
+def load_project(root: str | Path) -> Project:
+    """Read and validate the whole workspace at `root`; raise CharfwError on the first problem."""
+    root = Path(root).resolve()
+    ws_file = root / WORKSPACE_FILE
+    if ws_file.exists():
+        data, lines = load_yaml(ws_file)
+        config = validate(Workspace, data or {}, file=ws_file, lines=lines)
+    else:
+        config, lines = Workspace(), {}
+    project = Project(root=root, config=config)
+    ws_layers = [_Layer(config, ws_file, lines, ())]
+    chars_dir = root / config.characters
+    if not chars_dir.is_dir():
+        raise CharfwError("characters folder not found", file=chars_dir, field="characters")
+
+    for manifest in sorted(chars_dir.glob(f"*/{CHARACTER_FILE}")):
+        _load_character(project, manifest, ws_layers)
+    groups_file = chars_dir / GROUPS_FILE
+    if groups_file.exists():
+        _load_groups(project, groups_file, ws_layers)
+    _check_presets(project)
+    return project
+
+
+def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -> None:
+    data, lines = load_yaml(manifest)
+    char = validate(Character, data or {}, file=manifest, lines=lines)
+    name = manifest.parent.name
+    project.characters[name] = char
+    cfg = project.config
+    char_layer = _Layer(char, manifest, lines, ())
+    background = BACKGROUNDS[char.background] if isinstance(char.background, str) else tuple(char.background)
+
+    face = ImageSet(
+        id=f"{name}/face", kind="f", folder=manifest.parent / char.face.folder,
+        sources=[], class_tokens=f"{char.keyword} {char.class_word}",
+        keywords=[char.keyword, *char.tags], sizes=char.face.sizes or cfg.sizes.face,
+        background=background, symmetric=char.symmetric, manifest=manifest)
+    face.sources = scan_sources(face.folder, "f", manifest, ("face", "folder"), lines)
+    project.sets[face.id] = face
+    face_repeats = char.face.repeats or cfg.repeats.face
+    _add_target(project, Target(
+        name=char.keyword, kind="face", subsets=[Subset(face, face_repeats)], repeats=face_repeats,
+        trigger_words=[char.keyword], init=None, manifest=manifest,
+        lora=_lora_file(char.face.lora, manifest, lines, ("face", "lora")),
+        **_settings("face", ws_layers + [char_layer, _Layer(char.face, manifest, lines, ("face",))], cfg)))
+
+    for oname, outfit in char.outfits.items():
+        body = ImageSet(
+            id=f"{name}/{oname}", kind="b", folder=manifest.parent / (outfit.folder or oname),
+            sources=[], class_tokens=f"{outfit.keyword} {char.class_word}",
+            keywords=[outfit.keyword, char.keyword, *outfit.tags], sizes=outfit.sizes or cfg.sizes.body,
+            background=background, symmetric=char.symmetric, manifest=manifest)
+        body.sources = scan_sources(body.folder, "b", manifest, ("outfits", oname, "folder"), lines)
+        project.sets[body.id] = body
+        repeats = outfit.repeats or cfg.repeats.body
+        subsets = [Subset(body, repeats)]
+        if outfit.include_face:
+            subsets.append(Subset(face, outfit.face_repeats or repeats))
+        _add_target(project, Target(
+            name=outfit.keyword, kind="outfit", subsets=subsets, repeats=repeats,
+            trigger_words=[outfit.keyword, char.keyword],
+            init=char.keyword if outfit.init == "face" else None, manifest=manifest,
+            lora=_lora_file(outfit.lora, manifest, lines, ("outfits", oname, "lora")),
+            **_settings("outfit", ws_layers + [char_layer, _Layer(outfit, manifest, lines, ("outfits", oname))], cfg)))
+
+
+def _load_groups(project: Project, groups_file: Path, ws_layers: list[_Layer]) -> None:
+    data, lines = load_yaml(groups_file)
+    groups = validate(_Groups, data or {}, file=groups_file, lines=lines).root
+    for gname, group in groups.items():
+        subsets: list[Subset] = []
+        words: list[str] = []
+        repeats = group.repeats or project.config.repeats.group
+        for i, member in enumerate(group.members):
+            target = project.targets.get(member)
+            if target is None or target.kind != "outfit":
+                known = ", ".join(sorted(t.name for t in project.targets.values() if t.kind == "outfit")) or "none"
+                raise CharfwError(f"unknown group member {member!r} (outfit keywords: {known})",
+                                  file=groups_file, line=lines.get((gname, "members", i)),
+                                  field=f"{gname}.members")
+            for sub in target.subsets:
+                if all(s.set is not sub.set for s in subsets):
+                    subsets.append(Subset(sub.set, repeats))
+            words += [w for w in target.trigger_words if w not in words]
+        _add_target(project, Target(
+            name=gname, kind="group", subsets=subsets, repeats=repeats, trigger_words=words,
+            init=None, manifest=groups_file, lora=_lora_file(group.lora, groups_file, lines, (gname, "lora")),
+            **_settings("group", ws_layers + [_Layer(group, groups_file, lines, (gname,))], project.config)))
+
+
+def _lora_file(value: str | None, manifest: Path, lines: dict[Loc, int], loc: Loc) -> Path | None:
+    if value is None:
+        return None
+    path = (manifest.parent / value).resolve()
+    if not path.is_file():
+        raise CharfwError(f"LoRA file not found: {path}", file=manifest, line=lines.get(loc), field=".".join(loc))
+    if path.suffix != ".safetensors":
+        raise CharfwError("a LoRA file must be .safetensors", file=manifest, line=lines.get(loc), field=".".join(loc))
+    return path
+
+
+def _add_target(project: Project, target: Target) -> None:
+    if target.name in project.targets:
+        other = project.targets[target.name]
+        raise CharfwError(f"target name {target.name!r} is already used by {other.manifest}",
+                          file=target.manifest, field="keyword")
+    project.targets[target.name] = target
+
+
+def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
+    """Merge train/merge/compress field by field: workspace, workspace.<kind>, character, set."""
+    kind_layer = _Layer(getattr(cfg, kind), layers[0].file, layers[0].lines, (kind,))
+    layers = [layers[0], kind_layer, *layers[1:]]
+    out = {}
+    for section, model in (("train", TrainSettings), ("merge", MergeSettings), ("compress", CompressSettings)):
+        merged = dict(KIND_DEFAULTS[kind].get(section, {}))
+        last = layers[0]
+        for layer in layers:
+            part = getattr(layer.stages, section, None)
+            if part is not None:
+                merged.update(part.model_dump(exclude_unset=True))
+                last = layer
+        out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,))
+    return out
+
+
+def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines: dict[Loc, int]) -> list[Source]:
+    """The view-coded images of one set folder, checked against SPEC §2."""
+    field_name = ".".join(field_loc)
+    line = lines.get(field_loc) or lines.get(field_loc[:-1])
+    if not folder.is_dir():
+        raise CharfwError(f"image folder not found: {folder}", file=manifest, line=line, field=field_name)
+    sources: dict[str, Source] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir() or path.suffix.lower() in IGNORED_SUFFIXES:
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise CharfwError(f"unsupported file type {path.suffix!r} (use PNG, JPEG or WebP)", file=path)
+        view = parse_view_code(path.stem)
+        if view is None:
+            raise CharfwError(
+                "file name is not a view code: expected f|b, pitch 0-2, yaw 0-7, optional suffix "
+                "of letters, digits, - or _ (e.g. f00.png, f01-alt.png)", file=path)
+        if view.set != kind:
+            what = "face" if kind == "f" else "body"
+            raise CharfwError(f"a {what} set holds only '{kind}' view codes, not {view.code!r}", file=path)
+        if path.stem in sources:
+            raise CharfwError(f"duplicate view code {path.stem!r}: also {sources[path.stem].path.name}", file=path)
+        sources[path.stem] = Source(path, view)
+    if not sources:
+        raise CharfwError(f"image folder is empty: {folder}", file=manifest, line=line, field=field_name)
+    return list(sources.values())
+
+
+def _check_presets(project: Project) -> None:
+    """Unknown preset names and wrong-length weight lists fail now, not when merge runs."""
+    try:  # TODO(lead): remove once charfw.lora.blocks lands
+        from charfw.lora.blocks import resolve_weights
+    except ImportError:
+        return
+
+    for target in project.targets.values():
+        try:
+            resolve_weights(target.merge.weights, presets=project.config.presets)
+        except CharfwError as exc:
+            raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: merge.weights") from None
+        except ValueError as exc:
+            raise CharfwError(str(exc), file=target.manifest, field=f"{target.name}: merge.weights") from None

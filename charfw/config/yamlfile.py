@@ -1,0 +1,88 @@
+"""YAML reading that remembers where every value came from, so errors can name the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from charfw.errors import CharfwError
+
+Loc = tuple[Any, ...]
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+    """Parse `path`; return (data, {location tuple: line number})."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CharfwError("file not found", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CharfwError(f"cannot read: {exc}", file=path) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CharfwError(f"invalid YAML: {problem}", file=path,
+                          line=mark.line + 1 if mark else None) from None
+    lines: dict[Loc, int] = {}
+    if node is None:
+        return {}, lines
+    return _build(node, (), lines, path), lines
+
+
+def _build(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: Path) -> Any:
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key in out:
+                raise CharfwError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1)
+            out[key] = _build(value_node, loc + (key,), lines, file)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, loc + (i,), lines, file) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar with YAML's usual typing, plus `1e-4` as a number (PyYAML's YAML 1.1 reads it as text)."""
+    value = yaml.SafeLoader("").construct_object(node, deep=True)
+    if isinstance(value, str) and node.style is None and any(c in value for c in "eE"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    """The line of the deepest known part of `loc` (a missing field points at its parent)."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def validate(model: type[BaseModel], data: Any, *, file: Path, lines: dict[Loc, int],
+             prefix: Loc = (), context: dict | None = None):
+    """Validate with pydantic; turn the first error into a CharfwError naming file, line and field."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        errors = exc.errors()
+        err = errors[0]
+        loc = prefix + tuple(p for p in err["loc"])
+        field = ".".join(str(p) for p in loc) or None
+        msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(err["type"], err["msg"])
+        value = err.get("input")
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, (dict, list)):
+            msg += f" (got {value!r})"
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise CharfwError(msg, file=file, line=line_of(loc, lines), field=field) from None

@@ -1,0 +1,79 @@
+"""The dataset config that kohya sd-scripts' `--dataset_config` accepts unchanged (SPEC §4).
+
+sd-scripts validates the file with a closed schema and rejects unknown keys, so
+what we write is limited to the keys below (taken from its config_util schema).
+Paths are relative to the TOML file: run sd-scripts from the TOML's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from charfw.config.workspace import Target
+from charfw.dataset.plan import Prepared
+from charfw.rules.sizeclass import CLASS_PAIRS, batch_size, class_pair, resolution
+
+_SUBSET = {"color_aug", "face_crop_aug_range", "flip_aug", "num_repeats", "random_crop", "shuffle_caption",
+           "keep_tokens", "keep_tokens_separator", "secondary_separator", "enable_wildcard",
+           "token_warmup_min", "token_warmup_step", "caption_prefix", "caption_suffix",
+           "caption_dropout_every_n_epochs", "caption_dropout_rate", "caption_tag_dropout_rate",
+           "caption_extension", "class_tokens", "cache_info"}
+_DATASET = {"batch_size", "bucket_no_upscale", "bucket_reso_steps", "enable_bucket", "max_bucket_reso",
+            "min_bucket_reso", "resolution", "network_multiplier"}
+SD_SCRIPTS_KEYS = {
+    "general": _SUBSET | _DATASET,
+    "datasets": _SUBSET | _DATASET | {"subsets"},
+    "subsets": _SUBSET | {"image_dir", "is_reg", "metadata_file"},
+}
+
+
+def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
+                   toml_dir: Path, batch_table: dict[str, int]) -> dict:
+    """The config as a dict: one dataset per (width class, height class), subsets in set/size order."""
+    by_pair: dict[str, list[dict]] = {}
+    for sub in target.subsets:
+        folders: dict[str, Prepared] = {}
+        for item in plans[sub.set.id]:
+            folders.setdefault(item.folder, item)
+        for folder, item in folders.items():
+            image_dir = Path(os.path.relpath(images_root / sub.set.id / folder, toml_dir)).as_posix()
+            subset = {"image_dir": image_dir, "class_tokens": sub.set.class_tokens}
+            if sub.repeats != target.repeats:
+                subset["num_repeats"] = sub.repeats
+            subset["flip_aug"] = sub.set.symmetric
+            by_pair.setdefault(class_pair(item.width, item.height), []).append(subset)
+    datasets = []
+    for pair in sorted(by_pair, key=CLASS_PAIRS.index):
+        w, h = resolution(pair)
+        datasets.append({"resolution": [w, h], "batch_size": batch_size(pair, batch_table),
+                         "subsets": by_pair[pair]})
+    general = {"color_aug": True, "enable_bucket": True, "bucket_no_upscale": True,
+               "caption_extension": ".txt", "num_repeats": target.repeats}
+    return {"general": general, "datasets": datasets}
+
+
+def render_toml(config: dict) -> str:
+    """TOML text in the seed's layout: [general], then [[datasets]] each followed by its subsets."""
+    lines = ["[general]"]
+    lines += [f"{k} = {_value(v)}" for k, v in config["general"].items()]
+    for ds in config["datasets"]:
+        lines += ["", "[[datasets]]"]
+        lines += [f"{k} = {_value(v)}" for k, v in ds.items() if k != "subsets"]
+        for sub in ds["subsets"]:
+            lines += ["", "[[datasets.subsets]]"]
+            lines += [f"{k} = {_value(v)}" for k, v in sub.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    s = str(v)
+    if "'" not in s and "\n" not in s:
+        return f"'{s}'"  # literal string: backslashes of Windows paths stay as they are
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

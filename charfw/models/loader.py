@@ -1,0 +1,195 @@
+"""load_sd15: an SD1.5-family single-file checkpoint (or builtin:tiny-sd15) as diffusers models, offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charfw.errors import CharfwError
+from charfw.models import keymap
+from charfw.models.build import empty_models, fit, ldm_names
+from charfw.models.checkpoint import TensorFile, open_tensors
+from charfw.models.configs import ARCH_LABEL, ARCHS, TOKENIZER_DIR, scheduler_config
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass
+class Sd15:
+    """The parts of an SD1.5 model a trainer needs; weights frozen (requires_grad=False), eval mode."""
+
+    unet: Any            # diffusers.UNet2DConditionModel
+    vae: Any             # diffusers.AutoencoderKL
+    text_encoder: Any    # transformers.CLIPTextModel
+    tokenizer: Any       # transformers.CLIPTokenizer
+    noise_scheduler: Any  # diffusers.DDPMScheduler (training schedule)
+    name: str            # file stem, or 'builtin:tiny-sd15'
+    arch: str = "sd15"   # 'sd15' or 'tiny-sd15' (which shipped config set)
+    path: Path | None = None      # the weights file actually read (for builtins: the cached file)
+    vae_path: Path | None = None  # the separate VAE file, if one was given
+
+    def pipeline(self, scheduler=None):
+        """A diffusers StableDiffusionPipeline over these (shared, not copied) modules.
+
+        Default scheduler: DDIM built from the training schedule. No safety checker.
+        """
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        _alias_text_model(self.text_encoder)
+        return StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=scheduler or DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+
+class _TextModelView:
+    """Stand-in for the `text_model` attribute that transformers >= 5.6 removed from CLIPTextModel.
+
+    diffusers' StableDiffusionPipeline still reads `text_encoder.text_model.final_layer_norm`
+    when `clip_skip` is set; this forwards attribute reads to the model itself.
+    """
+
+    def __init__(self, model):
+        object.__setattr__(self, "_model", model)
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def _alias_text_model(text_encoder) -> None:
+    if not hasattr(text_encoder, "text_model"):
+        # Plain instance attribute, not a registered sub-module: state_dict/named_modules are unchanged.
+        object.__setattr__(text_encoder, "text_model", _TextModelView(text_encoder))
+
+
+def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> Sd15:
+    """Load an SD1.5 checkpoint (`.safetensors`, or tensor-only `.ckpt`/`.pt`) or 'builtin:tiny-sd15'.
+
+    `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
+    `first_stage_model.` prefix, or diffusers layout). Nothing is downloaded.
+    """
+    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
+        from charfw.models.tiny import builtin_path
+        path = builtin_path(model[len(BUILTIN_PREFIX):], cache_dir)
+        name = model
+    else:
+        path = Path(model).expanduser()
+        name = path.stem
+    vae_path = Path(vae).expanduser() if vae is not None else None
+
+    with open_tensors(path, "checkpoint") as src:
+        arch = src.metadata.get("charfw_arch", "sd15")
+        if arch not in ARCHS:
+            arch = "sd15"
+        _check_family(src, arch)
+        unet, vae_model, text_encoder = empty_models(arch)
+        unet_names, vae_names, te_names = ldm_names(unet, vae_model, text_encoder)
+        _assign(unet, _gather(src, {k: [v] for k, v in unet_names.items()}, unet, dtype, arch, "checkpoint"))
+        te_sources = {k: [v, keymap.te_legacy_ldm(v)] for k, v in te_names.items()}
+        _assign(text_encoder, _gather(src, te_sources, text_encoder, dtype, arch, "checkpoint"))
+        if vae_path is None:
+            _assign(vae_model, _gather(src, {k: [v] for k, v in vae_names.items()}, vae_model, dtype, arch,
+                                       "checkpoint"))
+    if vae_path is not None:
+        with open_tensors(vae_path, "VAE") as vsrc:
+            _assign(vae_model, _gather(vsrc, _vae_sources(vsrc, vae_model, arch), vae_model, dtype, arch, "VAE"))
+
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    for m in (unet, vae_model, text_encoder):
+        m.to(device)  # tensors already have `dtype` (passing it here makes diffusers warn)
+        m.eval()
+        m.requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+    scheduler = DDPMScheduler.from_config(scheduler_config())
+    return Sd15(unet=unet, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
+                noise_scheduler=scheduler, name=name, arch=arch, path=path, vae_path=vae_path)
+
+
+def _has(src: TensorFile, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in src.keys())
+
+
+def _check_family(src: TensorFile, arch: str) -> None:
+    """Recognise the usual wrong files before looking at individual tensors."""
+    label = ARCH_LABEL[arch]
+    path = src.path
+    if _has(src, "conditioner.embedders."):
+        raise CharfwError(f"not an {label} checkpoint: it is an SDXL checkpoint (conditioner.embedders.* tensors)",
+                          file=path)
+    if _has(src, "cond_stage_model.model."):
+        raise CharfwError(f"not an {label} checkpoint: it is an SD 2.x checkpoint (OpenCLIP text encoder)",
+                          file=path)
+    if _has(src, "lora_unet_") or _has(src, "lora_te"):
+        raise CharfwError(f"not an {label} checkpoint: it is a LoRA file", file=path)
+    if not _has(src, keymap.UNET_PREFIX):
+        if _has(src, "encoder.") or _has(src, keymap.VAE_PREFIX):
+            hint = "it looks like a VAE; give it as the VAE, not as the model"
+        elif _has(src, "down_blocks.") or _has(src, "text_model."):
+            hint = "it looks like one component in diffusers layout; give the single-file checkpoint"
+        else:
+            hint = f"it has no U-Net tensors ({keymap.UNET_PREFIX}*)"
+        raise CharfwError(f"not an {label} checkpoint: {hint}", file=path)
+
+
+def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:
+    """Where each VAE tensor is in a stand-alone VAE file, whichever common layout it uses."""
+    keys = list(vae_model.state_dict().keys())
+    for prefix in (keymap.VAE_PREFIX, "vae.", ""):
+        if prefix + "encoder.down.0.block.0.conv1.weight" in src:
+            names = keymap.vae_to_ldm(keys, vae_model.config, prefix)
+            return {k: [v] for k, v in names.items()}
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" in src:  # already diffusers layout
+        return {k: [k] for k in keys}
+    raise CharfwError(f"not an {ARCH_LABEL[arch]} VAE: no encoder tensors in LDM (encoder.down.*) "
+                      "or diffusers (encoder.down_blocks.*) layout", file=src.path)
+
+
+def _gather(src: TensorFile, sources: dict[str, list[str]], module, dtype: torch.dtype, arch: str,
+            what: str) -> dict[str, torch.Tensor]:
+    """Every tensor `module` needs, from `src`; CharfwError on wrong shapes or missing tensors."""
+    label = ARCH_LABEL[arch]
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    wrong: list[tuple[str, tuple, tuple]] = []
+    for key, candidates in sources.items():
+        found = next((c for c in candidates if c in src), None)
+        if found is None:
+            missing.append(candidates[0])
+            continue
+        tensor = src.get(found)
+        shaped = fit(tensor, expected[key])
+        if shaped is None:
+            wrong.append((found, tuple(tensor.shape), expected[key]))
+            continue
+        out[key] = shaped.to(dtype) if shaped.is_floating_point() else shaped
+    if wrong:
+        key, got, want = wrong[0]
+        hint = ""
+        if key.endswith("input_blocks.0.0.weight") and len(got) == 4 and got[1] != want[1]:
+            hint = f" (a model with {got[1]} input channels, e.g. an inpainting model)"
+        elif "attn2.to_k" in key and len(got) == 2 and got[1] != want[1]:
+            hint = f" (cross-attention width {got[1]}: another model family)"
+        more = f"; {len(wrong) - 1} more tensors differ" if len(wrong) > 1 else ""
+        raise CharfwError(f"not an {label} {what}: {key} has shape {list(got)}, {label} needs {list(want)}"
+                          f"{hint}{more}", file=src.path)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        if len(missing) * 2 > len(sources):
+            raise CharfwError(f"not an {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
+                              f"are missing, e.g. {shown}", file=src.path)
+        raise CharfwError(f"incomplete {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
+                          f"are missing: {shown}", file=src.path)
+    return out
+
+
+def _assign(module, state: dict[str, torch.Tensor]) -> None:
+    """Replace the meta parameters with the loaded tensors (strict: every key, nothing else)."""
+    module.load_state_dict(state, strict=True, assign=True)

@@ -1,0 +1,69 @@
+"""Manifest loading: YAML line tracking and field-by-field settings layering."""
+
+from pathlib import Path
+
+import pytest
+
+from charfw.config.models import CompressSettings
+from charfw.config.workspace import load_project
+from charfw.config.yamlfile import load_yaml, validate
+from charfw.errors import CharfwError
+
+
+def test_yaml_lines_and_numbers(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("a: 1\nb:\n  - x\n  - 1e-4\n  - '1e-4'\n")
+    data, lines = load_yaml(p)
+    assert data == {"a": 1, "b": ["x", 1e-4, "1e-4"]}
+    assert lines[("b", 1)] == 4 and lines[("a",)] == 1
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(CharfwError, match=r"a\.yaml:\d+: invalid YAML"):
+        load_yaml(p)
+
+
+def test_duplicate_key(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("a: 1\na: 2\n")
+    with pytest.raises(CharfwError, match=r"a\.yaml:2: duplicate key 'a'"):
+        load_yaml(p)
+
+
+def test_compress_fraction_checked(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("method: sv_fro\nvalue: 16\n")
+    data, lines = load_yaml(p)
+    with pytest.raises(CharfwError, match=r"c\.yaml:2: value: .*fraction"):
+        validate(CompressSettings, data, file=p, lines=lines)
+
+
+def test_settings_layer_field_by_field(workspace):
+    (workspace / "charfw.yaml").write_text((workspace / "charfw.yaml").read_text()
+                                           + "train:\n  lr: 2.0e-4\n  dim: 64\noutfit:\n  train:\n    steps: 900\n")
+    m = workspace / "characters/krnk/character.yaml"
+    m.write_text(m.read_text().replace("    keyword: krnksf\n", "    keyword: krnksf\n    train:\n      dim: 32\n"))
+    t = load_project(workspace).targets
+    assert t["krnk"].train.lr == 2e-4 and t["krnk"].train.dim == 64 and t["krnk"].steps == 1000
+    assert t["krnksf"].train.dim == 32 and t["krnksf"].train.lr == 2e-4 and t["krnksf"].steps == 900
+    assert t["tyankps"].train.dim == 64 and t["tyankps"].steps == 900
+    assert t["krnksf_tyankps"].steps == 1600
+    assert t["krnk"].merge.weights == "FACE" and t["krnksf"].merge.weights == "BODY"
+    assert t["krnksf"].init == "krnk" and t["krnksf"].trigger_words == ["krnksf", "krnk"]
+    assert t["krnksf_tyankps"].trigger_words == ["krnksf", "krnk", "tyankps", "tyank"]
+
+
+def test_target_name_collision(workspace):
+    m = workspace / "characters/tyank/character.yaml"
+    m.write_text(m.read_text().replace("keyword: tyankps", "keyword: krnksf"))
+    with pytest.raises(CharfwError, match="'krnksf' is already used"):
+        load_project(workspace)
+
+
+def test_lora_file_declared(workspace):
+    m = workspace / "characters/krnk/character.yaml"
+    m.write_text(m.read_text() + "face:\n  lora: missing.safetensors\n")
+    with pytest.raises(CharfwError, match=r"character\.yaml:\d+: face\.lora: LoRA file not found"):
+        load_project(workspace)
