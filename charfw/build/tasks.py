@@ -22,6 +22,17 @@ from charfw.errors import CharfwError
 from charfw.rules.captions import caption
 
 
+class values_changed(config_changed):
+    """doit's config_changed, shown by `doit info` as what it covers instead of every value."""
+
+    def __init__(self, config, what: str):
+        super().__init__(config)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"manifest values read by this task changed ({self.what})"
+
+
 class Build:
     """A loaded workspace and the paths of everything the build writes."""
 
@@ -55,10 +66,10 @@ class Build:
                 "actions": [(actions.images, [str(self.images_root / sid), items, s.background])],
                 "file_dep": [str(src.path) for src in s.sources],
                 "targets": [str(self.image_path(sid, i)) for i in items],
-                "uptodate": [config_changed({
+                "uptodate": [values_changed({
                     "background": list(s.background),
                     "images": [[self.rel(i.source.path), i.folder, i.width, i.height] for i in items],
-                })],
+                }, "background colour, sizes, folder names")],
                 "clean": True,
             }
 
@@ -73,7 +84,7 @@ class Build:
                 "doc": f"{len(texts)} captions starting {', '.join(s.keywords)}",
                 "actions": [(actions.captions, [str(self.images_root / sid), texts])],
                 "targets": [str(self.caption_path(sid, i)) for i in self.plans[sid]],
-                "uptodate": [config_changed(texts)],
+                "uptodate": [values_changed(texts, "caption text of each image")],
                 "clean": True,
             }
 
@@ -91,7 +102,7 @@ class Build:
                 "actions": [(actions.text_file, [str(path), text])],
                 "file_dep": deps,
                 "targets": [str(path)],
-                "uptodate": [config_changed(text)],
+                "uptodate": [values_changed(text, "dataset TOML text")],
                 "clean": True,
             }
 

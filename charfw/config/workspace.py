@@ -31,6 +31,7 @@ KIND_DEFAULTS = {  # the seed's per-kind choices, beneath every user setting
     "outfit": {"merge": {"weights": "BODY"}},
     "group": {"merge": {"weights": "BODY"}},
 }
+ARCH = "sd15"  # the trainer and block maps of this workspace: SD1.5-family checkpoints
 DEFAULT_STEPS = {"face": 1000, "outfit": 1200, "group": 1600}
 
 TargetKind = Literal["face", "outfit", "group"]
@@ -269,15 +270,15 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
 
 def _check_presets(project: Project) -> None:
     """Unknown preset names and wrong-length weight lists fail now, not when merge runs."""
-    try:  # TODO(lead): remove once charfw.lora.blocks lands
-        from charfw.lora.blocks import resolve_weights
-    except ImportError:
-        return
+    from charfw.lora.blocks import parse_weights
 
+    for name, values in project.config.presets.items():
+        try:
+            parse_weights(values, ARCH)
+        except CharfwError as exc:
+            raise CharfwError(exc.message, file=project.root / WORKSPACE_FILE, field=f"presets.{name}") from None
     for target in project.targets.values():
         try:
-            resolve_weights(target.merge.weights, presets=project.config.presets)
+            parse_weights(target.merge.weights, ARCH, project.config.presets)
         except CharfwError as exc:
             raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: merge.weights") from None
-        except ValueError as exc:
-            raise CharfwError(str(exc), file=target.manifest, field=f"{target.name}: merge.weights") from None

@@ -154,16 +154,31 @@ def delta_matrix(m: Module, dtype=torch.float32, device="cpu") -> torch.Tensor:
     return torch.kron(w1, w2) * m.scale
 
 
-def kernel_of(m: Module) -> int | None:
-    """The conv kernel size if the tensors show it (4-D factor or core), else None."""
-    for t in m.tensors.values():
-        if t.dim() == 4:
-            return max(t.shape[-1], kernel_of_core(m) or 1)
-    return None
+def conv_kernel(m: Module) -> int | None:
+    """Kernel size if the tensors show the layer is a Conv2d, 0 if they show a Linear,
+    None if they cannot tell (LyCORIS stores non-Tucker LoHa/LoKr conv factors flattened)."""
+    t = m.tensors
+    for core in ("lora_mid.weight", "hada_t1", "lokr_t2"):
+        if core in t:
+            return t[core].shape[-1]
+    for key in ("lora_down.weight", "hada_w1_b", "lokr_w2", "lokr_w2_b"):
+        if key in t and t[key].dim() == 4:
+            return t[key].shape[-1]
+    return 0 if m.kind == "lora" else None
 
 
-def kernel_of_core(m: Module) -> int | None:
-    for key in ("lora_mid.weight", "hada_t1", "lokr_t2"):
-        if key in m.tensors:
-            return m.tensors[key].shape[-1]
-    return None
+def layer_shape(m: Module, out: int, n: int, spec_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The layer weight shape (out, in[, k, k]) for a ΔW matrix of shape (out, n).
+
+    `spec_shape` (from the architecture's module table) settles what the tensors leave open.
+    """
+    if spec_shape is not None:
+        k2 = spec_shape[2] * spec_shape[3] if len(spec_shape) == 4 else 1
+        if spec_shape[0] != out or spec_shape[1] * k2 != n:
+            raise CharfwError(f"tensors give a {out}x{n} weight, the architecture {spec_shape}", field=m.name)
+        return tuple(spec_shape)
+    k = conv_kernel(m)
+    if k is None:
+        raise CharfwError("cannot tell whether this LyCORIS module is a conv or a linear layer; "
+                          "pass the architecture (--arch)", field=m.name)
+    return (out, n) if k == 0 else (out, n // (k * k), k, k)

@@ -73,7 +73,9 @@ def write_tiny_sd15(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    metadata = {"charfw_arch": TINY, "charfw_tiny_seed": str(seed), "charfw_tiny_generator": str(GENERATOR_VERSION)}
+    # One key only: safetensors writes metadata in hash-map order, so several keys would make
+    # the file's bytes vary from run to run. (Seed and generator version are in the file name.)
+    metadata = {"charfw_arch": TINY}
     tensors = tiny_state_dict(seed)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -1,0 +1,264 @@
+"""SVD compression ("resize") of LoRA files without ever forming ΔW (SPEC §9).
+
+ΔW = up · down has rank ≤ r, so its SVD comes from the factors: QR-factor up (out × r)
+and downᵀ (in·k·k × r), take the SVD of the r × r core R_up · R_downᵀ, and rotate the
+kept singular vectors back with the Q factors. That costs O((out + in·k·k) · r²) instead
+of the O(out · (in·k·k) · min(out, in·k·k)) of a dense SVD, and gives the same result to
+float precision. LoCon's Tucker `lora_mid` is folded into down first, so such a module
+comes out as an ordinary conv LoRA (loaders all read that).
+
+Rank rules, on the singular values S (descending), all capped to [1, max rank]:
+  sv_ratio p       keep S_i ≥ S_0 / p
+  sv_fro p         smallest k with ‖S_:k‖₂ ≥ p · ‖S‖₂
+  sv_cumulative p  smallest k with Σ S_:k ≥ p · Σ S
+  rank R           k = R
+`sd_scripts_compat` reproduces the classic sd-scripts resize_lora.py choice instead:
+it counts on the dense spectrum (min(out, in·k·k) values), keeps one more value than
+the criterion asks (S_i > S_0/p counted, then +1; fro/cumulative one past the first
+index reaching p), clamps to the spectrum, and gives 1 for a zero ΔW. (Recent sd-scripts
+dropped the +1; the seed workflow used the classic rule.) It also puts S wholly on
+up as sd-scripts does, where charfw by default splits √S between up and down, which keeps
+both factors in fp16's comfortable range.
+
+New alpha = old alpha / old r × new rank, so the strength is unchanged. LoHa/LoKr
+modules are copied unless `to_lora`, which turns each into a LoRA module through a dense
+ΔW and its SVD (one module at a time). Output tensors are cast to the output dtype;
+alpha is stored as fp32 so strength stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from charfw.errors import CharfwError
+from charfw.lora.blocks import detect_arch
+from charfw.lora.io import LoraReader, save_lora
+from charfw.lora.keys import lora_module_specs
+from charfw.lora.metadata import record_compress
+from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
+
+METHODS = ("sv_ratio", "sv_fro", "sv_cumulative", "rank")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_EPS = 1e-9      # relative slack so a criterion met exactly on paper is met in floats
+_MIN_SV = 1e-6   # sd-scripts treats a ΔW whose largest singular value is below this as zero
+
+
+# ---- rank rules (pure) ---------------------------------------------------------------
+
+def _fraction_rank(values: torch.Tensor, p: float) -> int:
+    """Smallest k whose prefix sum reaches fraction p of the total (≥ 1)."""
+    cum = torch.cumsum(values.double(), 0)
+    total = float(cum[-1])
+    if total <= 0:
+        return 1
+    return min(int((cum < p * total * (1 - _EPS)).sum()) + 1, len(values))
+
+
+def rank_sv_ratio(S: torch.Tensor, p: float) -> int:
+    S = S.double()
+    return max(1, int((S >= S[0] / p * (1 - _EPS)).sum())) if S[0] > 0 else 1
+
+
+def rank_sv_fro(S: torch.Tensor, p: float) -> int:
+    return _fraction_rank(S.double() ** 2, p * p)
+
+
+def rank_sv_cumulative(S: torch.Tensor, p: float) -> int:
+    return _fraction_rank(S.double(), p)
+
+
+_RULES = {"sv_ratio": rank_sv_ratio, "sv_fro": rank_sv_fro, "sv_cumulative": rank_sv_cumulative}
+
+
+def choose_rank(S: torch.Tensor, method: str, param: float, max_rank: int) -> int:
+    """The rank charfw keeps for singular values S under `method`."""
+    k = int(param) if method == "rank" else _RULES[method](S, param)
+    return max(1, min(k, max_rank, len(S)))
+
+
+def sd_scripts_rank(S_full: torch.Tensor, method: str, param: float, max_rank: int) -> int:
+    """Classic sd-scripts resize_lora.py rank choice on the full dense spectrum S_full."""
+    S = S_full.double()
+    n = len(S)
+    if method == "rank":
+        k = int(param)
+    elif method == "sv_ratio":
+        k = int((S > S[0] / param).sum())
+    else:
+        values, target = (S, param) if method == "sv_cumulative" else (S ** 2, param ** 2)
+        cum = torch.cumsum(values, 0) / values.sum()
+        k = int(torch.searchsorted(cum, torch.tensor(target, dtype=cum.dtype))) + 1
+    if method != "rank":
+        k = max(1, min(k, n - 1)) + 1
+    if float(S[0]) <= _MIN_SV:
+        return 1
+    return min(k, max_rank, n)
+
+
+# ---- the low-rank SVD -------------------------------------------------------------------
+
+def lowrank_svd(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of up @ down (up (out, r), down (r, n)) as pieces (Qu, Uc, S, Vhc, Qd).
+
+    up @ down = (Qu Uc) diag(S) (Vhc Qdᵀ). The rotations are left to the caller so it
+    multiplies out only the singular vectors it keeps. The r×r core SVD runs in float64.
+    """
+    qu, ru = torch.linalg.qr(up)
+    qd, rd = torch.linalg.qr(down.T)
+    uc, s, vhc = torch.linalg.svd((ru @ rd.T).double(), full_matrices=False)
+    return (qu, uc.to(up.dtype), s, vhc.to(up.dtype), qd)
+
+
+def _factors(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, k: int, s_on_up: bool):
+    """New (up (out, k), down (k, n)) from the top-k singular triplets, zero-padded past len(S)."""
+    avail = min(k, len(S))
+    s = S[:avail].to(U.dtype)
+    if s_on_up:
+        up, down = U[:, :avail] * s, Vh[:avail]
+    else:
+        root = s.sqrt()
+        up, down = U[:, :avail] * root, root[:, None] * Vh[:avail]
+    if avail < k:  # compat may keep more values than ΔW has: zero directions
+        up = torch.cat([up, up.new_zeros(up.shape[0], k - avail)], 1)
+        down = torch.cat([down, down.new_zeros(k - avail, down.shape[1])], 0)
+    return up, down
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: str = "sv_ratio"
+    param: float = 16.0
+    max_rank: int = 128
+    max_conv_rank: int | None = None
+    sd_scripts_compat: bool = False
+    to_lora: bool = False
+    dtype: str = "fp16"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise CharfwError(f"unknown compression method {self.method!r}; use {', '.join(METHODS)}")
+        p = self.param
+        if p is None or not math.isfinite(p):
+            raise CharfwError(f"{self.method} needs a finite parameter")
+        if self.method == "sv_ratio" and p < 1:
+            raise CharfwError(f"sv_ratio must be ≥ 1 (keep values ≥ largest / ratio), got {p:g}")
+        if self.method in ("sv_fro", "sv_cumulative") and not 0 < p <= 1:
+            raise CharfwError(f"{self.method} is a fraction in (0, 1], got {p:g}")
+        if self.method == "rank" and (p < 1 or p != int(p)):
+            raise CharfwError(f"rank must be a positive integer, got {p:g}")
+        for name in ("max_rank", "max_conv_rank"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise CharfwError(f"{name.replace('_', '-')} must be ≥ 1, got {v}")
+        if self.dtype not in DTYPES:
+            raise CharfwError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
+
+    def cap(self, conv3x3: bool) -> int:
+        return self.max_conv_rank if conv3x3 and self.max_conv_rank else self.max_rank
+
+    def rank(self, S: torch.Tensor, full_len: int, conv3x3: bool) -> int:
+        cap = self.cap(conv3x3)
+        if self.sd_scripts_compat:
+            padded = torch.cat([S.double().cpu(), S.new_zeros(max(0, full_len - len(S))).double().cpu()])
+            return sd_scripts_rank(padded, self.method, self.param, cap)
+        return choose_rank(S, self.method, self.param, cap)
+
+
+def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...], alpha: float,
+                 out_dtype: torch.dtype, extra: dict[str, torch.Tensor]) -> Module:
+    k = up.shape[1]
+    if len(shape) == 4:
+        up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
+    tensors = {"lora_down.weight": down.to("cpu", out_dtype).contiguous(),
+               "lora_up.weight": up.to("cpu", out_dtype).contiguous(),
+               "alpha": torch.tensor(float(alpha), dtype=torch.float32)}
+    tensors.update({k_: v.to(out_dtype) for k_, v in extra.items()})
+    return Module(name, tensors, "lora")
+
+
+def compress_module(m: Module, s: Settings, spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
+    """(new module, new rank or None if left unchanged) for one module."""
+    out_dtype, dev = DTYPES[s.dtype], torch.device(s.device)
+    extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
+    if m.kind == "lora":
+        up, down = lora_factors(m, torch.float32, dev)
+        qu, uc, S, vhc, qd = lowrank_svd(up, down)
+        conv3x3 = m.conv3x3
+        k = s.rank(S, min(up.shape[0], down.shape[1]), conv3x3)
+        used = min(k, len(S))
+        U, Vh = qu @ uc[:, :used], vhc[:used] @ qd.T
+        new_up, new_down = _factors(U, S, Vh, k, s.sd_scripts_compat)
+        shape = _lora_shape(m, up.shape[0], down.shape[1])
+        return _lora_module(m.name, new_up, new_down, shape, m.scale * k, out_dtype, extra), k
+    if not s.to_lora:
+        return Module(m.name, {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()},
+                      m.kind), None
+    delta = delta_matrix(m, torch.float32, dev)
+    shape = layer_shape(m, *delta.shape, spec_shape)
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    k = s.rank(S, len(S), len(shape) == 4 and shape[-1] > 1)
+    new_up, new_down = _factors(U, S, Vh, k, s.sd_scripts_compat)
+    return _lora_module(m.name, new_up, new_down, shape, k, out_dtype, extra), k
+
+
+def _lora_shape(m: Module, out: int, n: int) -> tuple[int, ...]:
+    down = m.tensors["lora_down.weight"]
+    if down.dim() == 2:
+        return (out, n)
+    k = m.tensors["lora_mid.weight"].shape[-1] if "lora_mid.weight" in m.tensors else down.shape[-1]
+    return (out, n // (k * k), k, k)
+
+
+def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", param: float = 16.0,
+                  max_rank: int = 128, max_conv_rank: int | None = None, dtype: str = "fp16",
+                  device: str = "cpu", progress: bool = False, *, sd_scripts_compat: bool = False,
+                  to_lora: bool = False, arch: str | None = None) -> dict:
+    """Compress `src` into `dst` (written atomically), streaming one module at a time.
+
+    Returns a report: modules compressed/unchanged and {name: (old rank, new rank)}.
+    """
+    s = Settings(method, None if param is None else float(param), max_rank, max_conv_rank, sd_scripts_compat, to_lora, dtype, device)
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CharfwError("--device cuda asked for, but no CUDA device is available")
+    out_modules, ranks = [], {}
+    with LoraReader(src) as reader:
+        specs = _specs_for(reader.names, arch) if to_lora else {}
+        bar = tqdm(reader.names, desc=f"compress {Path(src).name}", unit="module", disable=not progress,
+                   leave=False)
+        with torch.no_grad():
+            for name in bar:
+                m = reader.read(name)
+                try:
+                    spec = specs.get(name)
+                    new, k = compress_module(m, s, spec.weight_shape if spec else None)
+                except CharfwError as exc:
+                    raise CharfwError(exc.message, file=src, field=exc.field) from None
+                out_modules.append(new)
+                if k is not None:
+                    ranks[name] = (m.rank, k)
+        metadata = dict(reader.metadata)
+    lora_out = [m for m in out_modules if m.kind == "lora"]
+    old_dim = max((old for old, _ in ranks.values() if old), default=None)
+    record_compress(metadata, method=s.method, param=int(s.param) if s.method == "rank" else s.param,
+                    old_dim=old_dim, ranks=[m.rank for m in lora_out], alphas=[m.alpha for m in lora_out],
+                    options={"max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
+                             "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
+    save_lora(dst, out_modules, metadata)
+    return {"modules": len(out_modules), "compressed": len(ranks),
+            "unchanged": len(out_modules) - len(ranks), "ranks": ranks}
+
+
+def _specs_for(names: list[str], arch: str | None):
+    """The architecture's module table, for LyCORIS factors that hide the conv kernel."""
+    try:
+        return lora_module_specs(detect_arch(names, arch))
+    except CharfwError:
+        if arch:
+            raise
+        return {}

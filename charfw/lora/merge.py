@@ -1,0 +1,66 @@
+"""Block-weight merge ("bake"): multiply each module's ΔW by its block's weight (SPEC §8).
+
+Exactly one factor ΔW is linear in gets multiplied (`Module.merge_key`), so ΔW scales by
+exactly w for any real w, negative included, for every algorithm; alpha is untouched.
+Weight 0 drops the module with all its tensors. DoRA normalizes W + ΔW afterwards, so a
+DoRA module is only exactly scalable by 0 or 1: other weights are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from charfw.errors import CharfwError
+from charfw.lora.blocks import block_of, detect_arch, format_weights, parse_weights
+from charfw.lora.io import LoraReader, save_lora
+from charfw.lora.metadata import record_merge
+from charfw.lora.modules import Module
+
+
+def scale_module(m: Module, w: float) -> Module | None:
+    """The module with ΔW multiplied by w; None when w == 0 (drop it)."""
+    if w == 0:
+        return None
+    if w == 1:
+        return m
+    if m.dora:
+        raise CharfwError(f"DoRA module cannot be scaled exactly by {w:g} (only 0 or 1); "
+                          "set its block to 0 or 1", field=m.name)
+    key = m.merge_key
+    t = m.tensors[key]
+    return Module(m.name, {**m.tensors, key: (t.float() * w).to(t.dtype)}, m.kind)
+
+
+def apply_block_weights(modules: Iterable[Module], weights: Mapping[str, float], arch: str) -> Iterator[Module]:
+    """Scale every module by its block's weight; modules outside blocks keep weight 1."""
+    for m in modules:
+        block = block_of(m.name, arch)
+        try:
+            scaled = scale_module(m, 1.0 if block is None else weights[block])
+        except CharfwError as exc:
+            raise CharfwError(f"{exc.message} (block {block})", field=exc.field) from None
+        if scaled is not None:
+            yield scaled
+
+
+def merge_file(src: str | Path, dst: str | Path, weights: str | Sequence[float] | Mapping[str, float],
+               presets: Mapping[str, str | Sequence[float]] | None = None, arch: str | None = None) -> dict:
+    """Bake block weights into `src`, writing `dst` atomically. Returns a small report.
+
+    `weights` is a spec string (preset name, value list, NAME=v,...), a value list, or a
+    {block: weight} mapping; `presets` are user presets by name; `arch` overrides detection.
+    """
+    with LoraReader(src) as reader:
+        try:
+            arch = detect_arch(reader.names, arch)
+            table = parse_weights(weights, arch, presets)
+            spec = weights if isinstance(weights, str) else format_weights(table, arch)
+            kept = list(apply_block_weights(reader, table, arch))
+        except CharfwError as exc:
+            raise CharfwError(exc.message, file=src, field=exc.field) from None
+        metadata = dict(reader.metadata)
+        total = len(reader.names)
+    record_merge(metadata, spec, arch, format_weights(table, arch))
+    save_lora(dst, kept, metadata)
+    return {"arch": arch, "weights": table, "modules_in": total, "modules_out": len(kept)}

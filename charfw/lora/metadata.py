@@ -1,0 +1,85 @@
+"""LoRA file metadata: what charfw records about its edits, and the sd-scripts hashes.
+
+Input metadata is kept; an edit adds to it the way sd-scripts' resize does (a prefix on
+`ss_training_comment`, `ss_network_dim`/`ss_network_alpha` set to "Dynamic" where modules
+differ) plus `charfw_*` keys saying exactly what was done.
+
+`sshs_model_hash` / `sshs_legacy_hash` follow sd-scripts' definition (used by
+sd-webui-additional-networks to index models): serialize the tensors with only the
+`ss_*` metadata as safetensors; model hash = SHA-256 of everything after the header,
+legacy hash = first 8 hex digits of SHA-256 of bytes 0x100000..0x10FFFF of that
+serialization. They must be recomputed whenever tensors or `ss_*` metadata change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable, Mapping
+
+import safetensors.torch
+import torch
+
+COMMENT_KEY = "ss_training_comment"
+HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
+
+
+def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(model_hash, legacy_hash) as sd-scripts computes them before saving."""
+    training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    data = safetensors.torch.save(dict(tensors), training)
+    header_len = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(memoryview(data)[8 + header_len:]).hexdigest()
+    legacy_hash = hashlib.sha256(memoryview(data)[0x100000:0x110000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def with_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
+    meta = {k: v for k, v in metadata.items() if k not in HASH_KEYS}
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = safetensors_hashes(tensors, meta)
+    return meta
+
+
+def prefix_comment(metadata: dict[str, str], note: str) -> None:
+    """Prepend `note; ` to the training comment, as sd-scripts' resize does."""
+    metadata[COMMENT_KEY] = f"{note}; {metadata.get(COMMENT_KEY, '')}"
+
+
+def _uniform(values: Iterable[float]) -> str:
+    distinct = set(values)
+    if len(distinct) != 1:
+        return "Dynamic"
+    v = distinct.pop()
+    return str(int(v)) if isinstance(v, int) else str(float(v))
+
+
+def record_merge(metadata: dict[str, str], spec: str, arch: str, weights_csv: str) -> None:
+    metadata["charfw_block_weights"] = weights_csv
+    metadata["charfw_block_weights_spec"] = spec
+    metadata["charfw_arch"] = arch
+    prefix_comment(metadata, f"block weights {spec} applied ({arch}: {weights_csv})")
+
+
+def record_compress(metadata: dict[str, str], *, method: str, param: float | None, old_dim: int | None,
+                    ranks: Iterable[int], alphas: Iterable[float], options: Mapping[str, object]) -> None:
+    """Record a resize the way sd-scripts words it, plus the exact options used."""
+    ranks, alphas = list(ranks), list(alphas)
+    if method == "rank":
+        prefix_comment(metadata, f"dimension is resized from {old_dim} to {int(param)}")
+    else:
+        prefix_comment(metadata, f"Dynamic resize with {method}: {param} from {old_dim}")
+    if ranks:
+        metadata["ss_network_dim"] = _uniform(ranks)
+        metadata["ss_network_alpha"] = _uniform(alphas)
+    metadata["charfw_compress"] = json.dumps({"method": method, "param": param, **options}, sort_keys=True)
+
+
+SUMMARY_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+                "ss_base_model_version", "ss_sd_model_name", "ss_max_train_steps", "ss_learning_rate",
+                COMMENT_KEY, "modelspec.title", "modelspec.architecture", "modelspec.trigger_phrase",
+                "charfw_block_weights", "charfw_compress", *HASH_KEYS)
+
+
+def summary(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The metadata a person checks first; long JSON blobs (tag frequency...) left out."""
+    return {k: metadata[k] for k in SUMMARY_KEYS if k in metadata}
