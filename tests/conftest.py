@@ -1,40 +1,9 @@
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ("charfw.yaml", "dodo.py", "characters")
+from wsutil import copy_example
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
+def workspace(tmp_path):
     """A private copy of the example workspace."""
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    for name in EXAMPLE:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, ws / name)
-        else:
-            shutil.copy2(src, ws / name)
-    return ws
-
-
-def run_doit(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ws, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"doit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def executed(proc: subprocess.CompletedProcess) -> set[str]:
-    """Tasks doit ran, read from its own output ('.  name' = executed, '-- name' = up to date)."""
-    return {line[3:].strip() for line in proc.stdout.splitlines() if line.startswith(".  ")}
-
-
-def run_charfw(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "charfw.cli", *args, "-C", str(ws)],
-                          capture_output=True, text=True)
+    return copy_example(tmp_path)

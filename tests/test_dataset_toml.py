@@ -9,7 +9,7 @@ from charfw.config.workspace import load_project
 from charfw.dataset.plan import folder_name, plan_set, scaled_size
 from charfw.dataset.toml import SD_SCRIPTS_KEYS, dataset_config, render_toml
 from charfw.rules.sizeclass import BATCH_PROFILES, batch_size, class_pair
-from conftest import run_doit
+from wsutil import run_doit
 
 
 def configs(ws: Path, table=BATCH_PROFILES["default"]):

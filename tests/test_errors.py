@@ -7,7 +7,7 @@ import pytest
 from charfw.check import check_project
 from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
-from conftest import run_charfw, run_doit
+from wsutil import run_charfw, run_doit
 
 
 def error_of(ws) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
@@ -10,7 +11,7 @@ from doit.exceptions import TaskFailed
 from charfw.dataset.images import remove_stale, write_set
 from charfw.dataset.plan import Prepared
 from charfw.errors import CharfwError
-from charfw.fsutil import write_text
+from charfw.fsutil import atomic_path, write_text
 
 
 def reported(func):
@@ -38,6 +39,24 @@ def captions(out_dir: str, texts: dict[str, str]) -> None:
         if not path.exists() or path.read_text(encoding="utf-8") != text + "\n":
             write_text(path, text + "\n")
     remove_stale(root, {tuple(rel.split("/")) for rel in texts}, ".txt")
+
+
+@reported
+def merge(src: str, dst: str, weights: dict[str, float]) -> None:
+    from charfw.lora.merge import merge_file
+
+    merge_file(src, dst, weights)
+
+
+@reported
+def compress(src: str, dst: str, settings: dict) -> None:
+    from charfw.lora.compress import compress_file
+
+    if not settings.pop("enabled"):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return
+    compress_file(src, dst, settings.pop("method"), settings.pop("value"), progress=True, **settings)
 
 
 @reported

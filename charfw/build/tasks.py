@@ -5,17 +5,20 @@ would write changes.
     images    sources -> RGB PNGs per size     (per set)
     captions  view codes -> .txt per image     (per set)
     dataset   sd-scripts dataset TOML          (per target)
+    merge     block weights baked in           (per target)
+    compress  SVD resize -> dist/<name>        (per target)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from doit.tools import config_changed
 
 from charfw.build import actions
-from charfw.config.workspace import Project, load_project
+from charfw.config.workspace import ARCH, Project, Target, load_project
 from charfw.dataset.plan import Prepared, plan_set
 from charfw.dataset.toml import dataset_config, render_toml
 from charfw.errors import CharfwError
@@ -43,7 +46,8 @@ class Build:
         self.plans: dict[str, list[Prepared]] = {sid: plan_set(s) for sid, s in project.sets.items()}
 
     def rel(self, path: Path) -> str:
-        return path.relative_to(self.project.root).as_posix()
+        """Paths in doit's database are relative, so a copied or moved workspace stays up to date."""
+        return Path(os.path.relpath(path, self.project.root)).as_posix()
 
     def image_path(self, set_id: str, item: Prepared) -> Path:
         return self.images_root / set_id / item.folder / item.name
@@ -53,6 +57,19 @@ class Build:
 
     def toml_path(self, target: str) -> Path:
         return self.datasets_dir / f"{target}.toml"
+
+    def trained_path(self, target: Target) -> Path | None:
+        """The target's trained LoRA: a declared file (trained elsewhere), else None until it can be trained."""
+        return target.lora
+
+    def merged_path(self, target: Target) -> Path:
+        return self.project.build_dir / "merged" / f"{target.name}.safetensors"
+
+    def dist_path(self, target: Target) -> Path:
+        return self.project.dist_dir / f"{target.name}.safetensors"
+
+    def finished_targets(self):
+        return [t for t in self.project.targets.values() if self.trained_path(t) is not None]
 
     # -- stages ------------------------------------------------------------------
 
@@ -64,8 +81,8 @@ class Build:
                 "name": sid,
                 "doc": f"{len(s.sources)} sources x {len(s.sizes)} sizes -> {len(items)} images",
                 "actions": [(actions.images, [str(self.images_root / sid), items, s.background])],
-                "file_dep": [str(src.path) for src in s.sources],
-                "targets": [str(self.image_path(sid, i)) for i in items],
+                "file_dep": [self.rel(src.path) for src in s.sources],
+                "targets": [self.rel(self.image_path(sid, i)) for i in items],
                 "uptodate": [values_changed({
                     "background": list(s.background),
                     "images": [[self.rel(i.source.path), i.folder, i.width, i.height] for i in items],
@@ -83,7 +100,7 @@ class Build:
                 "name": sid,
                 "doc": f"{len(texts)} captions starting {', '.join(s.keywords)}",
                 "actions": [(actions.captions, [str(self.images_root / sid), texts])],
-                "targets": [str(self.caption_path(sid, i)) for i in self.plans[sid]],
+                "targets": [self.rel(self.caption_path(sid, i)) for i in self.plans[sid]],
                 "uptodate": [values_changed(texts, "caption text of each image")],
                 "clean": True,
             }
@@ -94,20 +111,50 @@ class Build:
         for name, target in self.project.targets.items():
             path = self.toml_path(name)
             text = render_toml(dataset_config(target, self.plans, self.images_root, path.parent, table))
-            deps = [str(p) for sub in target.subsets for i in self.plans[sub.set.id]
+            deps = [self.rel(p) for sub in target.subsets for i in self.plans[sub.set.id]
                     for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
             yield {
                 "name": name,
                 "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
                 "actions": [(actions.text_file, [str(path), text])],
                 "file_dep": deps,
-                "targets": [str(path)],
+                "targets": [self.rel(path)],
                 "uptodate": [values_changed(text, "dataset TOML text")],
                 "clean": True,
             }
 
+    def task_merge(self):
+        """Bake each target's block weights into its trained LoRA (SPEC §8)."""
+        from charfw.lora.blocks import format_weights, parse_weights
 
-STAGES = ("images", "captions", "dataset")
+        for target in self.finished_targets():
+            weights = parse_weights(target.merge.weights, ARCH, self.project.config.presets)
+            yield {
+                "name": target.name,
+                "doc": f"{target.merge.weights if isinstance(target.merge.weights, str) else 'custom'} weights",
+                "actions": [(actions.merge, [str(self.trained_path(target)), str(self.merged_path(target)), weights])],
+                "file_dep": [self.rel(self.trained_path(target))],
+                "targets": [self.rel(self.merged_path(target))],
+                "uptodate": [values_changed(format_weights(weights, ARCH), "block weights")],
+                "clean": True,
+            }
+
+    def task_compress(self):
+        """SVD-compress each merged LoRA into dist/<keyword>.safetensors (SPEC §9)."""
+        for target in self.finished_targets():
+            settings = target.compress.model_dump()
+            yield {
+                "name": target.name,
+                "doc": f"{settings['method']} {settings['value']:g}" if settings["enabled"] else "copy (compression off)",
+                "actions": [(actions.compress, [str(self.merged_path(target)), str(self.dist_path(target)), settings])],
+                "file_dep": [self.rel(self.merged_path(target))],
+                "targets": [self.rel(self.dist_path(target))],
+                "uptodate": [values_changed(settings, "compress settings")],
+                "clean": True,
+            }
+
+
+STAGES = ("images", "captions", "dataset", "merge", "compress")
 
 
 def load_tasks(root: str | Path) -> dict:

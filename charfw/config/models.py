@@ -69,6 +69,8 @@ class CompressSettings(Strict):
     max_rank: int = Field(128, ge=1)
     max_conv_rank: int | None = Field(None, ge=1)
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    sd_scripts_compat: bool = Field(False, description="choose ranks exactly as sd-scripts' resize_lora.py")
+    to_lora: bool = Field(False, description="convert LoHa/LoKr to LoRA (else they are left as they are)")
 
     @field_validator("value")
     @classmethod

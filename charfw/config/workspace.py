@@ -133,7 +133,7 @@ def load_project(root: str | Path) -> Project:
     groups_file = chars_dir / GROUPS_FILE
     if groups_file.exists():
         _load_groups(project, groups_file, ws_layers)
-    _check_presets(project)
+    _check_finishing(project)
     return project
 
 
@@ -268,9 +268,10 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
     return list(sources.values())
 
 
-def _check_presets(project: Project) -> None:
-    """Unknown preset names and wrong-length weight lists fail now, not when merge runs."""
+def _check_finishing(project: Project) -> None:
+    """Unknown presets, wrong-length weight lists, bad compression values fail now, not mid-build."""
     from charfw.lora.blocks import parse_weights
+    from charfw.lora.compress import Settings
 
     for name, values in project.config.presets.items():
         try:
@@ -282,3 +283,8 @@ def _check_presets(project: Project) -> None:
             parse_weights(target.merge.weights, ARCH, project.config.presets)
         except CharfwError as exc:
             raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: merge.weights") from None
+        c = target.compress
+        try:
+            Settings(c.method, c.value, c.max_rank, c.max_conv_rank, c.sd_scripts_compat, c.to_lora, c.dtype)
+        except CharfwError as exc:
+            raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: compress") from None

@@ -247,3 +247,17 @@ def _resolve_preset(name: str, arch: str, presets: Mapping[str, str | Sequence[f
 def format_weights(weights: Mapping[str, float], arch: str) -> str:
     """The canonical 26/20-value list, as recorded in metadata."""
     return ",".join(f"{weights[b]:g}" for b in BLOCKS[arch])
+
+
+def parse_preset_lines(text: str, file: str | None = None) -> dict[str, str]:
+    """User presets in LoRA Block Weight's lbwpresets.txt form: `NAME:v,v,...` per line, # comments."""
+    presets = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, values = line.partition(":")
+        if not sep or not name.strip() or not values.strip():
+            raise CharfwError("expected NAME:weights", file=file, line=n)
+        presets[name.strip()] = values.strip()
+    return presets

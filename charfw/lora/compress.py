@@ -262,3 +262,9 @@ def _specs_for(names: list[str], arch: str | None):
         if arch:
             raise
         return {}
+
+
+def compress_suffix(method: str, param: float) -> str:
+    """File-name suffix for a compression, as the seed named its outputs: -SvR16, -SvF0.9, -R32."""
+    tag = {"sv_ratio": "SvR", "sv_fro": "SvF", "sv_cumulative": "SvC", "rank": "R"}[method]
+    return f"-{tag}{param:g}"

@@ -93,7 +93,7 @@ def plot_blocks(report: dict, out: str | Path) -> None:
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()
     peak = max(r["norm"] for r in rows) or 1.0
     base_y = top + plot_h
-    draw.text((left, 8), f"‖ΔW‖_F per block - {Path(report['file']).name}", fill="black", font=font)
+    draw.text((left, 8), f"|dW|_F per block - {Path(report['file']).name}", fill="black", font=font)
     draw.line((left - 4, top, left - 4, base_y), fill="black")
     draw.line((left - 4, base_y, width - 10, base_y), fill="black")
     draw.text((4, top - 6), f"{peak:.3g}", fill="black", font=font)

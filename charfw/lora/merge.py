@@ -8,6 +8,7 @@ DoRA module is only exactly scalable by 0 or 1: other weights are refused.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -64,3 +65,10 @@ def merge_file(src: str | Path, dst: str | Path, weights: str | Sequence[float] 
     record_merge(metadata, spec, arch, format_weights(table, arch))
     save_lora(dst, kept, metadata)
     return {"arch": arch, "weights": table, "modules_in": total, "modules_out": len(kept)}
+
+
+def merge_suffix(weights: object) -> str:
+    """File-name suffix for a merge: -FACE for a plain preset name, else -BW."""
+    if isinstance(weights, str) and re.fullmatch(r"[A-Za-z_][\w.]*", weights.strip()):
+        return f"-{weights.strip()}"
+    return "-BW"

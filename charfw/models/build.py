@@ -25,7 +25,8 @@ def empty_models(arch: str):
 
 def te_is_flat(text_encoder) -> bool:
     """True when CLIPTextModel has no `text_model` wrapper (transformers >= 5.6)."""
-    return not hasattr(text_encoder, "text_model")
+    # Look at registered children, not hasattr: Sd15.pipeline() adds a plain `text_model` alias.
+    return "text_model" not in dict(text_encoder.named_children())
 
 
 def ldm_names(unet, vae, text_encoder, vae_prefix: str = keymap.VAE_PREFIX) -> tuple[dict, dict, dict]:

@@ -45,7 +45,8 @@ class TensorFile:
     def get(self, key: str) -> torch.Tensor:
         if self._handle is not None:
             return self._handle.get_tensor(key)
-        return self._tensors[key]
+        # A private, contiguous copy: no view into a shared storage or an mmap of the file survives.
+        return self._tensors[key].clone(memory_format=torch.contiguous_format)
 
     def close(self) -> None:
         self._handle = None

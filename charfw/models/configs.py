@@ -12,6 +12,7 @@ TOKENIZER_DIR = DATA / "tokenizer"
 # Architectures with a config set under data/<name>/ (unet.json, vae.json, text_encoder.json).
 ARCHS = ("sd15", "tiny-sd15")
 ARCH_LABEL = {"sd15": "SD1.5", "tiny-sd15": "tiny-sd15"}
+ARTICLE = {"sd15": "an", "tiny-sd15": "a"}  # "an SD1.5 checkpoint", "a tiny-sd15 checkpoint"
 
 
 def arch_config(arch: str, part: str) -> dict:

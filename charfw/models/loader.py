@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from charfw.errors import CharfwError
 from charfw.models import keymap
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
-from charfw.models.configs import ARCH_LABEL, ARCHS, TOKENIZER_DIR, scheduler_config
+from charfw.models.configs import ARCH_LABEL, ARCHS, ARTICLE, TOKENIZER_DIR, arch_config, scheduler_config
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -82,22 +83,25 @@ def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.
         name = path.stem
     vae_path = Path(vae).expanduser() if vae is not None else None
 
-    with open_tensors(path, "checkpoint") as src:
-        arch = src.metadata.get("charfw_arch", "sd15")
-        if arch not in ARCHS:
-            arch = "sd15"
+    with ExitStack() as stack:
+        # The VAE file first: a wrong VAE path fails before seconds of checkpoint reading.
+        vsrc = stack.enter_context(open_tensors(vae_path, "VAE")) if vae_path is not None else None
+        src = stack.enter_context(open_tensors(path, "checkpoint"))
+        arch = _arch_of(src)
         _check_family(src, arch)
         unet, vae_model, text_encoder = empty_models(arch)
         unet_names, vae_names, te_names = ldm_names(unet, vae_model, text_encoder)
         _assign(unet, _gather(src, {k: [v] for k, v in unet_names.items()}, unet, dtype, arch, "checkpoint"))
         te_sources = {k: [v, keymap.te_legacy_ldm(v)] for k, v in te_names.items()}
         _assign(text_encoder, _gather(src, te_sources, text_encoder, dtype, arch, "checkpoint"))
-        if vae_path is None:
+        if vsrc is not None:
+            _assign(vae_model, _gather(vsrc, _vae_sources(vsrc, vae_model, arch), vae_model, dtype, arch, "VAE"))
+        elif _has(src, keymap.VAE_PREFIX):
             _assign(vae_model, _gather(src, {k: [v] for k, v in vae_names.items()}, vae_model, dtype, arch,
                                        "checkpoint"))
-    if vae_path is not None:
-        with open_tensors(vae_path, "VAE") as vsrc:
-            _assign(vae_model, _gather(vsrc, _vae_sources(vsrc, vae_model, arch), vae_model, dtype, arch, "VAE"))
+        else:
+            raise CharfwError(f"the checkpoint has no VAE ({keymap.VAE_PREFIX}* tensors); give a separate VAE file",
+                              file=path)
 
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
@@ -112,6 +116,22 @@ def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.
                 noise_scheduler=scheduler, name=name, arch=arch, path=path, vae_path=vae_path)
 
 
+_PROBE = keymap.UNET_PREFIX + "input_blocks.0.0.weight"  # conv_in: its width tells the config apart
+
+
+def _arch_of(src: TensorFile) -> str:
+    """Which shipped config set the file needs: its `charfw_arch` marker, else by conv_in width, else SD1.5."""
+    marked = src.metadata.get("charfw_arch")
+    if marked in ARCHS:
+        return marked
+    if _PROBE in src:
+        width = src.shape(_PROBE)[0]
+        for arch in ARCHS:
+            if arch_config(arch, "unet")["block_out_channels"][0] == width:
+                return arch
+    return "sd15"
+
+
 def _has(src: TensorFile, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in src.keys())
 
@@ -119,15 +139,16 @@ def _has(src: TensorFile, prefix: str) -> bool:
 def _check_family(src: TensorFile, arch: str) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
     label = ARCH_LABEL[arch]
+    a = ARTICLE[arch]
     path = src.path
     if _has(src, "conditioner.embedders."):
-        raise CharfwError(f"not an {label} checkpoint: it is an SDXL checkpoint (conditioner.embedders.* tensors)",
+        raise CharfwError(f"not {a} {label} checkpoint: it is an SDXL checkpoint (conditioner.embedders.* tensors)",
                           file=path)
     if _has(src, "cond_stage_model.model."):
-        raise CharfwError(f"not an {label} checkpoint: it is an SD 2.x checkpoint (OpenCLIP text encoder)",
+        raise CharfwError(f"not {a} {label} checkpoint: it is an SD 2.x checkpoint (OpenCLIP text encoder)",
                           file=path)
     if _has(src, "lora_unet_") or _has(src, "lora_te"):
-        raise CharfwError(f"not an {label} checkpoint: it is a LoRA file", file=path)
+        raise CharfwError(f"not {a} {label} checkpoint: it is a LoRA file", file=path)
     if not _has(src, keymap.UNET_PREFIX):
         if _has(src, "encoder.") or _has(src, keymap.VAE_PREFIX):
             hint = "it looks like a VAE; give it as the VAE, not as the model"
@@ -135,7 +156,7 @@ def _check_family(src: TensorFile, arch: str) -> None:
             hint = "it looks like one component in diffusers layout; give the single-file checkpoint"
         else:
             hint = f"it has no U-Net tensors ({keymap.UNET_PREFIX}*)"
-        raise CharfwError(f"not an {label} checkpoint: {hint}", file=path)
+        raise CharfwError(f"not {a} {label} checkpoint: {hint}", file=path)
 
 
 def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:
@@ -147,14 +168,14 @@ def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:
             return {k: [v] for k, v in names.items()}
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in src:  # already diffusers layout
         return {k: [k] for k in keys}
-    raise CharfwError(f"not an {ARCH_LABEL[arch]} VAE: no encoder tensors in LDM (encoder.down.*) "
+    raise CharfwError(f"not {ARTICLE[arch]} {ARCH_LABEL[arch]} VAE: no encoder tensors in LDM (encoder.down.*) "
                       "or diffusers (encoder.down_blocks.*) layout", file=src.path)
 
 
 def _gather(src: TensorFile, sources: dict[str, list[str]], module, dtype: torch.dtype, arch: str,
             what: str) -> dict[str, torch.Tensor]:
     """Every tensor `module` needs, from `src`; CharfwError on wrong shapes or missing tensors."""
-    label = ARCH_LABEL[arch]
+    label, a = ARCH_LABEL[arch], ARTICLE[arch]
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     missing: list[str] = []
@@ -178,12 +199,12 @@ def _gather(src: TensorFile, sources: dict[str, list[str]], module, dtype: torch
         elif "attn2.to_k" in key and len(got) == 2 and got[1] != want[1]:
             hint = f" (cross-attention width {got[1]}: another model family)"
         more = f"; {len(wrong) - 1} more tensors differ" if len(wrong) > 1 else ""
-        raise CharfwError(f"not an {label} {what}: {key} has shape {list(got)}, {label} needs {list(want)}"
+        raise CharfwError(f"not {a} {label} {what}: {key} has shape {list(got)}, {label} needs {list(want)}"
                           f"{hint}{more}", file=src.path)
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         if len(missing) * 2 > len(sources):
-            raise CharfwError(f"not an {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
+            raise CharfwError(f"not {a} {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
                               f"are missing, e.g. {shown}", file=src.path)
         raise CharfwError(f"incomplete {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
                           f"are missing: {shown}", file=src.path)

@@ -42,7 +42,7 @@ def test_plain_ckpt_loads(tiny, tiny_tensors, tmp_path):
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": dict(tiny_tensors), "global_step": 470000, "epoch": 3}, path)
     sd = load_sd15(path)
-    assert sd.name == "plain" and sd.arch == "sd15" or sd.arch == "tiny-sd15"
+    assert sd.name == "plain" and sd.arch == "tiny-sd15"
     for a, b in zip(sd.unet.parameters(), tiny.unet.parameters()):
         assert torch.equal(a, b)
 
@@ -73,13 +73,21 @@ def test_sdxl_keys_are_not_sd15(tmp_path):
         load_sd15(path)
 
 
-def test_wrong_shapes_are_not_sd15(tiny_tensors, tmp_path):
-    # the tiny tensors without the marker that selects the tiny config: SD1.5 shapes expected
-    path = tmp_path / "narrow.safetensors"
-    save_file(dict(tiny_tensors), str(path))
-    with pytest.raises(CharfwError, match=r"narrow\.safetensors: not an SD1\.5 checkpoint: model\.diffusion_model\."
-                                          r".* has shape \[.*\], SD1\.5 needs \[.*\]"):
+def test_wrong_shapes_are_not_sd15(tmp_path):
+    path = tmp_path / "inpainting.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3),
+               "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 1024)},
+              str(path))
+    with pytest.raises(CharfwError, match=r"inpainting\.safetensors: not an SD1\.5 checkpoint: model\.diffusion_model\."
+                                          r"input_blocks\.0\.0\.weight has shape \[320, 9, 3, 3\], SD1\.5 needs "
+                                          r"\[320, 4, 3, 3\] \(a model with 9 input channels"):
         load_sd15(path)
+
+
+def test_tiny_tensors_without_marker_load_as_tiny(tiny, tiny_tensors, tmp_path):
+    path = tmp_path / "unmarked.safetensors"
+    save_file(dict(tiny_tensors), str(path))
+    assert load_sd15(path).arch == "tiny-sd15"
 
 
 def test_missing_keys_are_named(tiny_tensors, tmp_path):
@@ -142,7 +150,7 @@ def test_checkpoint_without_vae_needs_separate_vae(tiny_tensors, other_vae, tmp_
     path = tmp_path / "novae.safetensors"
     save_file({k: v for k, v in tiny_tensors.items() if not k.startswith("first_stage_model.")}, str(path),
               metadata={"charfw_arch": "tiny-sd15"})
-    with pytest.raises(CharfwError, match=r"novae\.safetensors: not an? .*checkpoint.*first_stage_model"):
+    with pytest.raises(CharfwError, match=r"novae\.safetensors: the checkpoint has no VAE \(first_stage_model\.\* tensors\)"):
         load_sd15(path)
     vae = tmp_path / "vae.safetensors"
     save_file(other_vae, str(vae))
@@ -175,3 +183,18 @@ def test_model_hashes(tmp_path):
     assert model_hash(small) == "e3b0c442"  # nothing at 1 MiB: sha256 of no bytes, as sd-scripts gets
     with pytest.raises(CharfwError, match="not found"):
         model_hash(tmp_path / "absent.safetensors")
+
+
+def test_old_text_encoder_layout_and_extra_tensors(tiny, tiny_tensors, tmp_path):
+    """Checkpoints from before transformers' `text_model` level, with EMA and buffer extras, still load."""
+    old = "cond_stage_model.transformer.text_model."
+    tensors = {("cond_stage_model.transformer." + k[len(old):] if k.startswith(old) else k): v
+               for k, v in tiny_tensors.items()}
+    tensors["cond_stage_model.transformer.embeddings.position_ids"] = torch.arange(77)[None]
+    tensors["model_ema.decay"] = torch.tensor(0.9999)
+    tensors["alphas_cumprod"] = torch.ones(1000)
+    path = tmp_path / "old.safetensors"
+    save_file(tensors, str(path))
+    sd = load_sd15(path)
+    for a, b in zip(sd.text_encoder.parameters(), tiny.text_encoder.parameters()):
+        assert torch.equal(a, b)

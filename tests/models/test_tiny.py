@@ -52,7 +52,7 @@ def test_loaded_tensors_equal_file_tensors(tiny, tiny_tensors):
 
 def test_diffusers_converter_reads_the_file_the_same_way(tiny, tiny_tensors):
     """An independent mapping (diffusers' own LDM converter) gives identical models and UNet output."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
@@ -77,7 +77,7 @@ def test_diffusers_converter_reads_the_file_the_same_way(tiny, tiny_tensors):
         a = tiny.unet(sample, 500, encoder_hidden_states=cond).sample
         b = unet(sample, 500, encoder_hidden_states=cond).sample
     assert a.shape == (1, 4, 8, 8) and torch.isfinite(a).all() and a.abs().mean() > 0
-    assert torch.equal(a, b)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # same weights; kernels may differ in the last bit
 
 
 def test_pipeline_runs_two_steps(tiny):

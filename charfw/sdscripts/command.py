@@ -1,0 +1,296 @@
+"""The kohya sd-scripts command line, as the original LoRA.bat built it (SPEC §6).
+
+Pure functions: no file system, no processes. Tests and `charfw plan` call them directly.
+
+Logic names
+-----------
+The seed's LoRA.bat takes a *logic* ``(Lora3x3|Lora1x1|Locon|Loha)(A1|A50p)-(AdamW8|AdaFactor)``
+(16 combinations). `logic_name` produces exactly those for the seed's settings and extends the
+scheme for what the seed did not have:
+
+* network ``lokr`` -> ``Lokr`` (LyCORIS ``algo=lokr``);
+* optimizer ``adamw`` (plain, not 8-bit) -> ``AdamW``;
+* a numeric alpha other than 1 -> ``A<value>`` with ``.`` written as ``p`` (``A16``, ``A0p5``);
+  alpha ``1.0`` is ``A1`` like ``one``.
+
+Argument order and rules
+------------------------
+`train_args` emits the options in the order of the SPEC §6 line. Differences from that line
+only appear for non-default settings:
+
+* Adafactor: ``--optimizer_type=Adafactor --optimizer_args relative_step=True
+  scale_parameter=True warmup_init=False`` and ``--lr_scheduler=adafactor``; no
+  ``--learning_rate`` / ``--text_encoder_lr``. With ``relative_step=True`` sd-scripts
+  computes the step size itself, drops per-group (U-Net / text encoder) learning rates and
+  switches to its ``adafactor`` schedule whatever ``--lr_scheduler`` says; we pass that
+  schedule explicitly so the command says what happens. Warm-up and restarts do not apply.
+* ``--lr_scheduler_num_cycles`` (restarts != 1) and ``--lr_warmup_steps`` (warm-up > 0)
+  follow ``--lr_scheduler``.
+* ``--noise_offset`` / ``--min_snr_gamma`` (when set) follow ``--seed``.
+* ``cache_latents`` is not translated: the dataset config always sets ``color_aug = true``
+  (SPEC §4) and sd-scripts refuses to cache latents with colour augmentation. Add
+  ``--cache_latents`` through ``extra_args`` if your dataset config allows it.
+* ``save_every_n_steps`` belongs to the embedded trainer and is not passed.
+* ``extra_args`` come last, unchanged. When an extra argument names an option the generated
+  command already has (same ``--name``, compared before any ``=``), the generated option
+  (with its values, e.g. all of ``--network_args``) is dropped and the extra one wins.
+  Only exact names are compared: ``--sdpa`` in extra_args does not remove ``--xformers``
+  (set ``attention`` instead).
+
+Numbers use the seed's notation: learning rates in units of 1e-6 (``100e-6``), the
+text-encoder rate ``floor(lr_in_1e-6 * 44 / 100)`` (100 -> 44, 50 -> 22, 1 -> 0, i.e. the
+text encoder is then not trained), integral floats without ``.0``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Literal, Sequence
+
+from charfw.config.models import TrainSettings
+
+NETWORK_LOGIC = {"c3lier": "Lora3x3", "lora": "Lora1x1", "locon": "Locon", "loha": "Loha", "lokr": "Lokr"}
+LYCORIS_ALGO = {"locon": "lora", "loha": "loha", "lokr": "lokr"}
+OPTIMIZER_LOGIC = {"adamw8bit": "AdamW8", "adamw": "AdamW", "adafactor": "AdaFactor"}
+OPTIMIZER_TYPE = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adafactor"}
+ADAFACTOR_ARGS = ("relative_step=True", "scale_parameter=True", "warmup_init=False")
+ATTENTION_SWITCH = {"xformers": "--xformers", "sdpa": "--sdpa", "none": None}
+
+TE_LR_PERCENT = 44
+DEFAULT_DIM = 128
+LOHA_DIM = 32
+
+Launcher = Literal["accelerate", "python"]
+
+
+# --------------------------------------------------------------------------- numbers
+
+def _num(x: float) -> str:
+    """A number as sd-scripts / the seed wrote it: ``64`` not ``64.0``."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _e6(value: float) -> Decimal:
+    """`value` in units of 1e-6, exact in decimal (1e-4 -> 100, 3e-5 -> 30, never 30.000000000000004)."""
+    return (Decimal(repr(float(value))) * 1_000_000).normalize()
+
+
+def _dec(d: Decimal) -> str:
+    return str(int(d)) if d == d.to_integral_value() else format(d, "f")
+
+
+def _lr_text(value: float) -> str:
+    """The seed's notation for a learning rate: ``100e-6``."""
+    return f"{_dec(_e6(value))}e-6"
+
+
+def _name_number(text: str) -> str:
+    """A number for a file name: ``.`` -> ``p`` so nothing mistakes it for an extension."""
+    return text.replace(".", "p")
+
+
+# --------------------------------------------------------------------------- settings
+
+def resolved_dim(settings: TrainSettings) -> int:
+    """`dim`, or the default: 128, LoHa 32."""
+    if settings.dim is not None:
+        return settings.dim
+    return LOHA_DIM if settings.network == "loha" else DEFAULT_DIM
+
+
+def resolved_alpha(settings: TrainSettings) -> float:
+    """Network alpha: ``half`` = dim / 2 (A50p), ``one`` = 1 (A1), or the number given."""
+    if settings.alpha == "half":
+        return resolved_dim(settings) / 2
+    if settings.alpha == "one":
+        return 1.0
+    return float(settings.alpha)
+
+
+def _text_encoder_lr_e6(settings: TrainSettings) -> Decimal:
+    if settings.text_encoder_lr is not None:
+        return _e6(settings.text_encoder_lr)
+    return (_e6(settings.lr) * TE_LR_PERCENT / 100).to_integral_value(rounding=ROUND_FLOOR)
+
+
+def text_encoder_lr(settings: TrainSettings) -> float:
+    """The text-encoder learning rate: as set, else floor(lr in 1e-6 x 44 / 100) x 1e-6."""
+    return float(_text_encoder_lr_e6(settings) / 1_000_000)
+
+
+def _alpha_code(settings: TrainSettings) -> str:
+    if settings.alpha == "half":
+        return "A50p"
+    alpha = resolved_alpha(settings)
+    return "A" + _name_number(_num(alpha))
+
+
+def logic_name(settings: TrainSettings) -> str:
+    """The seed's logic name, e.g. ``Lora3x3A50p-AdamW8`` (see the module doc for extensions)."""
+    return f"{NETWORK_LOGIC[settings.network]}{_alpha_code(settings)}-{OPTIMIZER_LOGIC[settings.optimizer]}"
+
+
+def output_name(name: str, settings: TrainSettings, steps: int) -> str:
+    """``<name>-<logic>-<dim>-<lr in 1e-6>-<steps>``, e.g. ``krnk-Lora3x3A50p-AdamW8-128-100-1000``.
+
+    The learning rate is an integer in 1e-6 as in the seed; a fractional one keeps its
+    decimals with ``p`` for the point (2.5e-6 -> ``2p5``).
+    """
+    lr = _name_number(_dec(_e6(settings.lr)))
+    return f"{name}-{logic_name(settings)}-{resolved_dim(settings)}-{lr}-{steps}"
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _option_name(token: str) -> str | None:
+    return token.split("=", 1)[0] if token.startswith("--") and len(token) > 2 else None
+
+
+def train_args(*, settings: TrainSettings, steps: int, dataset_toml: str | Path,
+               output_dir: str | Path, output_name: str, model: str | Path,
+               vae: str | Path | None, logging_dir: str | Path, log_prefix: str,
+               init_weights: str | Path | None = None) -> list[str]:
+    """The arguments to ``train_network.py``, in the order of SPEC §6, then ``extra_args``.
+
+    Paths are passed through as given (``str()``); the runner gives absolute ones.
+    """
+    s = settings
+    dim = resolved_dim(s)
+    alpha = _num(resolved_alpha(s))
+    groups: list[list[str]] = []
+    add = groups.append
+
+    if s.network in LYCORIS_ALGO:
+        add(["--network_module=lycoris.kohya"])
+        add(["--network_args", f"conv_dim={dim}", f"conv_alpha={alpha}", f"algo={LYCORIS_ALGO[s.network]}"])
+    else:
+        add(["--network_module=networks.lora"])
+        if s.network == "c3lier":
+            add(["--network_args", f"conv_dim={dim}", f"conv_alpha={alpha}"])
+
+    add([f"--optimizer_type={OPTIMIZER_TYPE[s.optimizer]}"])
+    if s.optimizer == "adafactor":
+        add(["--optimizer_args", *ADAFACTOR_ARGS])
+        add(["--lr_scheduler=adafactor"])
+    else:
+        add([f"--learning_rate={_lr_text(s.lr)}"])
+        add([f"--text_encoder_lr={_dec(_text_encoder_lr_e6(s))}e-6"])
+        add([f"--lr_scheduler={s.scheduler}"])
+        if s.restarts != 1:
+            add([f"--lr_scheduler_num_cycles={s.restarts}"])
+        if s.warmup_steps:
+            add([f"--lr_warmup_steps={s.warmup_steps}"])
+
+    add([f"--network_dim={dim}"])
+    add([f"--network_alpha={alpha}"])
+    add([f"--dataset_config={dataset_toml}"])
+    add([f"--max_train_steps={steps}"])
+    add([f"--output_dir={output_dir}"])
+    add([f"--output_name={output_name}"])
+    add([f"--pretrained_model_name_or_path={model}"])
+    if vae:
+        add([f"--vae={vae}"])
+    add([f"--clip_skip={s.clip_skip}"])
+    if init_weights:
+        add([f"--network_weights={init_weights}"])
+    add([f"--logging_dir={logging_dir}"])
+    add([f"--log_prefix={log_prefix}"])
+    if ATTENTION_SWITCH[s.attention]:
+        add([ATTENTION_SWITCH[s.attention]])
+    add(["--save_model_as=safetensors"])
+    add([f"--mixed_precision={s.mixed_precision}"])
+    add([f"--save_precision={s.save_precision}"])
+    if s.gradient_checkpointing:
+        add(["--gradient_checkpointing"])
+    add(["--persistent_data_loader_workers"])
+    add([f"--seed={s.seed}"])
+    if s.noise_offset is not None:
+        add([f"--noise_offset={_num(s.noise_offset)}"])
+    if s.min_snr_gamma is not None:
+        add([f"--min_snr_gamma={_num(s.min_snr_gamma)}"])
+
+    overridden = {n for n in map(_option_name, s.extra_args) if n}
+    args = [tok for group in groups if _option_name(group[0]) not in overridden for tok in group]
+    return args + list(s.extra_args)
+
+
+def launch_command(python: str | Path, sd_scripts_dir: str | Path, args: Sequence[str],
+                   *, launcher: Launcher = "accelerate") -> list[str]:
+    """The full command line running ``train_network.py`` with `args`.
+
+    ``launcher="accelerate"`` (default): ``<python> -m accelerate.commands.launch
+    --num_cpu_threads_per_process=1 <sd_scripts>/train_network.py ...``. Running the
+    launcher as a module of the configured interpreter rather than the ``accelerate``
+    console script means the same Python that passed the import check runs the training:
+    no dependence on PATH, on an activated venv, or on a launcher .exe that breaks when a
+    venv is moved. ``launcher="python"`` runs the script directly (single process; what
+    accelerate does on one device anyway, minus its config handling).
+    The script is given by path, so its folder is on ``sys.path`` and sd-scripts finds
+    its ``library`` / ``networks`` packages whatever the working directory.
+    """
+    script = str(Path(sd_scripts_dir) / "train_network.py")
+    if launcher == "accelerate":
+        prefix = [str(python), "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process=1", script]
+    elif launcher == "python":
+        prefix = [str(python), script]
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}")
+    return prefix + list(args)
+
+
+# --------------------------------------------------------------------------- formatting
+
+def format_shell(cmd: Sequence[str]) -> str:
+    """One copy-pasteable POSIX shell line; `shlex.split` gives `cmd` back."""
+    return shlex.join(cmd)
+
+
+_BAT_SAFE = re.compile(r"[A-Za-z0-9_\-.:\\/=+@,~#$]+")
+
+
+def _bat_quote(token: str, force: bool = False) -> str:
+    """Quote for a .bat line: ``%`` doubled; double quotes when needed (or forced).
+
+    Inside quotes the C runtime's rules apply: backslashes before a quote (and at the very
+    end) are doubled, embedded quotes become ``\\"``.
+    """
+    token = token.replace("%", "%%")
+    if not force and _BAT_SAFE.fullmatch(token):
+        return token
+    body = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', token)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f'"{body}"'
+
+
+def _bat_token(token: str, force: bool = False) -> str:
+    if token.startswith("--") and "=" in token:
+        name, value = token.split("=", 1)
+        return f"{name}={_bat_quote(value)}" if value else token
+    return _bat_quote(token, force)
+
+
+def format_bat(cmd: Sequence[str], *, newline: str = "\n") -> str:
+    """A Windows batch command in LoRA.bat's layout: one option per line, ``^`` continuations.
+
+    The launcher and script share the first line; every ``--option`` starts a new line with
+    its values (quoted, like the seed's ``"conv_dim=128"``). ``--name=value`` quotes only the
+    value and only when needed (spaces, shell characters). ``%`` is doubled as batch files
+    require. Write the result with CRLF line ends (``newline="\\r\\n"``) for cmd.exe.
+    """
+    cmd = list(cmd)
+    split = next((i + 1 for i, t in enumerate(cmd) if t.lower().endswith(".py")), None)
+    if split is None:
+        split = next((i for i, t in enumerate(cmd) if i and t.startswith("--")), len(cmd))
+    lines = [[_bat_token(t) for t in cmd[:split]]]
+    for token in cmd[split:]:
+        if token.startswith("--"):
+            lines.append([_bat_token(token)])
+        else:
+            lines[-1].append(_bat_token(token, force=len(lines) > 1))
+    text = [" ".join(parts) for parts in lines]
+    text = text[:1] + [" " + line for line in text[1:]]
+    return newline.join([line + "^" for line in text[:-1]] + text[-1:])

@@ -1,0 +1,161 @@
+"""The metadata of a trained LoRA: sd-scripts' `ss_*` keys and `modelspec.*` (SAI model spec).
+
+Key names and value formats follow what sd-scripts' train_network writes, so
+tools that read them (A1111's extra networks, sd-webui-additional-networks,
+metadata viewers) show the right thing. Values are strings; nested values are JSON.
+The `sshs_*` hashes are added at save time by charfw.lora.metadata.with_hashes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from charfw.train.dataset import Dataset, tag_frequency
+from charfw.train.network import NetworkSpec
+
+
+def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
+    """ss_datasets: one entry per dataset, with bucket counts and subsets, like sd-scripts."""
+    out = []
+    for ds in datasets:
+        buckets: dict[tuple[int, int], int] = {}
+        errors = []
+        for image in ds.images:
+            reps = ds.subsets[image.subset].num_repeats
+            buckets[image.bucket] = buckets.get(image.bucket, 0) + reps
+            errors.append(abs(image.bucket[0] / image.bucket[1] - image.size[0] / image.size[1]))
+        counts = {s: 0 for s in range(len(ds.subsets))}
+        for image in ds.images:
+            counts[image.subset] += 1
+        bucket_info = {"buckets": {str(i): {"resolution": list(r), "count": buckets[r]}
+                                   for i, r in enumerate(sorted(buckets))},
+                       "mean_img_ar_error": sum(errors) / len(errors)}
+        out.append({
+            "is_dreambooth": True,
+            "batch_size_per_device": ds.batch_size,
+            "num_train_images": ds.num_train_images,
+            "num_reg_images": 0,
+            "resolution": list(ds.resolution),
+            "enable_bucket": ds.enable_bucket,
+            "min_bucket_reso": ds.min_bucket_reso,
+            "max_bucket_reso": ds.max_bucket_reso,
+            "tag_frequency": tag_frequency([ds]),
+            "bucket_info": bucket_info,
+            "subsets": [{
+                "img_count": counts[i], "num_repeats": s.num_repeats, "color_aug": s.color_aug,
+                "flip_aug": s.flip_aug, "random_crop": False, "shuffle_caption": False, "keep_tokens": 0,
+                "image_dir": s.name, "class_tokens": s.class_tokens, "is_reg": False,
+            } for i, s in enumerate(ds.subsets)],
+        })
+    return out
+
+
+def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list[Dataset], unet_lr: float,
+                      te_lr: float, optimizer_name: str, scheduler_name: str, mixed_precision: str,
+                      model_name: str, model_hashes: tuple[str, str] | None, vae_name: str | None,
+                      vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
+                      started_at: float, batches_per_epoch: int, session_id: int) -> dict[str, str]:
+    """Everything known when training starts; `finish_metadata` adds the end."""
+    adafactor = settings.optimizer == "adafactor"
+    meta: dict[str, object] = {
+        "ss_session_id": session_id,
+        "ss_training_started_at": started_at,
+        "ss_output_name": name,
+        "ss_learning_rate": None if adafactor else settings.lr,
+        "ss_text_encoder_lr": None if adafactor else te_lr,
+        "ss_unet_lr": None if adafactor else unet_lr,
+        "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
+        "ss_num_reg_images": 0,
+        "ss_num_batches_per_epoch": batches_per_epoch,
+        "ss_num_epochs": -(-steps // batches_per_epoch),
+        "ss_gradient_checkpointing": settings.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": 1,
+        "ss_max_train_steps": steps,
+        "ss_lr_warmup_steps": settings.warmup_steps,
+        "ss_lr_scheduler": scheduler_name,
+        "ss_network_module": spec.module,
+        "ss_network_dim": spec.dim,
+        "ss_network_alpha": spec.alpha,
+        "ss_network_dropout": None,
+        "ss_mixed_precision": mixed_precision,
+        "ss_full_fp16": False,
+        "ss_v2": False,
+        "ss_base_model_version": "sd_v1",
+        "ss_clip_skip": settings.clip_skip,
+        "ss_max_token_length": None,
+        "ss_cache_latents": True,
+        "ss_seed": settings.seed,
+        "ss_noise_offset": settings.noise_offset,
+        "ss_min_snr_gamma": settings.min_snr_gamma,
+        "ss_optimizer": optimizer_name,
+        "ss_max_grad_norm": 1.0,
+        "ss_caption_dropout_rate": 0.0,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_prior_loss_weight": 1.0,
+        "ss_resolution": tuple(datasets[0].resolution),
+        "ss_datasets": json.dumps(dataset_metadata(datasets)),
+        "ss_tag_frequency": json.dumps(tag_frequency(datasets)),
+        "ss_dataset_dirs": json.dumps(_dataset_dirs(datasets)),
+        "ss_sd_model_name": model_name,
+        "ss_training_comment": "trained by charfw",
+    }
+    if spec.args:
+        meta["ss_network_args"] = spec.args_json()
+    if model_hashes:
+        meta["ss_sd_model_hash"], meta["ss_new_sd_model_hash"] = model_hashes
+    if vae_name:
+        meta["ss_vae_name"] = vae_name
+        if vae_hashes:
+            meta["ss_vae_hash"], meta["ss_new_vae_hash"] = vae_hashes
+    out = {k: str(v) for k, v in meta.items()}
+    out.update(modelspec(name, trigger_words, datasets[0].resolution, settings.clip_skip, started_at))
+    return out
+
+
+def _dataset_dirs(datasets: list[Dataset]) -> dict[str, dict]:
+    dirs: dict[str, dict] = {}
+    for ds in datasets:
+        for i, s in enumerate(ds.subsets):
+            key, n = s.name, 2
+            while key in dirs:
+                key, n = f"{s.name} ({n})", n + 1
+            dirs[key] = {"n_repeats": s.num_repeats, "img_count": sum(1 for im in ds.images if im.subset == i)}
+    return dirs
+
+
+def modelspec(title: str, trigger_words: list[str], resolution: tuple[int, int], clip_skip: int,
+              timestamp: float) -> dict[str, str]:
+    meta = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "epsilon",
+        "modelspec.encoder_layer": str(clip_skip),
+    }
+    if trigger_words:
+        meta["modelspec.trigger_phrase"] = ", ".join(trigger_words)
+        meta["modelspec.usage_hint"] = "Put " + ", ".join(trigger_words) + " in the prompt."
+    return meta
+
+
+def finish_metadata(meta: dict[str, str], *, steps: int, epoch: int, finished_at: float) -> dict[str, str]:
+    out = dict(meta)
+    out["ss_training_finished_at"] = str(finished_at)
+    out["ss_steps"] = str(steps)
+    out["ss_epoch"] = str(epoch)
+    out["modelspec.date"] = datetime.datetime.fromtimestamp(int(finished_at)).isoformat()
+    return out
+
+
+def model_identity(path: Path | None) -> tuple[str, str] | None:
+    """(legacy 8-digit hash, full SHA-256) of a model file, as ss_sd_model_hash / ss_new_sd_model_hash."""
+    if path is None or not Path(path).is_file():
+        return None
+    from charfw.models import model_hash, model_sha256
+    return model_hash(path), model_sha256(path)

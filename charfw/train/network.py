@@ -1,0 +1,231 @@
+"""The trainable network: low-rank adapters injected into the frozen U-Net and text encoder.
+
+Which layers get an adapter, and under which kohya name, comes from charfw.lora.keys
+(derived from the SD1.5 architecture), not from the module paths of whatever
+diffusers/transformers version is installed: each expected name is looked up among
+the model's Linear/Conv2d layers, and a model that lacks one is refused.
+
+- 'lora':   kohya LoRA, attention blocks (Linear + 1x1 conv) and text encoder: 264 modules.
+- 'c3lier': plus every resnet conv/time_emb_proj/shortcut and down/upsampler: 350 modules.
+- 'locon', 'loha', 'lokr': LyCORIS modules (its own classes) on the same 350 layers,
+  saved in the LyCORIS/kohya key forms (`lora_down`/`hada_w1_a`/`lokr_w1`...).
+
+Adapters hook the original layer's forward (output = W x + scale * up(down(x))), so
+the base model's code, checkpointing and attention backend stay untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from charfw.errors import CharfwError
+from charfw.lora.keys import lora_module_specs
+
+LYCORIS_ALGOS = ("locon", "loha", "lokr")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    algo: str            # TrainSettings.network
+    dim: int
+    alpha: float
+    conv_dim: int
+    conv_alpha: float
+
+    @property
+    def conv3x3(self) -> bool:
+        return self.algo != "lora"
+
+    @property
+    def module(self) -> str:
+        """sd-scripts' --network_module for this network."""
+        return "lycoris.kohya" if self.algo in LYCORIS_ALGOS else "networks.lora"
+
+    @property
+    def args(self) -> dict[str, str]:
+        """sd-scripts' --network_args, as it records them (strings)."""
+        if self.algo == "lora":
+            return {}
+        args = {"conv_dim": _num(self.conv_dim), "conv_alpha": _num(self.conv_alpha)}
+        if self.algo in LYCORIS_ALGOS:
+            args["algo"] = self.algo
+        return args
+
+    def args_json(self) -> str | None:
+        return json.dumps(self.args) if self.args else None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def network_spec(settings) -> NetworkSpec:
+    """Dim/alpha defaults of SPEC §6: dim 128 (LoHa 32), alpha half of dim or 1; conv = linear."""
+    dim = settings.dim or (32 if settings.network == "loha" else 128)
+    if settings.alpha == "half":
+        alpha = dim / 2
+    elif settings.alpha == "one":
+        alpha = 1.0
+    else:
+        alpha = float(settings.alpha)
+    return NetworkSpec(settings.network, dim, alpha, dim, alpha)
+
+
+class LoRAModule(nn.Module):
+    """kohya LoRA for one Linear/Conv2d: down kaiming-uniform, up zero, scale alpha/dim."""
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: float):
+        super().__init__()
+        self.lora_name = name
+        if isinstance(org, nn.Conv2d):
+            self.lora_down = nn.Conv2d(org.in_channels, dim, org.kernel_size, org.stride, org.padding, bias=False)
+            self.lora_up = nn.Conv2d(dim, org.out_channels, 1, bias=False)
+        else:
+            self.lora_down = nn.Linear(org.in_features, dim, bias=False)
+            self.lora_up = nn.Linear(dim, org.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.scale = float(alpha) / dim
+        self.multiplier = 1.0
+        self.org_module = [org]  # a list: not registered as a sub-module (its weights are not ours)
+
+    def apply_to(self) -> None:
+        org = self.org_module[0]
+        self.org_forward = org.forward
+        org.forward = self.forward
+
+    def restore(self) -> None:
+        org = self.org_module[0]
+        if org.__dict__.get("forward") == self.forward:
+            del org.forward
+
+    def forward(self, x, *args, **kwargs):
+        out = self.org_forward(x, *args, **kwargs)
+        dtype = self.lora_down.weight.dtype
+        delta = self.lora_up(self.lora_down(x.to(dtype) if x.dtype != dtype and not torch.is_autocast_enabled()
+                                            else x))
+        return out + (delta * (self.multiplier * self.scale)).to(out.dtype)
+
+
+def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float) -> nn.Module:
+    from lycoris.modules.locon import LoConModule
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.lokr import LokrModule
+
+    if algo == "locon":  # bypass: x -> down -> up, cheaper than rebuilding W each step; same result
+        return LoConModule(name, org, 1.0, dim, alpha, bypass_mode=True)
+    if algo == "loha":
+        return LohaModule(name, org, 1.0, dim, alpha)
+    return LokrModule(name, org, 1.0, dim, alpha, factor=-1)
+
+
+def target_layers(unet, text_encoder, conv3x3: bool) -> dict[str, nn.Module]:
+    """kohya name -> the model's layer, for every name charfw.lora.keys lists for SD1.5."""
+    specs = lora_module_specs("sd15", conv3x3)
+    found: dict[str, nn.Module] = {}
+    for prefix, root, te in (("lora_unet_", unet, False), ("lora_te_", text_encoder, True)):
+        for path, module in root.named_modules():
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            if te and not path.startswith("text_model."):  # transformers >= 5.6 dropped the wrapper
+                path = "text_model." + path
+            name = prefix + path.replace(".", "_")
+            if name in specs:
+                found[name] = module
+    missing = [n for n in specs if n not in found]
+    if missing:
+        raise CharfwError(f"the base model lacks {len(missing)} SD1.5 layers a LoRA needs, e.g. {missing[0]}; "
+                          "is it an SD1.5 model?", field="model")
+    for name, spec in specs.items():
+        layer = found[name]
+        kernel = layer.kernel_size[0] if isinstance(layer, nn.Conv2d) else 1
+        if spec.conv != isinstance(layer, nn.Conv2d) or spec.kernel != kernel:
+            raise CharfwError(f"layer {name} is a {type(layer).__name__} (kernel {kernel}), "
+                              f"SD1.5 has a {'Conv2d' if spec.conv else 'Linear'} (kernel {spec.kernel})",
+                              field="model")
+    return {n: found[n] for n in specs}
+
+
+class Network(nn.Module):
+    """All adapters, registered under their kohya names so state_dict() is the kohya file layout."""
+
+    def __init__(self, spec: NetworkSpec, unet, text_encoder):
+        super().__init__()
+        self.spec = spec
+        self.names: list[str] = []
+        for name, layer in target_layers(unet, text_encoder, spec.conv3x3).items():
+            spatial = isinstance(layer, nn.Conv2d) and layer.kernel_size[0] > 1
+            dim, alpha = (spec.conv_dim, spec.conv_alpha) if spatial else (spec.dim, spec.alpha)
+            if spec.algo in LYCORIS_ALGOS:
+                module = _lycoris_module(spec.algo, name, layer, dim, alpha)
+            else:
+                module = LoRAModule(name, layer, dim, alpha)
+            self.add_module(name, module)
+            self.names.append(name)
+        self.to(next(unet.parameters()).device)
+
+    def apply_to(self) -> None:
+        for name in self.names:
+            getattr(self, name).apply_to()
+
+    def restore(self) -> None:
+        for name in reversed(self.names):
+            getattr(self, name).restore()
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(U-Net params, text-encoder params): they train at different learning rates."""
+        unet, te = [], []
+        for name in self.names:
+            (te if name.startswith("lora_te_") else unet).extend(getattr(self, name).parameters())
+        return unet, te
+
+    def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of a kohya/LyCORIS LoRA file (CPU, contiguous, optionally cast)."""
+        out = {}
+        for key, value in self.state_dict().items():
+            value = value.detach().to("cpu")
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            out[key] = value.contiguous()
+        return out
+
+    def load_kohya(self, tensors: dict[str, torch.Tensor], source) -> int:
+        """Start from another LoRA's tensors (e.g. the face LoRA); returns how many modules were loaded.
+
+        Modules absent from `tensors` keep their fresh init; anything that does not fit
+        this network (unknown module, other algorithm, other dim, other alpha) is an error.
+        """
+        own = self.state_dict()
+        modules = {k.partition(".")[0] for k in tensors}
+        for key, value in tensors.items():
+            name = key.partition(".")[0]
+            if key not in own:
+                why = "unknown module" if name not in self.names else "another algorithm's tensor"
+                raise CharfwError(f"{why} {key} for this {self.spec.algo} network", file=source, field="init_weights")
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise CharfwError(f"{key} has shape {list(value.shape)}, this network (dim {self.spec.dim}) needs "
+                                  f"{list(own[key].shape)}", file=source, field="init_weights")
+            if key.endswith(".alpha") and not math.isclose(float(value), float(own[key]), rel_tol=1e-3):
+                raise CharfwError(f"{key} is {float(value):g}, this network's alpha is {float(own[key]):g}",
+                                  file=source, field="init_weights")
+        for name in modules:
+            need = {k for k in own if k.startswith(name + ".")}
+            lacking = sorted(need - set(tensors))
+            if lacking:
+                raise CharfwError(f"module {name} lacks {lacking[0]}", file=source, field="init_weights")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                target = self._tensor(key)
+                target.copy_(value.to(target.dtype))
+        return len(modules)
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        module_path, _, attr = key.rpartition(".")
+        module = self.get_submodule(module_path)
+        return getattr(module, attr)

@@ -1,0 +1,60 @@
+"""The SD1.5 training objective, as sd-scripts computes it.
+
+DDPM forward process (scaled-linear betas 0.00085-0.012, 1000 steps, from the model's
+scheduler), uniform timesteps, epsilon-prediction MSE. Text conditioning with clip
+skip: hidden state `-clip_skip` passed through the encoder's final layer norm.
+Optional noise offset and min-SNR-gamma weighting. Random draws take an explicit
+generator so a step's noise depends only on (seed, step).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_TOKENS = 77  # CLIP's context: 75 tokens + BOS/EOS, what sd-scripts uses by default
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def final_layer_norm(text_encoder):
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+
+def encode_text(text_encoder, input_ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    """Cross-attention context: last layer (clip_skip 1) or hidden_states[-clip_skip] + final LN."""
+    out = text_encoder(input_ids, output_hidden_states=clip_skip > 1, return_dict=True)
+    if clip_skip <= 1:
+        return out.last_hidden_state
+    return final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, num_timesteps: int = 1000,
+               noise_offset: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, timesteps) on the CPU; noise offset adds a per-channel constant, as sd-scripts."""
+    noise = torch.randn(shape, generator=generator)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, num_timesteps, (shape[0],), generator=generator)
+    return noise, timesteps
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, gamma) / SNR per sample (epsilon prediction)."""
+    ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Mean epsilon-MSE of the U-Net at the given noise and timesteps."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, context).sample
+    loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        loss = loss * min_snr_weights(scheduler, timesteps, min_snr_gamma)
+    return loss.mean()

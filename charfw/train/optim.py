@@ -1,0 +1,84 @@
+"""Optimizer and learning-rate schedule (SPEC §6).
+
+AdamW 8-bit needs bitsandbytes and a GPU it supports; where that fails, plain AdamW
+(same hyper-parameters) is used and the metadata says so. Adafactor runs as the
+original workflow ran it: relative step, parameter scaling, no warm-up init, no lr
+(its own schedule; U-Net and text-encoder rates then do not apply).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+log = logging.getLogger("charfw.train")
+
+WEIGHT_DECAY = 0.01  # AdamW's and bitsandbytes' default, what sd-scripts runs with
+
+
+def text_encoder_lr(settings) -> float:
+    """Explicit, or floor(lr in units of 1e-6 x 44/100) x 1e-6 (1e-4 -> 44e-6)."""
+    if settings.text_encoder_lr is not None:
+        return settings.text_encoder_lr
+    units = round(settings.lr / 1e-6, 6)  # 1e-4 / 1e-6 is 99.999..., not 100
+    return math.floor(units * 44 / 100) * 1e-6
+
+
+def _adamw8bit(groups, device: torch.device):
+    """bitsandbytes' AdamW8bit if it imports and can take one step on `device`, else None."""
+    if device.type != "cuda":
+        return None
+    try:
+        import bitsandbytes as bnb
+        probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+        probe.grad = torch.ones_like(probe)
+        opt = bnb.optim.AdamW8bit([probe], lr=1e-3)
+        opt.step()
+        return bnb.optim.AdamW8bit(groups, weight_decay=WEIGHT_DECAY)
+    except Exception as exc:  # ImportError, or a build without this GPU
+        log.info("bitsandbytes AdamW8bit unavailable (%s)", exc)
+        return None
+
+
+def build_optimizer(settings, unet_params, te_params, device) -> tuple[torch.optim.Optimizer, str]:
+    """(optimizer, the name sd-scripts would record in ss_optimizer)."""
+    te_lr = text_encoder_lr(settings)
+    groups = [{"params": list(unet_params), "lr": settings.lr}]
+    if te_params:
+        groups.append({"params": list(te_params), "lr": te_lr})
+    if settings.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+        args = dict(relative_step=True, scale_parameter=True, warmup_init=False)
+        opt = Adafactor(groups, lr=None, **args)
+        name = "transformers.optimization.Adafactor(" + ",".join(f"{k}={v}" for k, v in args.items()) + ")"
+        log.info("optimizer: Adafactor (relative step; learning rates are its own)")
+        return opt, name
+    if settings.optimizer == "adamw8bit":
+        opt = _adamw8bit(groups, torch.device(device))
+        if opt is not None:
+            log.info("optimizer: bitsandbytes AdamW8bit")
+            return opt, f"{type(opt).__module__}.{type(opt).__name__}"
+        log.info("optimizer: torch AdamW (8-bit AdamW needs bitsandbytes on a supported GPU)")
+    else:
+        log.info("optimizer: torch AdamW")
+    opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
+    return opt, "torch.optim.adamw.AdamW"
+
+
+def build_scheduler(settings, optimizer, steps: int):
+    """Learning-rate schedule; Adafactor's relative step brings its own."""
+    if settings.optimizer == "adafactor":
+        from transformers.optimization import AdafactorSchedule
+        return AdafactorSchedule(optimizer, initial_lr=settings.lr)
+    from diffusers.optimization import get_scheduler
+    name = settings.scheduler
+    if name == "constant" and settings.warmup_steps:
+        name = "constant_with_warmup"
+    kwargs = {"num_cycles": settings.restarts} if name == "cosine_with_restarts" else {}
+    return get_scheduler(name, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=steps, **kwargs)
+
+
+def scheduler_name(settings) -> str:
+    return "adafactor" if settings.optimizer == "adafactor" else settings.scheduler

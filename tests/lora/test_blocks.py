@@ -1,0 +1,148 @@
+"""Block assignment, architecture detection, presets and the weight-spec parser."""
+
+from collections import Counter
+
+import pytest
+
+from charfw.errors import CharfwError
+from charfw.lora.blocks import (BLOCKS, PRESETS, block_of, detect_arch, expand, parse_preset_lines,
+                                parse_weights)
+from charfw.lora.keys import sd15_lora_module_names, sdxl_lora_module_names
+
+# Expected module counts per block, written out by hand from the SD1.5 U-Net layout:
+# attention = 12 modules (proj_in/out + 8 attention + 2 ff); resnet = conv1, conv2,
+# time_emb_proj (+ conv_shortcut where channels change); samplers are one conv each.
+SD15_C3LIER = {
+    "BASE": 72,
+    "IN01": 3 + 12, "IN02": 3 + 12, "IN03": 1,
+    "IN04": 4 + 12, "IN05": 3 + 12, "IN06": 1,
+    "IN07": 4 + 12, "IN08": 3 + 12, "IN09": 1,
+    "IN10": 3, "IN11": 3,
+    "M00": 2 * 3 + 12,
+    "OUT00": 4, "OUT01": 4, "OUT02": 4 + 1,
+    "OUT03": 4 + 12, "OUT04": 4 + 12, "OUT05": 4 + 12 + 1,
+    "OUT06": 4 + 12, "OUT07": 4 + 12, "OUT08": 4 + 12 + 1,
+    "OUT09": 4 + 12, "OUT10": 4 + 12, "OUT11": 4 + 12,
+}
+# SDXL: transformer of depth d = 10*d + 2 modules; levels 320 (no attention), 640 (d=2), 1280 (d=10).
+SDXL_C3LIER = {
+    "BASE": 72 + 32 * 6,
+    "IN01": 3, "IN02": 3, "IN03": 1,
+    "IN04": 4 + 22, "IN05": 3 + 22, "IN06": 1,
+    "IN07": 4 + 102, "IN08": 3 + 102,
+    "M00": 2 * 3 + 102,
+    "OUT00": 4 + 102, "OUT01": 4 + 102, "OUT02": 4 + 102 + 1,
+    "OUT03": 4 + 22, "OUT04": 4 + 22, "OUT05": 4 + 22 + 1,
+    "OUT06": 4, "OUT07": 4, "OUT08": 4,
+}
+
+
+def test_sd15_c3lier_blocks():
+    names = sd15_lora_module_names(conv3x3=True)
+    assert len(names) == 350 and sum(SD15_C3LIER.values()) == 350
+    assert Counter(block_of(n, "sd15") for n in names) == SD15_C3LIER
+
+
+def test_sd15_plain_blocks_are_the_17_lbw_blocks():
+    names = sd15_lora_module_names(conv3x3=False)
+    counts = Counter(block_of(n, "sd15") for n in names)
+    assert counts == {"BASE": 72, **{b: 12 for b in ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00")},
+                      **{f"OUT{i:02d}": 12 for i in range(3, 12)}}
+
+
+def test_sdxl_ldm_blocks():
+    names = sdxl_lora_module_names(conv3x3=True)
+    assert Counter(block_of(n, "sdxl") for n in names) == SDXL_C3LIER
+    assert block_of("lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k", "sdxl") == "IN04"
+    assert block_of("lora_unet_output_blocks_5_2_conv", "sdxl") == "OUT05"
+    assert block_of("lora_unet_middle_block_1_proj_in", "sdxl") == "M00"
+
+
+@pytest.mark.parametrize("name, block", [
+    ("lora_unet_down_blocks_1_downsamplers_0_conv", "IN06"),
+    ("lora_unet_up_blocks_2_upsamplers_0_conv", "OUT08"),
+    ("lora_unet_up_blocks_3_attentions_2_proj_out", "OUT11"),
+    ("lora_unet_conv_in", "IN00"),
+    ("lora_unet_conv_out", None),
+    ("lora_unet_time_embedding_linear_1", None),
+    ("lora_unet_conv_norm_out", None),
+    ("lora_te2_text_model_encoder_layers_31_mlp_fc2", "BASE"),
+])
+def test_single_names(name, block):
+    assert block_of(name) == block
+
+
+def test_block_outside_architecture_is_an_error():
+    with pytest.raises(CharfwError, match="IN11"):
+        block_of("lora_unet_input_blocks_11_0_in_layers_2", "sdxl")
+
+
+def test_detect_arch():
+    assert detect_arch(sd15_lora_module_names(False)) == "sd15"
+    assert detect_arch(sdxl_lora_module_names(False)) == "sdxl"
+    assert detect_arch(["lora_unet_input_blocks_4_1_proj_in"], "sd15") == "sd15"
+    with pytest.raises(CharfwError, match="--arch"):
+        detect_arch(["lora_unet_down_blocks_1_attentions_0_proj_in"])
+
+
+def test_lbw_presets_match_the_extension():
+    # LoRA Block Weight's default presets (17 values: BASE,IN01,IN02,IN04,IN05,IN07,IN08,MID,OUT03..OUT11)
+    lbw = {"INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0", "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+           "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0", "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+           "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0", "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+           "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"}
+    for name, values in lbw.items():
+        assert PRESETS["sd15"][name] == [float(v) for v in values.split(",")], name
+    # SDXL 12-value lists: BASE, IN04, IN05, IN07, IN08, M00, OUT00..OUT05
+    assert PRESETS["sdxl"]["INALL"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert PRESETS["sdxl"]["OUTALL"] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    for arch in ("sd15", "sdxl"):
+        for name, values in PRESETS[arch].items():
+            table = parse_weights(name, arch)
+            assert len(table) == len(BLOCKS[arch])
+        assert set(parse_weights("ALL", arch).values()) == {1.0}
+
+
+def test_face_preset_is_the_seed_list():
+    w = parse_weights("FACE", "sd15")
+    assert [w[b] for b in BLOCKS["sd15"]] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
+    with pytest.raises(CharfwError, match="sd15 only"):
+        parse_weights("FACE", "sdxl")
+
+
+def test_short_lists_expand_with_zero():
+    w = parse_weights(",".join(["1"] * 17), "sd15")
+    assert w["IN00"] == w["IN03"] == w["IN10"] == w["OUT00"] == w["OUT02"] == 0 and w["OUT03"] == 1
+    w = expand([2.0] * 12, "sdxl")
+    assert w["IN01"] == w["IN06"] == w["OUT08"] == 0 and w["IN04"] == w["OUT05"] == 2
+    with pytest.raises(CharfwError, match="takes 26 or 17"):
+        parse_weights("1,2,3", "sd15")
+
+
+def test_named_weights_default_to_one():
+    w = parse_weights("IN04=0.5, out03=0,MID=-1", "sd15")
+    assert (w["IN04"], w["OUT03"], w["M00"], w["IN05"], w["BASE"]) == (0.5, 0, -1, 1, 1)
+    w = parse_weights("FACE,OUT03=0.25", "sd15")
+    assert w["OUT03"] == 0.25 and w["BASE"] == 0 and w["IN01"] == 1
+    assert parse_weights({"IN04": 0}, "sdxl")["IN04"] == 0
+    with pytest.raises(CharfwError, match="unknown block"):
+        parse_weights("IN12=1", "sd15")
+    with pytest.raises(CharfwError, match="not a number"):
+        parse_weights("IN04=x", "sd15")
+    with pytest.raises(CharfwError, match="unknown preset"):
+        parse_weights("NOPE", "sd15")
+
+
+def test_user_presets_shadow_and_nest():
+    presets = {"MINE": "FACE,IN04=0.5", "FACE": "ALL0.5", "LOOP": "LOOP"}
+    assert set(parse_weights("FACE", "sd15", presets).values()) == {0.5}
+    assert parse_weights("MINE", "sd15", presets)["IN04"] == 0.5
+    with pytest.raises(CharfwError, match="itself"):
+        parse_weights("LOOP", "sd15", presets)
+
+
+def test_preset_file_lines():
+    assert parse_preset_lines("# mine\nA:1,0\n\nB: IN04=0 # note\n") == {"A": "1,0", "B": "IN04=0"}
+    with pytest.raises(CharfwError) as err:
+        parse_preset_lines("ok:1\nbroken line\n", "p.txt")
+    assert err.value.line == 2 and err.value.file == "p.txt"

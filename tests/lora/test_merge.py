@@ -1,0 +1,80 @@
+"""Block-weight merge scales ΔW by exactly w per block, for every algorithm."""
+
+import pytest
+import torch
+
+from charfw.errors import CharfwError
+from charfw.lora import load_lora, merge_file
+from charfw.lora.modules import delta_matrix
+
+from lora_factory import VARIANTS, make_tensors, write
+
+# one real module name per block used, with the variant's name folded in to keep names unique
+WEIGHTED = {"IN04": "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_{}",
+            "OUT03": "lora_unet_up_blocks_1_resnets_0_conv1_{}",
+            "BASE": "lora_te_text_model_encoder_layers_3_mlp_fc{}"}
+CONTROL = {"IN05": "lora_unet_down_blocks_1_attentions_1_proj_in_{}", "outside": "lora_unet_conv_out_{}"}
+
+
+def build(tmp_path, gen):
+    modules = {}
+    for variant in VARIANTS:
+        for name in (*WEIGHTED.values(), *CONTROL.values()):
+            modules[name.format(variant)] = make_tensors(variant, gen=gen)
+    return write(tmp_path / "in.safetensors", modules, {"ss_network_dim": "4", "ss_output_name": "x"})
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, -1.0, 1.7])
+def test_merged_delta_is_w_times_delta(tmp_path, w):
+    src = build(tmp_path, torch.Generator().manual_seed(3))
+    dst = tmp_path / "out.safetensors"
+    report = merge_file(src, dst, f"IN04={w},OUT03={w},BASE={w}")
+    before, after = load_lora(src).modules, load_lora(dst).modules
+    assert report["modules_in"] == len(before) and report["modules_out"] == len(after)
+    for variant in VARIANTS:
+        for name in (n.format(variant) for n in WEIGHTED.values()):
+            if w == 0:
+                assert name not in after, name
+                continue
+            expected = w * delta_matrix(before[name], torch.float64)
+            error = torch.linalg.norm(delta_matrix(after[name], torch.float64) - expected)
+            assert error <= 1e-7 * torch.linalg.norm(expected), name  # float32 rounding of one factor
+            assert after[name].alpha == before[name].alpha
+            changed = {k for k in before[name].tensors if not torch.equal(before[name].tensors[k],
+                                                                          after[name].tensors[k])}
+            assert changed <= {before[name].merge_key}, (name, changed)
+        for name in (n.format(variant) for n in CONTROL.values()):
+            for k, t in before[name].tensors.items():
+                assert torch.equal(after[name].tensors[k], t), (name, k)
+    if w == 0:
+        assert not any(k.startswith(tuple(n.format("") for n in WEIGHTED.values())) for k in after)
+
+
+def test_dora_only_zero_or_one(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    name = "lora_unet_down_blocks_1_attentions_0_proj_out"
+    src = write(tmp_path / "d.safetensors", {
+        name: make_tensors("lora_linear", dora=True, gen=gen),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": make_tensors("loha", gen=gen)})
+    with pytest.raises(CharfwError, match="DoRA") as err:
+        merge_file(src, tmp_path / "o.safetensors", "IN04=0.5")
+    assert name in str(err.value) and str(src) in str(err.value)
+    assert not (tmp_path / "o.safetensors").exists()
+    merge_file(src, tmp_path / "one.safetensors", "IN04=1,BASE=0.5")
+    assert "dora_scale" in load_lora(tmp_path / "one.safetensors").modules[name].tensors
+    merge_file(src, tmp_path / "zero.safetensors", "IN04=0")
+    out = load_lora(tmp_path / "zero.safetensors")
+    assert name not in out.modules and not any(k.startswith(name) for k in out.modules)
+
+
+def test_presets_and_all_zero(tmp_path):
+    src = build(tmp_path, torch.Generator().manual_seed(5))
+    merge_file(src, tmp_path / "all.safetensors", "ALL")
+    before, after = load_lora(src), load_lora(tmp_path / "all.safetensors")
+    assert set(after.modules) == set(before.modules)
+    merge_file(src, tmp_path / "none.safetensors", "NONE")  # outside-block modules keep weight 1
+    assert {n.split("_conv_out_")[0] for n in load_lora(tmp_path / "none.safetensors").modules} == {"lora_unet"}
+    inside = write(tmp_path / "inside.safetensors", {WEIGHTED["BASE"].format(1): make_tensors("loha")})
+    with pytest.raises(CharfwError, match="no module left"):
+        merge_file(inside, tmp_path / "empty.safetensors", "NONE")
+    assert not (tmp_path / "empty.safetensors").exists()

@@ -1,0 +1,40 @@
+"""Helpers for tests that run the example workspace through doit and the charfw CLI."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ("charfw.yaml", "dodo.py", "characters")
+
+
+def copy_example(parent: Path) -> Path:
+    ws = parent / "ws"
+    ws.mkdir()
+    for name in EXAMPLE:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, ws / name)
+        else:
+            shutil.copy2(src, ws / name)
+    return ws
+
+
+
+
+def run_doit(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ws, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"doit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def executed(proc: subprocess.CompletedProcess) -> set[str]:
+    """Tasks doit ran, read from its own output ('.  name' = executed, '-- name' = up to date)."""
+    return {line[3:].strip() for line in proc.stdout.splitlines() if line.startswith(".  ")}
+
+
+def run_charfw(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "charfw.cli", *args, "-C", str(ws)],
+                          capture_output=True, text=True)
