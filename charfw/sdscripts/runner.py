@@ -229,6 +229,31 @@ def _check_lora(path: Path) -> None:
         raise CharfwError(f"sd-scripts wrote {path}, but it is not a usable LoRA file: {exc}") from None
 
 
+def sd_scripts_command(*, dataset_toml: Path, settings: TrainSettings, steps: int, model: str,
+                       vae: str | None, work_dir: Path, log_dir: Path, name: str,
+                       init_weights: Path | None = None, launcher: Launcher = "accelerate",
+                       root: Path | None = None, python: str | None = None) -> tuple[str, list[str]]:
+    """(output name, full command line) for one training, without running or probing anything.
+
+    This is what `charfw plan` prints and what `run_sd_scripts` runs (after its import check).
+    """
+    root = Path.cwd() if root is None else Path(root)
+    if model.startswith("builtin:"):
+        raise CharfwError(f"{model!r} is charfw's built-in test model; the sd-scripts backend needs a "
+                          "checkpoint file (.safetensors / .ckpt) or a diffusers model", field="model")
+    model_arg = _model_path(model, root, "model")
+    vae_arg = _model_path(vae, root, "vae") if vae else None
+    sd_dir = sd_scripts_dir(settings, root=root)
+    python = python or resolve_python(settings, sd_dir, root=root)
+    work_dir, log_dir = Path(work_dir).absolute(), Path(log_dir).absolute()
+    init = Path(init_weights).absolute() if init_weights is not None else None
+    out_name = make_output_name(name, settings, steps)
+    args = train_args(settings=settings, steps=steps, dataset_toml=Path(dataset_toml).absolute(),
+                      output_dir=work_dir, output_name=out_name, model=model_arg, vae=vae_arg,
+                      logging_dir=log_dir, log_prefix=out_name, init_weights=init)
+    return out_name, launch_command(python, sd_dir, args, launcher=launcher)
+
+
 def run_sd_scripts(*, dataset_toml: Path, settings: TrainSettings, steps: int, model: str,
                    vae: str | None, output: Path, work_dir: Path, log_dir: Path, name: str,
                    init_weights: Path | None = None, launcher: Launcher = "accelerate",
@@ -240,38 +265,29 @@ def run_sd_scripts(*, dataset_toml: Path, settings: TrainSettings, steps: int, m
     / `train.python` paths are taken from `root` (default: the working directory).
     """
     root = Path.cwd() if root is None else Path(root)
-    if model.startswith("builtin:"):
-        raise CharfwError(f"{model!r} is charfw's built-in test model; the sd-scripts backend needs a "
-                          "checkpoint file (.safetensors / .ckpt) or a diffusers model", field="model")
-    model_arg = _model_path(model, root, "model")
-    vae_arg = _model_path(vae, root, "vae") if vae else None
     dataset_toml = Path(dataset_toml).absolute()
     if not dataset_toml.is_file():
         raise CharfwError(f"dataset config {dataset_toml} does not exist")
-    if init_weights is not None:
-        init_weights = Path(init_weights).absolute()
-        if not init_weights.is_file():
-            raise CharfwError(f"initial LoRA {init_weights} does not exist")
-
+    if init_weights is not None and not Path(init_weights).is_file():
+        raise CharfwError(f"initial LoRA {Path(init_weights).absolute()} does not exist")
     sd_dir = sd_scripts_dir(settings, root=root)
     python = resolve_python(settings, sd_dir, root=root)
     work_dir = Path(work_dir).absolute()
     log_dir = Path(log_dir).absolute()
 
     def build(s: TrainSettings) -> tuple[str, list[str]]:
-        out_name = make_output_name(name, s, steps)
-        return out_name, train_args(settings=s, steps=steps, dataset_toml=dataset_toml, output_dir=work_dir,
-                                    output_name=out_name, model=model_arg, vae=vae_arg, logging_dir=log_dir,
-                                    log_prefix=out_name, init_weights=init_weights)
+        return sd_scripts_command(dataset_toml=dataset_toml, settings=s, steps=steps, model=model, vae=vae,
+                                  work_dir=work_dir, log_dir=log_dir, name=name, init_weights=init_weights,
+                                  launcher=launcher, root=root, python=python)
 
-    out_name, args = build(settings)
+    out_name, cmd = build(settings)
     extra_names = {n for n in map(_option_name, settings.extra_args) if n}
     want_bnb = settings.optimizer == "adamw8bit" and "--optimizer_type" not in extra_names
-    has_bnb = _check_imports(python, sd_dir, args, launcher, want_bnb)
+    has_bnb = _check_imports(python, sd_dir, cmd, launcher, want_bnb)
     if want_bnb and not has_bnb:
         print("charfw: bitsandbytes is not importable in that python: training with plain AdamW "
               "instead of AdamW 8-bit", flush=True)
-        out_name, args = build(settings.model_copy(update={"optimizer": "adamw"}))
+        out_name, cmd = build(settings.model_copy(update={"optimizer": "adamw"}))
 
     work_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +295,6 @@ def run_sd_scripts(*, dataset_toml: Path, settings: TrainSettings, steps: int, m
     produced.unlink(missing_ok=True)  # never mistake a previous run's file for this one's
     log_path = work_dir / f"{out_name}.log"
 
-    cmd = launch_command(python, sd_dir, args, launcher=launcher)
     print(f"charfw: running sd-scripts in {dataset_toml.parent}", flush=True)
     code, tail = _stream(cmd, dataset_toml.parent, log_path)
     if code != 0:

@@ -1,0 +1,322 @@
+"""The training loop: `train_lora` turns a dataset TOML and settings into a kohya LoRA file.
+
+One process, or several under `accelerate launch` (process r trains batch
+`step * world + r`; gradients are averaged across processes before each update).
+Mixed precision via accelerate's autocast on GPU (the frozen base is cast to
+fp16/bf16, adapters stay fp32); always fp32 on CPU. Every `save_every_n_steps` the
+state is saved to `state_dir`; a rerun of the same run resumes from it, and it is
+removed once the LoRA is written. Each step's noise and timesteps are drawn from a
+generator seeded by (seed, step, process), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from charfw.errors import CharfwError
+from charfw.fsutil import atomic_path
+from charfw.train.dataset import Dataset, load_datasets
+from charfw.train.latents import LatentCache
+from charfw.train.metadata import finish_metadata, model_identity, training_metadata
+from charfw.train.network import Network, network_spec
+from charfw.train.objective import diffusion_loss, draw_noise, encode_text, tokenize
+from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name, text_encoder_lr
+from charfw.train.sampling import BatchPlan
+from charfw.train.state import clear_state, load_state, run_id, save_state
+
+log = logging.getLogger("charfw.train")
+
+TRAINER_VERSION = 1   # bump when a change alters what the same inputs train to: old states are then discarded
+MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
+# settings that do not change the trained weights (a state stays valid when only these differ)
+NOT_IN_RUN_ID = {"trainer", "sd_scripts", "python", "extra_args", "attention", "save_every_n_steps",
+                 "save_precision", "cache_latents", "gradient_checkpointing"}
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+
+
+@dataclass
+class TrainJob:
+    dataset_toml: Path
+    settings: object          # charfw.config.models.TrainSettings
+    steps: int
+    model: str
+    vae: str | None
+    output: Path
+    state_dir: Path
+    log_dir: Path | None = None
+    name: str = "lora"
+    trigger_words: list[str] = field(default_factory=list)
+    init_weights: Path | None = None
+    progress: bool = True
+    device: str | None = None
+
+
+def train_lora(*, dataset_toml: Path, settings, steps: int, model: str, vae: str | None, output: Path,
+               state_dir: Path, log_dir: Path | None, name: str, trigger_words: list[str],
+               init_weights: Path | None = None, progress: bool = True, device: str | None = None) -> Path:
+    """Train a LoRA and write it (atomically) to `output`; returns `output`."""
+    job = TrainJob(Path(dataset_toml), settings, steps, model, vae, Path(output), Path(state_dir),
+                   Path(log_dir) if log_dir else None, name, list(trigger_words),
+                   Path(init_weights) if init_weights else None, progress, device)
+    return run(job)
+
+
+def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None) -> Path:
+    """`train_lora` with a hook called after every step with (step number from 1, loss)."""
+    if job.steps < 1:
+        raise CharfwError("steps must be at least 1", field="steps")
+    if job.init_weights is not None and job.init_weights.suffix != ".safetensors":
+        raise CharfwError("init weights must be a .safetensors LoRA", file=job.init_weights, field="init_weights")
+    settings = job.settings
+    accelerator = _accelerator(job)
+    device = accelerator.device
+    datasets = load_datasets(job.dataset_toml)
+
+    from charfw.models import load_sd15
+    sd = load_sd15(job.model, job.vae, dtype=torch.float32, device="cpu")
+    base_dtype = torch.float32
+    if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
+        base_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
+    sd.unet.to(device, base_dtype)
+    sd.text_encoder.to(device, base_dtype)
+    sd.vae.to(device)  # fp32: it runs once per cached sample, and fp16 SD VAEs can overflow
+
+    spec = network_spec(settings)
+    network = Network(spec, sd.unet, sd.text_encoder)
+    if job.init_weights is not None:
+        _load_init(network, job.init_weights)
+    network.apply_to()
+    try:
+        return _train(job, accelerator, datasets, sd, network, on_step)
+    finally:
+        network.restore()
+        accelerator.end_training()
+
+
+def _train(job: TrainJob, accelerator, datasets: list[Dataset], sd, network: Network, on_step) -> Path:
+    settings, steps, device = job.settings, job.steps, accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    plan = BatchPlan(datasets, settings.seed)
+    run = run_id(_run_parts(job, datasets, sd, world))
+
+    if settings.gradient_checkpointing:
+        sd.unet.enable_gradient_checkpointing()
+        te = sd.text_encoder
+        if hasattr(te, "activation_checkpointing_enable"):
+            te.activation_checkpointing_enable()
+        else:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        sd.unet.train()  # transformers checkpoints only in training mode; CLIP and the U-Net have no dropout
+        sd.text_encoder.train()
+
+    unet_params, te_params = network.param_groups()
+    params = unet_params + te_params
+    optimizer, optimizer_name = build_optimizer(settings, unet_params, te_params, device)
+    lr_scheduler = build_scheduler(settings, optimizer, steps)
+    optimizer = accelerator.prepare_optimizer(optimizer)
+
+    start = 0
+    saved = load_state(job.state_dir, run)
+    if saved is not None:
+        network.load_state_dict({k: v.to(device) for k, v in saved.network.items()})
+        optimizer.load_state_dict(saved.optim["optimizer"])
+        lr_scheduler.load_state_dict(saved.optim["scheduler"])
+        if accelerator.scaler is not None and saved.optim.get("scaler"):
+            accelerator.scaler.load_state_dict(saved.optim["scaler"])
+        start = saved.step
+        log.info("resuming %s from step %d", job.name, start)
+
+    meta = None
+    if accelerator.is_main_process:
+        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, run)
+    disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
+    latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk,
+                          vae_id=_vae_id(sd))
+    tokens: dict[str, torch.Tensor] = {}
+    window = collections.deque(maxlen=max(1, plan.per_epoch))
+    tracking = bool(accelerator.trackers)
+    log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
+             "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
+             sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, steps, spec_label(network),
+             network.spec.dim, network.spec.alpha, device, world)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
+               disable=not (job.progress and accelerator.is_local_main_process))
+    clip_skip, noise_offset, gamma = settings.clip_skip, settings.noise_offset, settings.min_snr_gamma
+    num_timesteps = sd.noise_scheduler.config.num_train_timesteps
+    for step in range(start, steps):
+        samples = plan[step * world + rank]
+        x0 = latents.batch(samples)
+        captions = [datasets[s.dataset].images[s.image].caption for s in samples]
+        ids = torch.cat([_tokens(tokens, sd.tokenizer, c) for c in captions]).to(device)
+        gen = torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))
+        noise, timesteps = draw_noise(tuple(x0.shape), gen, num_timesteps, noise_offset)
+        noise, timesteps = noise.to(device), timesteps.to(device)
+        with accelerator.autocast():
+            context = encode_text(sd.text_encoder, ids, clip_skip)
+            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, context, noise, timesteps, gamma)
+        accelerator.backward(loss)
+        if world > 1:
+            _average_gradients(accelerator, params)
+        accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        value = float(loss.detach())
+        if not math.isfinite(value) and accelerator.scaler is None:
+            raise CharfwError(f"training diverged at step {step + 1} (loss {value}); lower the learning rate",
+                              field="lr")
+        window.append(value)
+        average = sum(window) / len(window)
+        bar.update(1)
+        bar.set_postfix(loss=f"{average:.4f}", refresh=False)
+        if tracking:
+            lrs = lr_scheduler.get_last_lr()
+            logs = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
+            if len(lrs) > 1:
+                logs["lr/textencoder"] = lrs[1]
+            accelerator.log(logs, step=step + 1)
+        if on_step is not None:
+            on_step(step + 1, value)
+        if (step + 1) % settings.save_every_n_steps == 0 and step + 1 < steps:
+            if accelerator.is_main_process:
+                save_state(job.state_dir, run, step + 1, network.kohya_state_dict(torch.float32),
+                           _optim_state(optimizer, lr_scheduler, accelerator))
+                log.info("saved training state at step %d", step + 1)
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    if accelerator.is_main_process:
+        _write_lora(job, network, meta, plan.per_epoch, world)
+        clear_state(job.state_dir)
+        log.info("wrote %s (%d VAE encodes)", job.output, latents.encoded)
+    accelerator.wait_for_everyone()
+    return job.output
+
+
+def spec_label(network: Network) -> str:
+    return network.spec.algo
+
+
+def _accelerator(job: TrainJob):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import is_tensorboard_available
+
+    cpu = job.device == "cpu" or (job.device is None and not torch.cuda.is_available())
+    mixed = "no" if cpu else job.settings.mixed_precision
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # one process: forget the settings of a previous training in this process (they may differ)
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    tensorboard = job.log_dir is not None and is_tensorboard_available()
+    if job.log_dir is not None and not tensorboard:
+        log.info("tensorboard is not installed: no training logs in %s", job.log_dir)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cpu, log_with="tensorboard" if tensorboard else None,
+                              project_dir=str(job.log_dir) if tensorboard else None)
+    if tensorboard:
+        accelerator.init_trackers(job.name)
+    return accelerator
+
+
+def _tokens(cache: dict, tokenizer, caption: str) -> torch.Tensor:
+    if caption not in cache:
+        cache[caption] = tokenize(tokenizer, [caption])
+    return cache[caption]
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"charfw-step/{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
+
+
+def _average_gradients(accelerator, params) -> None:
+    """Mean of the gradients over processes, in one collective (all ranks have the same None grads)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _optim_state(optimizer, lr_scheduler, accelerator) -> dict:
+    state = {"optimizer": optimizer.state_dict(), "scheduler": lr_scheduler.state_dict()}
+    if accelerator.scaler is not None:
+        state["scaler"] = accelerator.scaler.state_dict()
+    return state
+
+
+def _load_init(network: Network, path: Path) -> None:
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise CharfwError("init weights file not found", file=path, field="init_weights")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise CharfwError(f"not a readable safetensors file ({exc})", file=path, field="init_weights") from None
+    n = network.load_kohya(tensors, path)
+    log.info("initialised %d of %d modules from %s", n, len(network.names), path)
+
+
+def _file_id(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    from charfw.models import model_hash
+    return {"name": path.name, "size": path.stat().st_size, "hash": model_hash(path)}
+
+
+def _vae_id(sd) -> str:
+    return f"{_file_id(sd.path)}/{_file_id(sd.vae_path)}"
+
+
+def _run_parts(job: TrainJob, datasets: list[Dataset], sd, world: int) -> dict:
+    """What decides the trained weights: a saved state is resumed only if all of this is equal."""
+    data = [{"resolution": d.resolution, "batch": d.batch_size,
+             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug) for s in d.subsets],
+             "images": [(i.sha256, i.caption, i.placement.bucket, i.placement.resized, i.subset) for i in d.images]}
+            for d in datasets]
+    init = None
+    if job.init_weights is not None:
+        init = hashlib.sha256(job.init_weights.read_bytes()).hexdigest()
+    settings = job.settings.model_dump(exclude=NOT_IN_RUN_ID)
+    return {"trainer": TRAINER_VERSION, "settings": settings, "steps": job.steps, "model": _file_id(sd.path),
+            "vae": _file_id(sd.vae_path), "data": data, "init": init, "world": world}
+
+
+def _metadata(job: TrainJob, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, run: str) -> dict:
+    settings = job.settings
+    builtin = isinstance(job.model, str) and job.model.startswith("builtin:")
+    model_name = job.model if builtin else (sd.path.name if sd.path else str(job.model))
+    return training_metadata(
+        settings=settings, spec=network_spec(settings), steps=job.steps, datasets=datasets,
+        unet_lr=settings.lr, te_lr=text_encoder_lr(settings), optimizer_name=optimizer_name,
+        scheduler_name=scheduler_name(settings), mixed_precision=accelerator.mixed_precision,
+        model_name=model_name, model_hashes=model_identity(sd.path),
+        vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
+        name=job.name, trigger_words=job.trigger_words, started_at=time.time(), batches_per_epoch=per_epoch,
+        session_id=int(run[:8], 16))
+
+
+def _write_lora(job: TrainJob, network: Network, meta: dict, per_epoch: int, world: int) -> None:
+    from safetensors.torch import save_file
+
+    from charfw.lora.metadata import with_hashes
+    tensors = network.kohya_state_dict(SAVE_DTYPES[job.settings.save_precision])
+    epoch = (job.steps * world - 1) // per_epoch + 1
+    meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epoch, finished_at=time.time()))
+    with atomic_path(job.output) as tmp:
+        save_file(tensors, str(tmp), meta)

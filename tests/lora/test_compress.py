@@ -1,0 +1,199 @@
+"""Compression equals a dense-SVD reference; ranks follow each method's definition."""
+
+import pytest
+import torch
+
+from charfw.errors import CharfwError
+from charfw.lora import compress_file, load_lora
+from charfw.lora.compress import (choose_rank, rank_sv_cumulative, rank_sv_fro, rank_sv_ratio,
+                                  sd_scripts_rank)
+from charfw.lora.keys import ModuleSpec, lora_module_specs
+from charfw.lora.modules import delta_matrix
+
+from lora_factory import lora_tensors, make_tensors, write
+
+
+# ---- rank rules on chosen singular values -------------------------------------------------
+
+def S(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_sv_ratio_keeps_values_within_factor_p():
+    s = S(8, 4, 2, 1, 0.5)
+    assert [rank_sv_ratio(s, p) for p in (1, 1.9, 2, 7.9, 8, 16, 100)] == [1, 1, 2, 3, 4, 5, 5]
+
+
+def test_sv_fro_smallest_rank_keeping_fraction_of_norm():
+    s = S(4, 3)                      # norm 5; the first value alone keeps 4/5
+    assert [rank_sv_fro(s, p) for p in (0.5, 0.8, 0.81, 1.0)] == [1, 1, 2, 2]
+
+
+def test_sv_cumulative_smallest_rank_keeping_fraction_of_sum():
+    s = S(5, 3, 2)                   # sum 10: prefixes 0.5, 0.8, 1.0
+    assert [rank_sv_cumulative(s, p) for p in (0.3, 0.5, 0.51, 0.8, 0.81, 1.0)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_choose_rank_caps_and_zero():
+    s = S(8, 4, 2, 1, 0.5)
+    assert choose_rank(s, "sv_ratio", 100, max_rank=3) == 3
+    assert choose_rank(s, "rank", 4, max_rank=128) == 4
+    assert choose_rank(s, "rank", 9, max_rank=128) == 5   # never more values than there are
+    assert choose_rank(S(0, 0), "sv_fro", 0.9, 128) == 1
+
+
+def test_sd_scripts_compat_keeps_one_more():
+    full = S(8, 4, 2, 1, 0.5, 0, 0, 0)            # dense spectrum: zeros past the LoRA rank
+    assert rank_sv_ratio(full, 10) == 4 and sd_scripts_rank(full, "sv_ratio", 10, 128) == 5
+    assert rank_sv_fro(full, 0.9) == 2 and sd_scripts_rank(full, "sv_fro", 0.9, 128) == 3
+    assert rank_sv_cumulative(full, 0.6) == 2 and sd_scripts_rank(full, "sv_cumulative", 0.6, 128) == 3
+    assert sd_scripts_rank(full, "sv_ratio", 10, max_rank=4) == 4
+    assert sd_scripts_rank(S(1e-7, 0, 0), "sv_fro", 0.9, 128) == 1   # zero ΔW
+    assert sd_scripts_rank(full, "rank", 6, 128) == 6
+
+
+# ---- whole files against a dense SVD ---------------------------------------------------------
+
+SPECS = [ModuleSpec("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", 40, 48),
+         ModuleSpec("lora_unet_down_blocks_1_resnets_0_conv1", 16, 8, 3, True),
+         ModuleSpec("lora_unet_down_blocks_1_attentions_0_proj_in", 24, 24, 1, True),
+         ModuleSpec("lora_te_text_model_encoder_layers_0_mlp_fc1", 36, 20)]
+MID = "lora_unet_down_blocks_1_resnets_1_conv2"
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    gen = torch.Generator().manual_seed(7)
+    modules = {s.name: lora_tensors(s, 12, gen, decay=0.6, alpha=6) for s in SPECS}
+    mid = make_tensors("locon_mid", out=16, inp=16, rank=12, alpha=3, gen=gen)
+    mid["lora_up.weight"] *= (0.6 ** torch.arange(12.0)).reshape(1, 12, 1, 1)
+    modules[MID] = mid
+    return write(tmp_path_factory.mktemp("c") / "in.safetensors", modules,
+                 {"ss_network_dim": "12", "ss_training_comment": "trained", "ss_tag_frequency": "{}"})
+
+
+def reference_rank(s: torch.Tensor, method: str, p: float) -> int:
+    """The definitions of SPEC §9, written independently of the implementation."""
+    if method == "sv_ratio":
+        return int((s >= s[0] / p).sum())
+    if method == "rank":
+        return int(p)
+    v = s ** 2 if method == "sv_fro" else s
+    frac = torch.cumsum(v, 0) / v.sum()
+    target = p ** 2 if method == "sv_fro" else p
+    return next(i + 1 for i, f in enumerate(frac) if f >= target)
+
+
+@pytest.mark.parametrize("method, param", [("sv_ratio", 8.0), ("sv_fro", 0.95), ("sv_cumulative", 0.7),
+                                           ("rank", 5)])
+@pytest.mark.parametrize("compat", [False, True])
+def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, compat):
+    dst = tmp_path / "out.safetensors"
+    report = compress_file(lora_file, dst, method, param, dtype="fp32", sd_scripts_compat=compat)
+    before, after = load_lora(lora_file).modules, load_lora(dst).modules
+    assert report["compressed"] == len(before) == len(after)
+    for name, m in before.items():
+        dense = delta_matrix(m, torch.float64)
+        u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+        k = reference_rank(s[: m.rank], method, param) + (compat and method != "rank")
+        new = after[name]
+        assert new.rank == k, name
+        assert new.alpha == pytest.approx(m.scale * k)           # strength unchanged
+        assert "lora_mid.weight" not in new.tensors
+        assert new.tensors["lora_down.weight"].shape[1:] == (
+            m.tensors["lora_down.weight"].shape[1:] if name != MID else (16, 3, 3))
+        ref = (u[:, :k] * s[:k]) @ vh[:k]
+        got = delta_matrix(new, torch.float64)
+        assert torch.linalg.norm(got - ref) <= 1e-4 * torch.linalg.norm(ref), name
+    meta = load_lora(dst).metadata
+    assert meta["ss_tag_frequency"] == "{}"                       # input metadata kept
+    if method == "rank":
+        assert meta["ss_training_comment"] == "dimension is resized from 12 to 5; trained"
+        assert meta["ss_network_dim"] == "5"
+    else:
+        assert meta["ss_training_comment"] == f"Dynamic resize with {method}: {param} from 12; trained"
+
+
+def test_caps_dtype_and_split(lora_file, tmp_path):
+    dst = tmp_path / "capped.safetensors"
+    compress_file(lora_file, dst, "sv_ratio", 1000, max_rank=4, max_conv_rank=2)
+    out = load_lora(dst)
+    for name, m in out.modules.items():
+        assert m.rank == (2 if m.conv3x3 else 4), name
+        assert m.tensors["lora_up.weight"].dtype == torch.float16
+        assert m.tensors["alpha"].dtype == torch.float32
+        down = m.tensors["lora_down.weight"].float().reshape(m.rank, -1)
+        up = m.tensors["lora_up.weight"].float().reshape(-1, m.rank)
+        # default split: √S on each side, so both factors carry the same column/row norms
+        torch.testing.assert_close(down.norm(dim=1), up.norm(dim=0), rtol=2e-3, atol=1e-6)
+    assert out.metadata["ss_network_dim"] == "Dynamic"
+    compress_file(lora_file, tmp_path / "bf.safetensors", "rank", 3, dtype="bf16", sd_scripts_compat=True)
+    for m in load_lora(tmp_path / "bf.safetensors").modules.values():
+        assert m.tensors["lora_down.weight"].dtype == torch.bfloat16
+        down = m.tensors["lora_down.weight"].float().reshape(m.rank, -1)
+        torch.testing.assert_close(down.norm(dim=1), torch.ones(m.rank), rtol=1e-2, atol=1e-2)  # S on up
+
+
+def test_lora_modules_never_form_dense_delta(lora_file, tmp_path, monkeypatch):
+    import charfw.lora.compress as compress
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dense ΔW formed for a LoRA module")
+
+    monkeypatch.setattr(compress, "delta_matrix", forbidden)
+    monkeypatch.setattr(torch, "matmul", forbidden, raising=False)
+    compress_file(lora_file, tmp_path / "o.safetensors", "sv_fro", 0.9)
+
+
+def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
+    specs = lora_module_specs("sd15", True)
+    q = specs["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]   # 320 x 320 Linear
+    conv = specs["lora_unet_down_blocks_0_resnets_0_conv1"]                              # 320 x 320 x 3 x 3
+    gen = torch.Generator().manual_seed(9)
+    loha = make_tensors("loha", out=q.out_dim, inp=q.in_dim, rank=4, gen=gen)
+    tucker = make_tensors("loha_tucker", out=conv.out_dim, inp=conv.in_dim, rank=4, gen=gen)
+    lokr = make_tensors("lokr_full", out=q.out_dim, inp=q.in_dim, gen=gen)
+    lokr_name = "lora_te_text_model_encoder_layers_0_mlp_fc2"     # 768 x 3072
+    lokr_te = make_tensors("lokr_factored", out=768, inp=3072, rank=4, gen=gen)
+    src = write(tmp_path / "ly.safetensors", {q.name: loha, conv.name: tucker, lokr_name: lokr_te,
+                                              q.name.replace("to_q", "to_k"): lokr})
+    before = load_lora(src).modules
+
+    compress_file(src, tmp_path / "same.safetensors", dtype="fp32")
+    same = load_lora(tmp_path / "same.safetensors").modules
+    for name, m in before.items():
+        assert same[name].kind == m.kind
+        assert all(torch.equal(same[name].tensors[k], t) for k, t in m.tensors.items())
+
+    report = compress_file(src, tmp_path / "lora.safetensors", "sv_fro", 0.999, dtype="fp32", to_lora=True)
+    assert report["compressed"] == 4
+    after = load_lora(tmp_path / "lora.safetensors").modules
+    for name, m in before.items():
+        new = after[name]
+        assert new.kind == "lora"
+        dense = delta_matrix(m, torch.float64)
+        u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+        k = reference_rank(s, "sv_fro", 0.999)
+        assert new.rank == min(k, 128)
+        ref = (u[:, :new.rank] * s[:new.rank]) @ vh[:new.rank]
+        assert torch.linalg.norm(delta_matrix(new, torch.float64) - ref) <= 1e-4 * torch.linalg.norm(ref)
+    assert after[conv.name].tensors["lora_down.weight"].shape[1:] == (320, 3, 3)
+    assert after[q.name].tensors["lora_down.weight"].dim() == 2
+
+
+def test_to_lora_needs_a_known_layer_shape(tmp_path):
+    src = write(tmp_path / "odd.safetensors", {"lora_unet_custom_layer": make_tensors("loha")})
+    with pytest.raises(CharfwError, match="conv or a linear") as err:
+        compress_file(src, tmp_path / "o.safetensors", to_lora=True)
+    assert "lora_unet_custom_layer" in str(err.value) and str(src) in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(method="sv_fro", param=1.5), "fraction"),
+                                             (dict(method="sv_ratio", param=0.5), "≥ 1"),
+                                             (dict(method="rank", param=2.5), "positive integer"),
+                                             (dict(method="svd", param=1), "unknown compression"),
+                                             (dict(dtype="fp8"), "unknown dtype"),
+                                             (dict(max_rank=0), "max-rank")])
+def test_bad_settings(lora_file, tmp_path, kwargs, message):
+    with pytest.raises(CharfwError, match=message):
+        compress_file(lora_file, tmp_path / "o.safetensors", **kwargs)
