@@ -38,6 +38,36 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from charfw.plan import plan
+
+    print(plan(Path(args.workspace).resolve(), args.target))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from charfw.build.tasks import Build
+    from charfw.build.training import is_trained, run
+    from charfw.config.workspace import load_project
+
+    build = Build(load_project(Path(args.workspace).resolve()))
+    target = build.project.targets.get(args.target)
+    if target is None or target.lora is not None:
+        trainable = [t.name for t in build.trained_targets()]
+        raise CharfwError(f"no trainable target {args.target!r}; trainable: {', '.join(trainable)}")
+    job = build.train_job(target)
+    missing = [p for p in job.inputs if not p.exists()]
+    if missing:
+        raise CharfwError(f"inputs not built yet ({missing[0]}): run `doit dataset:{target.name}` first"
+                          + (f" and `doit train:{target.init}`" if target.init else ""))
+    if is_trained(job) and not args.force:
+        print(f"{job.output} is up to date (use --force to train again)")
+        return 0
+    run(job)
+    print(f"wrote {job.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charfw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate every manifest and image without building")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="show what the build would do next and each training's command line")
+    p.add_argument("target", nargs="?", help="only this target (and its image sets)")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("train", help="train one target now, outside doit (its dataset must be built)")
+    p.add_argument("target")
+    p.add_argument("--force", action="store_true", help="train even if the LoRA is up to date")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_train)
 
     from charfw.lora.cli import register as register_lora
 

@@ -36,5 +36,6 @@ def executed(proc: subprocess.CompletedProcess) -> set[str]:
 
 
 def run_charfw(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    """A workspace command (new, check, plan, train) on `ws`."""
     return subprocess.run([sys.executable, "-m", "charfw.cli", *args, "-C", str(ws)],
                           capture_output=True, text=True)

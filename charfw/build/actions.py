@@ -60,5 +60,19 @@ def compress(src: str, dst: str, settings: dict) -> None:
 
 
 @reported
+def train(job) -> None:
+    from charfw.build.training import run
+
+    run(job)
+
+
+def clean_training(job) -> None:
+    """`doit clean train:X` removes the LoRA, its run key and any saved state."""
+    for path in (job.output, job.key_file):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(job.state_dir, ignore_errors=True)
+
+
+@reported
 def text_file(path: str, text: str) -> None:
     write_text(path, text)

@@ -5,6 +5,7 @@ would write changes.
     images    sources -> RGB PNGs per size     (per set)
     captions  view codes -> .txt per image     (per set)
     dataset   sd-scripts dataset TOML          (per target)
+    train     LoRA training                    (per target without a declared `lora:`)
     merge     block weights baked in           (per target)
     compress  SVD resize -> dist/<name>        (per target)
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from doit.tools import config_changed
 
 from charfw.build import actions
+from charfw.build.training import TrainJob, is_trained
 from charfw.config.workspace import ARCH, Project, Target, load_project
 from charfw.dataset.plan import Prepared, plan_set
 from charfw.dataset.toml import dataset_config, render_toml
@@ -58,9 +60,22 @@ class Build:
     def toml_path(self, target: str) -> Path:
         return self.datasets_dir / f"{target}.toml"
 
-    def trained_path(self, target: Target) -> Path | None:
-        """The target's trained LoRA: a declared file (trained elsewhere), else None until it can be trained."""
-        return target.lora
+    def trained_path(self, target: Target) -> Path:
+        """The target's trained LoRA: a declared file (trained elsewhere), else what `train` writes."""
+        return target.lora or self.project.build_dir / "train" / f"{target.name}.safetensors"
+
+    def train_job(self, target: Target) -> TrainJob:
+        root, cfg = self.project.root, self.project.config
+        files = [p for sub in target.subsets for i in self.plans[sub.set.id]
+                 for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
+        init = self.trained_path(self.project.targets[target.init]) if target.init else None
+        return TrainJob(
+            name=target.name, settings=target.train, steps=target.steps,
+            dataset_toml=self.toml_path(target.name), model=_model_ref(cfg.model, root),
+            vae=_model_ref(cfg.vae, root) if cfg.vae else None, output=self.trained_path(target),
+            state_dir=self.project.build_dir / "train" / f"{target.name}.state",
+            log_dir=self.project.build_dir / "logs", trigger_words=target.trigger_words, root=root,
+            init_weights=init, inputs=[self.toml_path(target.name), *files, *([init] if init else [])])
 
     def merged_path(self, target: Target) -> Path:
         return self.project.build_dir / "merged" / f"{target.name}.safetensors"
@@ -68,8 +83,8 @@ class Build:
     def dist_path(self, target: Target) -> Path:
         return self.project.dist_dir / f"{target.name}.safetensors"
 
-    def finished_targets(self):
-        return [t for t in self.project.targets.values() if self.trained_path(t) is not None]
+    def trained_targets(self):
+        return [t for t in self.project.targets.values() if t.lora is None]
 
     # -- stages ------------------------------------------------------------------
 
@@ -123,11 +138,31 @@ class Build:
                 "clean": True,
             }
 
+    def task_train(self):
+        """Train each target's LoRA (embedded trainer or kohya sd-scripts, SPEC §6)."""
+        for target in self.trained_targets():
+            job = self.train_job(target)
+            deps = [f"dataset:{target.name}"]
+            if target.init and self.project.targets[target.init].lora is None:
+                deps.append(f"train:{target.init}")
+            s = target.train
+            yield {
+                "name": target.name,
+                "doc": f"{s.trainer}: {s.network} dim {s.dim or 'default'}, {job.steps} steps"
+                       + (f", from {target.init}" if target.init else ""),
+                "actions": [(actions.train, [job])],
+                "task_dep": deps,
+                "targets": [self.rel(job.output)],
+                "uptodate": [TrainedCheck(job)],
+                "clean": [(actions.clean_training, [job])],
+                "verbosity": 2,
+            }
+
     def task_merge(self):
         """Bake each target's block weights into its trained LoRA (SPEC §8)."""
         from charfw.lora.blocks import format_weights, parse_weights
 
-        for target in self.finished_targets():
+        for target in self.project.targets.values():
             weights = parse_weights(target.merge.weights, ARCH, self.project.config.presets)
             yield {
                 "name": target.name,
@@ -141,7 +176,7 @@ class Build:
 
     def task_compress(self):
         """SVD-compress each merged LoRA into dist/<keyword>.safetensors (SPEC §9)."""
-        for target in self.finished_targets():
+        for target in self.project.targets.values():
             settings = target.compress.model_dump()
             yield {
                 "name": target.name,
@@ -154,7 +189,24 @@ class Build:
             }
 
 
-STAGES = ("images", "captions", "dataset", "merge", "compress")
+class TrainedCheck:
+    """doit uptodate: the LoRA exists and was trained from exactly these settings and inputs."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+
+    def __call__(self, task, values) -> bool:
+        return is_trained(self.job)
+
+    def __str__(self) -> str:
+        return "no trained LoRA whose run key matches the current settings and inputs"
+
+
+def _model_ref(value: str, root: Path) -> str:
+    return value if value.startswith("builtin:") else str((root / value).resolve())
+
+
+STAGES = ("images", "captions", "dataset", "train", "merge", "compress")
 
 
 def load_tasks(root: str | Path) -> dict:

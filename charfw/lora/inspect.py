@@ -87,7 +87,7 @@ def plot_blocks(report: dict, out: str | Path) -> None:
     rows = report["blocks"]
     if not rows:
         raise CharfwError("no modules to plot", file=report["file"])
-    bar, gap, left, top, plot_h, label_h = 26, 8, 60, 30, 260, 110
+    bar, gap, left, top, plot_h, label_h = 26, 8, 60, 30, 260, 56
     width = left + len(rows) * (bar + gap) + 20
     img = Image.new("RGB", (width, top + plot_h + label_h), "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default()

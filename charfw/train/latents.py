@@ -65,20 +65,15 @@ class LatentCache:
 
     @torch.no_grad()
     def _encode(self, todo: list[tuple[str, Sample]]) -> None:
+        """One image per VAE call: a latent must not depend on which samples shared its batch."""
         vae_param = next(self.vae.parameters())
-        unique = dict(todo)
-        keys = list(unique)
-        pixels = []
-        for key in keys:
-            s = unique[key]
+        for key, s in dict(todo).items():
             image = self.datasets[s.dataset].images[s.image]
-            pixels.append(load_sample(image.path, image.placement, s.flip, color_params(self.seed, image.sha256, s.color)))
-        x = torch.stack(pixels).to(vae_param.device, vae_param.dtype)
-        dist = self.vae.encode(x).latent_dist
-        for i, key in enumerate(keys):
+            pixels = load_sample(image.path, image.placement, s.flip, color_params(self.seed, image.sha256, s.color))
+            dist = self.vae.encode(pixels[None].to(vae_param.device, vae_param.dtype)).latent_dist
             gen = torch.Generator(device="cpu").manual_seed(int(key[:15], 16))
-            noise = torch.randn(dist.mean[i].shape, generator=gen).to(dist.mean.device, dist.mean.dtype)
-            latent = ((dist.mean[i] + dist.std[i] * noise) * self.scale).float()
+            noise = torch.randn(dist.mean.shape[1:], generator=gen).to(dist.mean.device, dist.mean.dtype)
+            latent = ((dist.mean[0] + dist.std[0] * noise) * self.scale).float()
             self._memory[key] = latent.to(self.device)
             self.encoded += 1
             path = self._disk_path(key)

@@ -71,8 +71,12 @@ def train_lora(*, dataset_toml: Path, settings, steps: int, model: str, vae: str
     return run(job)
 
 
-def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None) -> Path:
-    """`train_lora` with a hook called after every step with (step number from 1, loss)."""
+def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None, models=None) -> Path:
+    """`train_lora` with a hook called after every step with (step number from 1, loss).
+
+    `models`: an already loaded charfw.models.Sd15 to train on instead of loading `job.model`
+    (benchmarks use random-weight SD1.5 models that exist only in memory).
+    """
     if job.steps < 1:
         raise CharfwError("steps must be at least 1", field="steps")
     if job.init_weights is not None and job.init_weights.suffix != ".safetensors":
@@ -82,17 +86,23 @@ def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None) -> P
     device = accelerator.device
     datasets = load_datasets(job.dataset_toml)
 
-    from charfw.models import load_sd15
-    sd = load_sd15(job.model, job.vae, dtype=torch.float32, device="cpu")
+    if models is None:
+        from charfw.models import load_sd15
+        models = load_sd15(job.model, job.vae, dtype=torch.float32, device="cpu")
+    sd = models
     base_dtype = torch.float32
     if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
         base_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
-    sd.unet.to(device, base_dtype)
-    sd.text_encoder.to(device, base_dtype)
+    for part in (sd.unet, sd.text_encoder):
+        part.to(device)
+        if base_dtype != torch.float32:
+            part.to(base_dtype)
     sd.vae.to(device)  # fp32: it runs once per cached sample, and fp16 SD VAEs can overflow
 
     spec = network_spec(settings)
-    network = Network(spec, sd.unet, sd.text_encoder)
+    with torch.random.fork_rng(devices=[]):  # the adapters' random init follows the seed, as in sd-scripts
+        torch.manual_seed(settings.seed)
+        network = Network(spec, sd.unet, sd.text_encoder)
     if job.init_weights is not None:
         _load_init(network, job.init_weights)
     network.apply_to()

@@ -17,6 +17,7 @@ the base model's code, checkpointing and attention backend stay untouched.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 
@@ -107,22 +108,29 @@ class LoRAModule(nn.Module):
 
     def forward(self, x, *args, **kwargs):
         out = self.org_forward(x, *args, **kwargs)
-        dtype = self.lora_down.weight.dtype
-        delta = self.lora_up(self.lora_down(x.to(dtype) if x.dtype != dtype and not torch.is_autocast_enabled()
-                                            else x))
-        return out + (delta * (self.multiplier * self.scale)).to(out.dtype)
+        weight_dtype = self.lora_down.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight_dtype)  # low-precision activations meeting fp32 adapters outside autocast
+        delta = self.lora_up(self.lora_down(x)) * (self.multiplier * self.scale)
+        return out + delta.to(out.dtype)
 
 
 def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float) -> nn.Module:
+    from lycoris.logging import logger as lycoris_log
     from lycoris.modules.locon import LoConModule
     from lycoris.modules.loha import LohaModule
     from lycoris.modules.lokr import LokrModule
 
-    if algo == "locon":  # bypass: x -> down -> up, cheaper than rebuilding W each step; same result
-        return LoConModule(name, org, 1.0, dim, alpha, bypass_mode=True)
-    if algo == "loha":
-        return LohaModule(name, org, 1.0, dim, alpha)
-    return LokrModule(name, org, 1.0, dim, alpha, factor=-1)
+    level = lycoris_log.level
+    lycoris_log.setLevel(logging.ERROR)  # LoKr warns per layer when dim asks for a full-matrix factor
+    try:
+        if algo == "locon":  # bypass: x -> down -> up, cheaper than rebuilding W every step; same result
+            return LoConModule(name, org, 1.0, dim, alpha, bypass_mode=True)
+        if algo == "loha":
+            return LohaModule(name, org, 1.0, dim, alpha)
+        return LokrModule(name, org, 1.0, dim, alpha, factor=-1)
+    finally:
+        lycoris_log.setLevel(level)
 
 
 def target_layers(unet, text_encoder, conv3x3: bool) -> dict[str, nn.Module]:
@@ -203,14 +211,15 @@ class Network(nn.Module):
         """
         own = self.state_dict()
         modules = {k.partition(".")[0] for k in tensors}
-        for key, value in tensors.items():
-            name = key.partition(".")[0]
+        for key in tensors:
             if key not in own:
-                why = "unknown module" if name not in self.names else "another algorithm's tensor"
+                why = "unknown module" if key.partition(".")[0] not in self.names else "another algorithm's tensor"
                 raise CharfwError(f"{why} {key} for this {self.spec.algo} network", file=source, field="init_weights")
+        for key, value in tensors.items():
             if tuple(value.shape) != tuple(own[key].shape):
                 raise CharfwError(f"{key} has shape {list(value.shape)}, this network (dim {self.spec.dim}) needs "
                                   f"{list(own[key].shape)}", file=source, field="init_weights")
+        for key, value in tensors.items():
             if key.endswith(".alpha") and not math.isclose(float(value), float(own[key]), rel_tol=1e-3):
                 raise CharfwError(f"{key} is {float(value):g}, this network's alpha is {float(own[key]):g}",
                                   file=source, field="init_weights")

@@ -140,9 +140,16 @@ def test_lora_modules_never_form_dense_delta(lora_file, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("dense ΔW formed for a LoRA module")
 
+    real_svd = torch.linalg.svd
+
+    def core_only_svd(a, *args, **kwargs):
+        assert max(a.shape) <= 12, f"SVD of a {tuple(a.shape)} matrix: only the r x r core is allowed"
+        return real_svd(a, *args, **kwargs)
+
     monkeypatch.setattr(compress, "delta_matrix", forbidden)
-    monkeypatch.setattr(torch, "matmul", forbidden, raising=False)
-    compress_file(lora_file, tmp_path / "o.safetensors", "sv_fro", 0.9)
+    monkeypatch.setattr(torch.linalg, "svd", core_only_svd)
+    report = compress_file(lora_file, tmp_path / "o.safetensors", "sv_fro", 0.9)
+    assert report["compressed"] == 5
 
 
 def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
@@ -153,8 +160,8 @@ def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
     loha = make_tensors("loha", out=q.out_dim, inp=q.in_dim, rank=4, gen=gen)
     tucker = make_tensors("loha_tucker", out=conv.out_dim, inp=conv.in_dim, rank=4, gen=gen)
     lokr = make_tensors("lokr_full", out=q.out_dim, inp=q.in_dim, gen=gen)
-    lokr_name = "lora_te_text_model_encoder_layers_0_mlp_fc2"     # 768 x 3072
-    lokr_te = make_tensors("lokr_factored", out=768, inp=3072, rank=4, gen=gen)
+    lokr_name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"     # 768 x 768
+    lokr_te = make_tensors("lokr_factored", out=768, inp=768, rank=4, gen=gen)
     src = write(tmp_path / "ly.safetensors", {q.name: loha, conv.name: tucker, lokr_name: lokr_te,
                                               q.name.replace("to_q", "to_k"): lokr})
     before = load_lora(src).modules

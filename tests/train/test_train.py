@@ -1,0 +1,319 @@
+"""End-to-end training on builtin:tiny-sd15 with a tiny drawn dataset (CPU, offline)."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from safetensors.torch import load_file
+
+from charfw.config.models import TrainSettings
+from charfw.errors import CharfwError
+from charfw.lora.keys import sd15_lora_module_names
+from charfw.train import train_lora
+from charfw.train.dataset import load_datasets
+from charfw.train.latents import LatentCache
+from charfw.train.loop import TrainJob, run
+from charfw.train.network import Network, network_spec
+from charfw.train.objective import diffusion_loss, encode_text, tokenize
+from charfw.train.sampling import Sample
+
+FAST = dict(dim=4, save_every_n_steps=1000, gradient_checkpointing=False)
+
+
+def job(toml, tmp, settings, steps, **kw) -> TrainJob:
+    defaults = dict(vae=None, output=tmp / "out.safetensors", state_dir=tmp / "state", log_dir=None, name="krnk",
+                    trigger_words=["krnk"], progress=False)
+    defaults.update(kw)
+    return TrainJob(toml, settings, steps, "builtin:tiny-sd15", **defaults)
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safetensors.safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def modules(tensors) -> dict[str, set[str]]:
+    out = collections.defaultdict(set)
+    for key in tensors:
+        name, _, suffix = key.partition(".")
+        out[name].add(suffix)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_toml, tmp_path_factory):
+    """C3Lier dim 8, 30 steps at a high learning rate: enough to overfit four images measurably."""
+    tmp = tmp_path_factory.mktemp("c3lier")
+    settings = TrainSettings(network="c3lier", dim=8, lr=3e-3, save_every_n_steps=1000)  # checkpointing on
+    losses = []
+    j = job(dataset_toml, tmp, settings, 30, log_dir=tmp / "logs")
+    run(j, on_step=lambda step, loss: losses.append(loss))
+    return j, settings, losses
+
+
+def eval_loss(tiny, network: Network | None, toml: Path) -> float:
+    """Mean loss over every image at fixed timesteps and noise: comparable before/after training."""
+    [ds] = load_datasets(toml)
+    cache = LatentCache(tiny.vae, [ds], seed=0, device="cpu", disk_dir=None, vae_id="eval")
+    gen = torch.Generator().manual_seed(1)
+    total = 0.0
+    if network is not None:
+        network.apply_to()
+    try:
+        with torch.no_grad():
+            for i, image in enumerate(ds.images):
+                x0 = cache.batch((Sample(0, i, False, 0),)).repeat(8, 1, 1, 1)
+                context = encode_text(tiny.text_encoder, tokenize(tiny.tokenizer, [image.caption] * 8), 2)
+                noise = torch.randn(x0.shape, generator=gen)
+                t = torch.linspace(50, 950, 8).long()
+                total += diffusion_loss(tiny.unet, tiny.noise_scheduler, x0, context, noise, t).item()
+    finally:
+        if network is not None:
+            network.restore()
+    return total / len(ds.images)
+
+
+def test_loss_falls_when_overfitting(trained, tiny, dataset_toml):
+    j, settings, losses = trained
+    assert len(losses) == 30 and all(l == l for l in losses)
+    before = eval_loss(tiny, None, dataset_toml)
+    net = Network(network_spec(settings), tiny.unet, tiny.text_encoder)
+    net.load_kohya(load_file(str(j.output)), j.output)
+    after = eval_loss(tiny, net, dataset_toml)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_c3lier_file_has_the_sd15_c3lier_key_set(trained):
+    j, settings, _ = trained
+    tensors, _ = read(j.output)
+    mods = modules(tensors)
+    assert set(mods) == set(sd15_lora_module_names(conv3x3=True)) and len(mods) == 350
+    assert all(s == {"lora_down.weight", "lora_up.weight", "alpha"} for s in mods.values())
+    assert all(t.dtype == torch.float16 for t in tensors.values())   # save_precision fp16
+    assert tensors["lora_unet_mid_block_attentions_0_proj_in.alpha"].dim() == 0
+    assert float(tensors["lora_unet_mid_block_attentions_0_proj_in.alpha"]) == 4.0
+    assert tensors["lora_unet_up_blocks_1_resnets_0_conv1.lora_down.weight"].shape[2:] == (3, 3)
+    assert tensors["lora_unet_up_blocks_1_resnets_0_conv1.lora_up.weight"].abs().sum() > 0   # trained
+    assert not any(j.state_dir.glob("*.json")) and not any(j.state_dir.glob("network-*"))     # state removed
+
+
+def test_metadata_and_hashes(trained):
+    j, settings, _ = trained
+    tensors, meta = read(j.output)
+    expect = {
+        "ss_network_module": "networks.lora", "ss_network_dim": "8", "ss_network_alpha": "4.0",
+        "ss_max_train_steps": "30", "ss_steps": "30", "ss_clip_skip": "2", "ss_seed": "31337",
+        "ss_optimizer": "torch.optim.adamw.AdamW", "ss_lr_scheduler": "cosine_with_restarts",
+        "ss_mixed_precision": "no", "ss_v2": "False", "ss_base_model_version": "sd_v1",
+        "ss_sd_model_name": "builtin:tiny-sd15", "ss_output_name": "krnk", "ss_num_train_images": "8",
+        "ss_resolution": "(512, 512)", "ss_gradient_checkpointing": "True",
+        "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.implementation": "diffusers",
+        "modelspec.title": "krnk", "modelspec.trigger_phrase": "krnk", "modelspec.resolution": "512x512",
+    }
+    assert {k: meta.get(k) for k in expect} == expect
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "8", "conv_alpha": "4"}
+    assert float(meta["ss_learning_rate"]) == 3e-3 and float(meta["ss_unet_lr"]) == 3e-3
+    assert float(meta["ss_text_encoder_lr"]) == pytest.approx(1320e-6)
+    assert float(meta["ss_training_started_at"]) <= float(meta["ss_training_finished_at"]) <= time.time()
+    assert json.loads(meta["ss_tag_frequency"]) == {"krnk girl_f0064": {
+        "krnk": 4, "white background": 4, "from front": 4, "c0": 1, "c1": 1, "c2": 1, "c3": 1}}
+    [ds] = json.loads(meta["ss_datasets"])
+    assert ds["num_train_images"] == 8 and ds["batch_size_per_device"] == 2 and ds["resolution"] == [512, 512]
+    assert ds["subsets"][0]["image_dir"] == "krnk girl_f0064" and ds["subsets"][0]["flip_aug"] is True
+    assert sorted(tuple(b["resolution"]) for b in ds["bucket_info"]["buckets"].values()) == [(64, 64), (64, 128)]
+    assert "usage_hint" in " ".join(meta) and meta["modelspec.date"][:4].isdigit()
+
+    # base model hashes: A1111 legacy hash and full SHA-256 of the checkpoint that was trained on
+    from charfw.models import builtin_path
+    model = builtin_path("tiny-sd15").read_bytes()
+    assert meta["ss_sd_model_hash"] == hashlib.sha256(model[0x100000:0x110000]).hexdigest()[:8]
+    assert meta["ss_new_sd_model_hash"] == hashlib.sha256(model).hexdigest()
+
+    # sshs hashes, recomputed from their definition: serialise with only ss_* metadata,
+    # model hash = SHA-256 after the header, legacy = SHA-256 of bytes 1 MiB .. 1 MiB + 64 KiB
+    blob = safetensors.torch.save(tensors, {k: v for k, v in meta.items() if k.startswith("ss_")})
+    header = int.from_bytes(blob[:8], "little")
+    assert meta["sshs_model_hash"] == hashlib.sha256(blob[8 + header:]).hexdigest()
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    raw = j.output.read_bytes()   # the tensor bytes of the file itself are the same bytes
+    assert hashlib.sha256(raw[8 + int.from_bytes(raw[:8], "little"):]).hexdigest() == meta["sshs_model_hash"]
+
+
+def test_diffusers_loads_the_lora(trained, tiny, caplog):
+    pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft")
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    j, _, _ = trained
+    pipe = StableDiffusionPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                                   unet=tiny.unet, scheduler=DDIMScheduler.from_config(tiny.noise_scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        return pipe("krnk, white background", num_inference_steps=2, height=64, width=64, guidance_scale=1.0,
+                    output_type="pt", generator=torch.Generator().manual_seed(0)).images
+
+    before = image()
+    with caplog.at_level(logging.WARNING):
+        pipe.load_lora_weights(str(j.output), adapter_name="krnk")
+    try:
+        assert not [r for r in caplog.records if "unexpected" in r.getMessage().lower()]
+        unet_layers = sum(1 for _, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "krnk" in m.lora_A)
+        te_layers = sum(1 for _, m in pipe.text_encoder.named_modules() if hasattr(m, "lora_A") and "krnk" in m.lora_A)
+        assert (unet_layers, te_layers) == (278, 72)
+        assert (image() - before).abs().max() > 1e-3
+    finally:
+        pipe.unload_lora_weights()
+    assert torch.allclose(image(), before, atol=1e-5)
+
+
+def test_tensorboard_scalars(trained):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    j, _, _ = trained
+    [events] = list((j.log_dir / "krnk").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/current", "loss/average", "lr/unet", "lr/textencoder"} <= tags
+    assert len(acc.Scalars("loss/current")) == 30
+
+
+def test_plain_lora_key_set(dataset_toml, tmp_path):
+    settings = TrainSettings(network="lora", **FAST)
+    out = run(job(dataset_toml, tmp_path, settings, 2))
+    tensors, meta = read(out)
+    assert set(modules(tensors)) == set(sd15_lora_module_names(conv3x3=False)) and len(modules(tensors)) == 264
+    assert "ss_network_args" not in meta and meta["ss_network_module"] == "networks.lora"
+
+
+@pytest.mark.parametrize("algo, marker", [("locon", "lora_down.weight"), ("loha", "hada_w1_a"), ("lokr", "lokr_w1")])
+def test_lycoris_key_forms(dataset_toml, tmp_path, algo, marker):
+    from charfw.lora.io import load_lora
+
+    settings = TrainSettings(network=algo, lr=1e-2, **FAST)
+    out = run(job(dataset_toml, tmp_path, settings, 2))
+    tensors, meta = read(out)
+    mods = modules(tensors)
+    assert set(mods) == set(sd15_lora_module_names(conv3x3=True))
+    assert all(marker in s and "alpha" in s for s in mods.values())
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"])["algo"] == algo
+    lora = load_lora(out)   # charfw's own reader understands what the trainer wrote
+    kinds = {m.kind for m in lora.modules.values()}
+    assert kinds == {"lora" if algo == "locon" else algo}
+    from charfw.lora.modules import delta_matrix
+    assert any(delta_matrix(m).abs().sum() > 0 for m in lora.modules.values())   # 2 steps moved it off zero
+
+
+def test_init_weights_start_training_from_a_lora(trained, dataset_toml, tmp_path):
+    j, settings, _ = trained
+    start = load_file(str(j.output))
+    tiny_lr = settings.model_copy(update={"lr": 1e-12, "text_encoder_lr": 1e-12, "save_precision": "float",
+                                          "gradient_checkpointing": False})
+    out = run(job(dataset_toml, tmp_path, tiny_lr, 1, init_weights=j.output))
+    got = load_file(str(out))
+    assert got.keys() == start.keys()
+    for key, value in start.items():
+        assert torch.allclose(got[key], value.float(), atol=1e-6), key
+    with pytest.raises(CharfwError, match="safetensors"):
+        train_lora(dataset_toml=dataset_toml, settings=settings, steps=1, model="builtin:tiny-sd15", vae=None,
+                   output=tmp_path / "x.safetensors", state_dir=tmp_path / "s", log_dir=None, name="x",
+                   trigger_words=[], init_weights=tmp_path / "face.pt")
+
+
+def test_resume_continues_exactly(dataset_toml, tmp_path, caplog):
+    settings = TrainSettings(network="c3lier", **{**FAST, "save_every_n_steps": 3})
+    whole = run(job(dataset_toml, tmp_path / "a", settings, 6, output=tmp_path / "a.safetensors"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_5(step, loss):
+        if step == 5:
+            raise Interrupt
+
+    b = job(dataset_toml, tmp_path / "b", settings, 6, output=tmp_path / "b.safetensors")
+    with pytest.raises(Interrupt):
+        run(b, on_step=stop_at_5)
+    assert json.loads((b.state_dir / "state.json").read_text())["step"] == 3 and not b.output.exists()
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        run(b)
+    assert "resuming krnk from step 3" in caplog.text
+    first, second = load_file(str(whole)), load_file(str(b.output))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)   # same batches, noise, optimizer state
+    assert not (b.state_dir / "state.json").exists()
+
+
+SCRIPT = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from charfw.config.models import TrainSettings
+from charfw.train import train_lora
+tmp = Path(sys.argv[1])
+train_lora(dataset_toml=Path(sys.argv[2]), settings=TrainSettings.model_validate_json(sys.argv[3]), steps=int(sys.argv[4]),
+           model="builtin:tiny-sd15", vae=None, output=tmp / "out.safetensors", state_dir=tmp / "state",
+           log_dir=None, name="krnk", trigger_words=["krnk"], progress=False)
+"""
+
+
+def test_kill_and_resume(dataset_toml, tmp_path, caplog):
+    settings = TrainSettings(network="c3lier", **{**FAST, "save_every_n_steps": 2})
+    steps = 24
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), str(dataset_toml),
+                             settings.model_dump_json(), str(steps)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "state" / "state.json"
+    deadline = time.time() + 180
+    try:
+        while not state.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no state saved in time"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = json.loads(state.read_text())["step"]
+    assert 2 <= saved < steps and not (tmp_path / "out.safetensors").exists()
+
+    other = tmp_path / "other"       # the same state, offered to a run with different settings
+    shutil.copytree(tmp_path / "state", other / "state")
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        train_lora(dataset_toml=dataset_toml, settings=settings, steps=steps, model="builtin:tiny-sd15", vae=None,
+                   output=tmp_path / "out.safetensors", state_dir=tmp_path / "state", log_dir=None, name="krnk",
+                   trigger_words=["krnk"], progress=False)
+    assert f"resuming krnk from step {saved}" in caplog.text
+    assert (tmp_path / "out.safetensors").is_file() and not state.exists()
+    assert read(tmp_path / "out.safetensors")[1]["ss_steps"] == str(steps)
+
+    caplog.clear()
+    changed = settings.model_copy(update={"lr": 2e-4})
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        run(job(dataset_toml, other, changed, 2))
+    assert "discarding saved training state of a different run" in caplog.text and "resuming" not in caplog.text
+    assert not (other / "state" / "state.json").exists() and (other / "out.safetensors").is_file()
+
+
+def test_disk_latent_cache_is_reused(dataset_toml, tmp_path, caplog):
+    settings = TrainSettings(network="lora", cache_latents="disk", **FAST)
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        run(job(dataset_toml, tmp_path, settings, 2))
+        first = sorted((tmp_path / "state" / "latents").glob("*.safetensors"))
+        run(job(dataset_toml, tmp_path, settings.model_copy(update={"lr": 5e-5}), 2))
+    assert first and "(0 VAE encodes)" in caplog.text   # same samples, read back from disk
