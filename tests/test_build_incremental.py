@@ -8,13 +8,19 @@ from wsutil import copy_example, executed, run_doit
 
 
 
+DATA_STAGES = ("images", "captions", "dataset")
+QUICK_TRAINING = "train:\n  steps: 2\n  network: lora\n  dim: 2\n"
+
+
 @pytest.fixture(scope="module")
 def built_once(tmp_path_factory):
     ws = copy_example(tmp_path_factory.mktemp("built"))
+    with open(ws / "charfw.yaml", "a") as f:  # every stage runs, training only a few steps
+        f.write(QUICK_TRAINING)
     proc = run_doit(ws, "-n", "2")  # parallel-safe from a clean start
     ran = executed(proc)
-    assert {"images:krnk/face", "captions:tyank/ps", "dataset:krnksf_tyankps",
-            "merge:krnksf_tyankps", "compress:krnksf_tyankps"} <= ran
+    assert {"images:krnk/face", "captions:tyank/ps", "dataset:krnksf_tyankps", "train:krnk", "train:krnksf",
+            "merge:krnksf_tyankps", "compress:krnksf_tyankps", "compress:krnksf"} <= ran
     assert (ws / "dist/krnksf_tyankps.safetensors").exists()
     return ws
 
@@ -34,8 +40,11 @@ def test_second_run_executes_nothing(built):
 def test_editing_a_character_tag_reruns_only_its_captions_and_datasets(built):
     manifest = built / "characters/krnk/character.yaml"
     manifest.write_text(manifest.read_text() + "tags: [choker]\n")
-    assert executed(run_doit(built)) == {
-        "captions:krnk/face", "dataset:krnk", "dataset:krnksf", "dataset:krnksf_tyankps"}
+    data = {"captions:krnk/face", "dataset:krnk", "dataset:krnksf", "dataset:krnksf_tyankps"}
+    assert executed(run_doit(built, *DATA_STAGES)) == data
+    # the captions changed, so the LoRAs trained on them are retrained (the group's is declared)
+    trained = {f"{stage}:{t}" for stage in ("train", "merge", "compress") for t in ("krnk", "krnksf")}
+    assert executed(run_doit(built)) == trained
     caption = next((built / "build/images/krnk/face").glob("*_f0128/f00.txt")).read_text()
     assert caption.startswith("krnk, choker, white background")
 
@@ -43,7 +52,7 @@ def test_editing_a_character_tag_reruns_only_its_captions_and_datasets(built):
 def test_adding_an_image_reruns_only_its_set(built):
     src = built / "characters/tyank/ps"
     shutil.copy(sorted(src.glob("b00*.png"))[0], src / "b00-extra.png")
-    assert executed(run_doit(built)) == {
+    assert executed(run_doit(built, *DATA_STAGES)) == {
         "images:tyank/ps", "captions:tyank/ps", "dataset:tyankps", "dataset:krnksf_tyankps"}
     assert list((built / "build/images/tyank/ps").glob("*_b0256/b00-extra.png"))
 
@@ -76,8 +85,8 @@ def test_editing_compress_settings_reruns_only_compress(built):
 
 
 def test_editing_a_value_no_stage_reads_reruns_nothing(built):
-    manifest = built / "characters/krnk/character.yaml"
-    manifest.write_text(manifest.read_text() + "train:\n  lr: 2.0e-4\n")
+    manifest = built / "characters/krnk/character.yaml"  # sd-scripts options; krnk trains embedded
+    manifest.write_text(manifest.read_text() + "train:\n  extra_args: [--sdpa]\n  attention: sdpa\n")
     assert executed(run_doit(built)) == set()
 
 
