@@ -94,7 +94,7 @@ PRESETS["sd15"]["BODY"] = [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,0,0,0,0,0,1,
 # ---- module name -> block -------------------------------------------------------------
 
 _TE = re.compile(r"^lora_te[12]?_")
-_DIFFUSERS = [
+_BLOCK_PATTERNS = [  # diffusers-style names first, then LDM-style
     (re.compile(r"down_blocks_(\d+)_(?:resnets|attentions)_(\d+)_"), lambda i, j: f"IN{1 + 3 * i + j:02d}"),
     (re.compile(r"down_blocks_(\d+)_downsamplers_0_"), lambda i: f"IN{3 + 3 * i:02d}"),
     (re.compile(r"up_blocks_(\d+)_(?:resnets|attentions)_(\d+)_"), lambda i, j: f"OUT{3 * i + j:02d}"),
@@ -116,7 +116,7 @@ def block_of(name: str, arch: str | None = None) -> str | None:
     if not name.startswith("lora_unet_"):
         return None
     rest = name[len("lora_unet_"):] + "_"
-    for pattern, make in _DIFFUSERS:
+    for pattern, make in _BLOCK_PATTERNS:
         m = pattern.match(rest)
         if m:
             block = make(*(int(g) for g in m.groups()))

@@ -34,6 +34,7 @@ shared with other work (a parallel build) made a tall QR 7x and an r×r SVD 80x 
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ def _pad(up: torch.Tensor, down: torch.Tensor, k: int) -> tuple[torch.Tensor, to
 
 @dataclass(frozen=True)
 class Settings:
+    """Validated compression options (compress_file's arguments)."""
+
     method: str = "sv_ratio"
     param: float = 16.0
     max_rank: int = 128
@@ -195,15 +198,19 @@ class Settings:
                 raise CharfwError(f"{name.replace('_', '-')} must be ≥ 1, got {v}")
         if self.dtype not in DTYPES:
             raise CharfwError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise CharfwError(f"unknown device {self.device!r}; use cpu or cuda")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise CharfwError(f"--device {self.device} asked for, but no CUDA device is available")
 
     def cap(self, conv3x3: bool) -> int:
         return self.max_conv_rank if conv3x3 and self.max_conv_rank else self.max_rank
 
     def rank(self, S: torch.Tensor, full_len: int, conv3x3: bool) -> int:
         cap = self.cap(conv3x3)
-        if self.sd_scripts_compat:
-            padded = torch.cat([S.double().cpu(), S.new_zeros(max(0, full_len - len(S))).double().cpu()])
-            return sd_scripts_rank(padded, self.method, self.param, cap)
+        if self.sd_scripts_compat:  # sd-scripts counts on the dense spectrum: zeros past rank r
+            tail = torch.zeros(max(0, full_len - len(S)), dtype=torch.float64)
+            return sd_scripts_rank(torch.cat([S.double().cpu(), tail]), self.method, self.param, cap)
         return choose_rank(S, self.method, self.param, cap)
 
 
@@ -228,7 +235,7 @@ def compress_module(m: Module, s: Settings, spec_shape: tuple[int, ...] | None =
         svd = LowRankSVD.of(up, down)
         k = s.rank(svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
         new_up, new_down = svd.factors(k, s_on_up=s.sd_scripts_compat)
-        shape = _lora_shape(m, up.shape[0], down.shape[1])
+        shape = layer_shape(m, up.shape[0], down.shape[1])
         return _lora_module(m.name, new_up, new_down, shape, m.scale * k, out_dtype, extra), k
     if not s.to_lora:
         return Module(m.name, {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()},
@@ -241,14 +248,6 @@ def compress_module(m: Module, s: Settings, spec_shape: tuple[int, ...] | None =
     return _lora_module(m.name, new_up, new_down, shape, k, out_dtype, extra), k
 
 
-def _lora_shape(m: Module, out: int, n: int) -> tuple[int, ...]:
-    down = m.tensors["lora_down.weight"]
-    if down.dim() == 2:
-        return (out, n)
-    k = m.tensors["lora_mid.weight"].shape[-1] if "lora_mid.weight" in m.tensors else down.shape[-1]
-    return (out, n // (k * k), k, k)
-
-
 def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", param: float = 16.0,
                   max_rank: int = 128, max_conv_rank: int | None = None, dtype: str = "fp16",
                   device: str = "cpu", progress: bool = False, *, sd_scripts_compat: bool = False,
@@ -257,9 +256,8 @@ def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", pa
 
     Returns a report: modules compressed/unchanged and {name: (old rank, new rank)}.
     """
-    s = Settings(method, None if param is None else float(param), max_rank, max_conv_rank, sd_scripts_compat, to_lora, dtype, device)
-    if s.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CharfwError("--device cuda asked for, but no CUDA device is available")
+    s = Settings(method, None if param is None else float(param), max_rank, max_conv_rank, sd_scripts_compat,
+                 to_lora, dtype, device)
     out_modules, ranks = [], {}
     with LoraReader(src) as reader, _cpu_threads(1 if s.device == "cpu" else None):
         specs = _specs_for(reader.names, arch) if to_lora else {}

@@ -204,3 +204,15 @@ def test_to_lora_needs_a_known_layer_shape(tmp_path):
 def test_bad_settings(lora_file, tmp_path, kwargs, message):
     with pytest.raises(CharfwError, match=message):
         compress_file(lora_file, tmp_path / "o.safetensors", **kwargs)
+
+
+def test_zero_module_and_device(tmp_path):
+    zero = make_tensors("c3lier_conv3x3", gen=torch.Generator().manual_seed(3))
+    zero["lora_up.weight"].zero_()                    # an untrained module: ΔW = 0
+    src = write(tmp_path / "z.safetensors", {"lora_unet_down_blocks_0_resnets_0_conv1": zero})
+    for compat in (False, True):
+        compress_file(src, tmp_path / "o.safetensors", "sv_fro", 0.9, sd_scripts_compat=compat)
+        (m,) = load_lora(tmp_path / "o.safetensors").modules.values()
+        assert m.rank == 1 and torch.count_nonzero(delta_matrix(m)) == 0
+    with pytest.raises(CharfwError, match="device"):
+        compress_file(src, tmp_path / "o.safetensors", device="tpu")
