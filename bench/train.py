@@ -62,7 +62,7 @@ flip_aug = true
     return toml
 
 
-def random_sd15(device: str):
+def random_sd15():
     """SD1.5 architecture (shipped configs) with random weights, built in memory: no checkpoint needed."""
     import torch
     from diffusers import DDPMScheduler
@@ -72,22 +72,19 @@ def random_sd15(device: str):
     from charfw.models.build import empty_models
     from charfw.models.configs import TOKENIZER_DIR, scheduler_config
 
-    unet, vae, te = empty_models("sd15")
+    unet, vae, te = empty_models("sd15")   # parameters on the meta device, buffers real
     gen = torch.Generator().manual_seed(0)
     for model in (unet, vae, te):
-        model.to_empty(device="cpu")
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() == 1:
-                    p.copy_(torch.ones_like(p) if "norm" in name and name.endswith("weight") else torch.zeros_like(p))
-                else:
-                    p.normal_(0, (1 / p[0].numel()) ** 0.5, generator=gen)
-            for _, b in model.named_buffers():
-                if b.is_floating_point():
-                    b.zero_()
+        weights = {}
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                is_scale = "norm" in name and name.endswith("weight")
+                weights[name] = torch.ones(p.shape) if is_scale else torch.zeros(p.shape)
+            else:
+                weights[name] = torch.randn(p.shape, generator=gen) * (1 / p[0].numel()) ** 0.5
+        model.load_state_dict(weights, strict=False, assign=True)
+        assert not any(p.is_meta for p in model.parameters())
         model.eval().requires_grad_(False)
-    if hasattr(te, "text_model"):
-        te.text_model.embeddings.position_ids.copy_(torch.arange(77)[None])
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
     return Sd15(unet=unet, vae=vae, text_encoder=te, tokenizer=tokenizer,
                 noise_scheduler=DDPMScheduler.from_config(scheduler_config()), name="random:sd15")
@@ -106,7 +103,7 @@ def one(case: str, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         toml = draw_dataset(tmp / "data", spec["size"])
-        models = random_sd15(spec["device"]) if spec["model"].startswith("random:") else None
+        models = random_sd15() if spec["model"].startswith("random:") else None
         job = TrainJob(toml, settings, warmup + steps, spec["model"], None, tmp / "out.safetensors",
                        tmp / "state", None, "bench", ["bench"], progress=False, device=spec["device"])
         if spec["device"] == "cuda":
@@ -133,8 +130,12 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(one(args.case, args.steps, args.warmup)))
         return
@@ -142,8 +143,9 @@ def main() -> None:
     cases = [c for c, s in CASES.items() if s["device"] == "cpu" or torch.cuda.is_available()]
     print(f"{'case':<16} {'steps/s':>8} {'s/step':>8} {'max RSS MiB':>12} {'CUDA MiB':>9}")
     for case in cases:
+        extra = ["--threads", str(args.threads)] if args.threads else []
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--steps", str(args.steps),
-                               "--warmup", str(args.warmup)], capture_output=True, text=True)
+                               "--warmup", str(args.warmup), *extra], capture_output=True, text=True)
         if proc.returncode:
             print(f"{case:<16} failed:\n{proc.stderr[-3000:]}")
             continue

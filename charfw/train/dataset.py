@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -29,7 +29,7 @@ NOOP = {"shuffle_caption": False, "keep_tokens": 0, "random_crop": False, "is_re
         "caption_dropout_rate": 0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0,
         "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0, "network_multiplier": 1.0,
         "caption_prefix": None, "caption_suffix": None, "enable_wildcard": False, "metadata_file": None,
-        "keep_tokens_separator": "", "secondary_separator": None, "cache_info": None}
+        "keep_tokens_separator": "", "secondary_separator": None, "cache_info": False}
 IGNORED = {"cache_info"}
 
 
@@ -101,8 +101,9 @@ def _check_keys(table: dict, toml_path: Path, where: str, allow: set[str] = froz
     known = set(SUBSET_DEFAULTS) | set(DATASET_DEFAULTS) | set(NOOP) | {"image_dir"} | allow
     for key, value in table.items():
         if key not in known:
-            raise CharfwError(f"unknown key {key!r} (sd-scripts would reject it)", file=toml_path, field=f"{where}.{key}")
-        if key in NOOP and key not in IGNORED and value != NOOP[key] and not (value in ("", None) and not NOOP[key]):
+            raise CharfwError(f"unknown key {key!r} (sd-scripts would reject it)", file=toml_path,
+                              field=f"{where}.{key}")
+        if key in NOOP and key not in IGNORED and value != NOOP[key] and not (NOOP[key] is None and value == ""):
             raise CharfwError(f"{key} = {value!r} is not supported by the embedded trainer "
                               "(use trainer: sd-scripts)", file=toml_path, field=f"{where}.{key}")
 
@@ -148,8 +149,7 @@ def _dataset(general: dict, raw: dict, toml_path: Path, d: int) -> Dataset:
         raise CharfwError("the dataset has no images", file=toml_path, field=where)
     ds = Dataset(resolution, batch_size, bool(get("enable_bucket")), bool(get("bucket_no_upscale")), steps,
                  get("min_bucket_reso"), get("max_bucket_reso"), tuple(subsets), ())
-    placed = tuple(_place(ds, path, caption, s) for path, caption, s in images)
-    return Dataset(**{**ds.__dict__, "images": placed})
+    return replace(ds, images=tuple(_place(ds, path, caption, s) for path, caption, s in images))
 
 
 def _subset(general: dict, raw: dict, raw_sub: dict, toml_path: Path, where: str) -> Subset:

@@ -118,86 +118,58 @@ def _train(job: TrainJob, accelerator, datasets: list[Dataset], sd, network: Net
     world, rank = accelerator.num_processes, accelerator.process_index
     plan = BatchPlan(datasets, settings.seed)
     run = run_id(_run_parts(job, datasets, sd, world))
-
     if settings.gradient_checkpointing:
-        sd.unet.enable_gradient_checkpointing()
-        te = sd.text_encoder
-        if hasattr(te, "activation_checkpointing_enable"):
-            te.activation_checkpointing_enable()
-        else:
-            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        sd.unet.train()  # transformers checkpoints only in training mode; CLIP and the U-Net have no dropout
-        sd.text_encoder.train()
+        _enable_checkpointing(sd)
 
     unet_params, te_params = network.param_groups()
     params = unet_params + te_params
     optimizer, optimizer_name = build_optimizer(settings, unet_params, te_params, device)
     lr_scheduler = build_scheduler(settings, optimizer, steps)
     optimizer = accelerator.prepare_optimizer(optimizer)
+    start = _resume(job, run, network, optimizer, lr_scheduler, accelerator)
 
-    start = 0
-    saved = load_state(job.state_dir, run)
-    if saved is not None:
-        network.load_state_dict({k: v.to(device) for k, v in saved.network.items()})
-        optimizer.load_state_dict(saved.optim["optimizer"])
-        lr_scheduler.load_state_dict(saved.optim["scheduler"])
-        if accelerator.scaler is not None and saved.optim.get("scaler"):
-            accelerator.scaler.load_state_dict(saved.optim["scaler"])
-        start = saved.step
-        log.info("resuming %s from step %d", job.name, start)
-
+    epochs = _epochs(steps, world, plan.per_epoch)
     meta = None
     if accelerator.is_main_process:
-        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, run)
+        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, epochs, run)
     disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
-    latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk,
-                          vae_id=_vae_id(sd))
+    latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
     tokens: dict[str, torch.Tensor] = {}
-    window = collections.deque(maxlen=max(1, plan.per_epoch))
-    tracking = bool(accelerator.trackers)
+    window = collections.deque(maxlen=max(1, plan.per_epoch))   # loss/average: over about one epoch
     log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
              "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
-             sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, steps, spec_label(network),
+             sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, steps, network.spec.algo,
              network.spec.dim, network.spec.alpha, device, world)
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
                disable=not (job.progress and accelerator.is_local_main_process))
-    clip_skip, noise_offset, gamma = settings.clip_skip, settings.noise_offset, settings.min_snr_gamma
-    num_timesteps = sd.noise_scheduler.config.num_train_timesteps
     for step in range(start, steps):
         samples = plan[step * world + rank]
-        x0 = latents.batch(samples)
         captions = [datasets[s.dataset].images[s.image].caption for s in samples]
         ids = torch.cat([_tokens(tokens, sd.tokenizer, c) for c in captions]).to(device)
-        gen = torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))
-        noise, timesteps = draw_noise(tuple(x0.shape), gen, num_timesteps, noise_offset)
-        noise, timesteps = noise.to(device), timesteps.to(device)
-        with accelerator.autocast():
-            context = encode_text(sd.text_encoder, ids, clip_skip)
-            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, context, noise, timesteps, gamma)
-        accelerator.backward(loss)
+        value = _step(sd, settings, accelerator, latents.batch(samples), ids,
+                      torch.Generator().manual_seed(_step_seed(settings.seed, step, rank)))
         if world > 1:
             _average_gradients(accelerator, params)
         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-
-        value = float(loss.detach())
-        if not math.isfinite(value) and accelerator.scaler is None:
+        if not math.isfinite(value) and accelerator.scaler is None:  # (the fp16 grad scaler skips such steps)
             raise CharfwError(f"training diverged at step {step + 1} (loss {value}); lower the learning rate",
                               field="lr")
+
         window.append(value)
         average = sum(window) / len(window)
         bar.update(1)
         bar.set_postfix(loss=f"{average:.4f}", refresh=False)
-        if tracking:
+        if accelerator.trackers:
             lrs = lr_scheduler.get_last_lr()
-            logs = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
+            scalars = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
             if len(lrs) > 1:
-                logs["lr/textencoder"] = lrs[1]
-            accelerator.log(logs, step=step + 1)
+                scalars["lr/textencoder"] = lrs[1]
+            accelerator.log(scalars, step=step + 1)
         if on_step is not None:
             on_step(step + 1, value)
         if (step + 1) % settings.save_every_n_steps == 0 and step + 1 < steps:
@@ -209,15 +181,49 @@ def _train(job: TrainJob, accelerator, datasets: list[Dataset], sd, network: Net
     bar.close()
 
     if accelerator.is_main_process:
-        _write_lora(job, network, meta, plan.per_epoch, world)
+        _write_lora(job, network, meta, epochs)
         clear_state(job.state_dir)
         log.info("wrote %s (%d VAE encodes)", job.output, latents.encoded)
     accelerator.wait_for_everyone()
     return job.output
 
 
-def spec_label(network: Network) -> str:
-    return network.spec.algo
+def _step(sd, settings, accelerator, x0: torch.Tensor, ids: torch.Tensor, gen: torch.Generator) -> float:
+    """Forward and backward of one batch; returns the loss."""
+    device = accelerator.device
+    noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
+                                  settings.noise_offset)
+    with accelerator.autocast():
+        context = encode_text(sd.text_encoder, ids, settings.clip_skip)
+        loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, context, noise.to(device), timesteps.to(device),
+                              settings.min_snr_gamma)
+    accelerator.backward(loss)
+    return float(loss.detach())
+
+
+def _enable_checkpointing(sd) -> None:
+    sd.unet.enable_gradient_checkpointing()
+    te = sd.text_encoder
+    if hasattr(te, "activation_checkpointing_enable"):
+        te.activation_checkpointing_enable()
+    else:
+        te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    sd.unet.train()  # transformers checkpoints only in training mode; CLIP and the U-Net have no dropout
+    sd.text_encoder.train()
+
+
+def _resume(job: TrainJob, run: str, network: Network, optimizer, lr_scheduler, accelerator) -> int:
+    """Load this run's saved state, if any; returns the step to continue from."""
+    saved = load_state(job.state_dir, run)
+    if saved is None:
+        return 0
+    network.load_state_dict({k: v.to(accelerator.device) for k, v in saved.network.items()})
+    optimizer.load_state_dict(saved.optim["optimizer"])
+    lr_scheduler.load_state_dict(saved.optim["scheduler"])
+    if accelerator.scaler is not None and saved.optim.get("scaler"):
+        accelerator.scaler.load_state_dict(saved.optim["scaler"])
+    log.info("resuming %s from step %d", job.name, saved.step)
+    return saved.step
 
 
 def _accelerator(job: TrainJob):
@@ -307,7 +313,8 @@ def _run_parts(job: TrainJob, datasets: list[Dataset], sd, world: int) -> dict:
             "vae": _file_id(sd.vae_path), "data": data, "init": init, "world": world}
 
 
-def _metadata(job: TrainJob, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, run: str) -> dict:
+def _metadata(job: TrainJob, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, epochs: int,
+              run: str) -> dict:
     settings = job.settings
     builtin = isinstance(job.model, str) and job.model.startswith("builtin:")
     model_name = job.model if builtin else (sd.path.name if sd.path else str(job.model))
@@ -318,15 +325,19 @@ def _metadata(job: TrainJob, datasets, sd, optimizer_name: str, accelerator, per
         model_name=model_name, model_hashes=model_identity(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
         name=job.name, trigger_words=job.trigger_words, started_at=time.time(), batches_per_epoch=per_epoch,
-        session_id=int(run[:8], 16))
+        epochs=epochs, session_id=int(run[:8], 16))
 
 
-def _write_lora(job: TrainJob, network: Network, meta: dict, per_epoch: int, world: int) -> None:
+def _epochs(steps: int, world: int, per_epoch: int) -> int:
+    """Epochs begun by `steps` steps of `world` processes (what sd-scripts records as ss_epoch)."""
+    return (steps * world - 1) // per_epoch + 1
+
+
+def _write_lora(job: TrainJob, network: Network, meta: dict, epochs: int) -> None:
     from safetensors.torch import save_file
 
     from charfw.lora.metadata import with_hashes
     tensors = network.kohya_state_dict(SAVE_DTYPES[job.settings.save_precision])
-    epoch = (job.steps * world - 1) // per_epoch + 1
-    meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epoch, finished_at=time.time()))
+    meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epochs, finished_at=time.time()))
     with atomic_path(job.output) as tmp:
         save_file(tensors, str(tmp), meta)

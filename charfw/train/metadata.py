@@ -56,7 +56,7 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
                       te_lr: float, optimizer_name: str, scheduler_name: str, mixed_precision: str,
                       model_name: str, model_hashes: tuple[str, str] | None, vae_name: str | None,
                       vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
-                      started_at: float, batches_per_epoch: int, session_id: int) -> dict[str, str]:
+                      started_at: float, batches_per_epoch: int, epochs: int, session_id: int) -> dict[str, str]:
     """Everything known when training starts; `finish_metadata` adds the end."""
     adafactor = settings.optimizer == "adafactor"
     meta: dict[str, object] = {
@@ -69,7 +69,7 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
         "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": batches_per_epoch,
-        "ss_num_epochs": -(-steps // batches_per_epoch),
+        "ss_num_epochs": epochs,
         "ss_gradient_checkpointing": settings.gradient_checkpointing,
         "ss_gradient_accumulation_steps": 1,
         "ss_max_train_steps": steps,

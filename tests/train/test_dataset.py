@@ -10,7 +10,7 @@ from charfw.train.augment import color_params, load_sample
 from charfw.train.dataset import load_datasets, tag_frequency
 from charfw.train.sampling import BatchPlan, epoch_batches
 
-from conftest import make_dataset
+from train_data import make_dataset
 
 
 def test_reads_toml_relative_dirs_captions_and_buckets(tmp_path):

@@ -266,9 +266,9 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from charfw.config.models import TrainSettings
 from charfw.train import train_lora
 tmp = Path(sys.argv[1])
-train_lora(dataset_toml=Path(sys.argv[2]), settings=TrainSettings.model_validate_json(sys.argv[3]), steps=int(sys.argv[4]),
-           model="builtin:tiny-sd15", vae=None, output=tmp / "out.safetensors", state_dir=tmp / "state",
-           log_dir=None, name="krnk", trigger_words=["krnk"], progress=False)
+train_lora(dataset_toml=Path(sys.argv[2]), settings=TrainSettings.model_validate_json(sys.argv[3]),
+           steps=int(sys.argv[4]), model="builtin:tiny-sd15", vae=None, output=tmp / "out.safetensors",
+           state_dir=tmp / "state", log_dir=None, name="krnk", trigger_words=["krnk"], progress=False)
 """
 
 
