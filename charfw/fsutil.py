@@ -24,10 +24,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)  # writers may have recreated the file with their own mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

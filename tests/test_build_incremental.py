@@ -9,14 +9,15 @@ from wsutil import copy_example, executed, run_doit
 
 
 DATA_STAGES = ("images", "captions", "dataset")
-QUICK_TRAINING = "train:\n  steps: 2\n  network: lora\n  dim: 2\n"
+QUICK_TRAINING = "  steps: 2\n  network: lora\n  dim: 2"
 
 
 @pytest.fixture(scope="module")
 def built_once(tmp_path_factory):
     ws = copy_example(tmp_path_factory.mktemp("built"))
-    with open(ws / "charfw.yaml", "a") as f:  # every stage runs, training only a few steps
-        f.write(QUICK_TRAINING)
+    text = (ws / "charfw.yaml").read_text()  # every stage runs, training only a few steps
+    assert "  steps: 100" in text
+    (ws / "charfw.yaml").write_text(text.replace("  steps: 100", QUICK_TRAINING))
     proc = run_doit(ws, "-n", "2")  # parallel-safe from a clean start
     ran = executed(proc)
     assert {"images:krnk/face", "captions:tyank/ps", "dataset:krnksf_tyankps", "train:krnk", "train:krnksf",
@@ -54,7 +55,7 @@ def test_adding_an_image_reruns_only_its_set(built):
     shutil.copy(sorted(src.glob("b00*.png"))[0], src / "b00-extra.png")
     assert executed(run_doit(built, *DATA_STAGES)) == {
         "images:tyank/ps", "captions:tyank/ps", "dataset:tyankps", "dataset:krnksf_tyankps"}
-    assert list((built / "build/images/tyank/ps").glob("*_b0256/b00-extra.png"))
+    assert list((built / "build/images/tyank/ps").glob("*_b0128/b00-extra.png"))
 
 
 def test_removing_an_image_removes_its_outputs(built):

@@ -1,13 +1,12 @@
 """Manifest loading: YAML line tracking and field-by-field settings layering."""
 
-from pathlib import Path
 
 import pytest
 
-from charfw.config.models import CompressSettings
 from charfw.config.workspace import load_project
-from charfw.config.yamlfile import load_yaml, validate
+from charfw.config.yamlfile import load_yaml
 from charfw.errors import CharfwError
+from wsutil import replace_example_training
 
 
 def test_yaml_lines_and_numbers(tmp_path):
@@ -32,17 +31,22 @@ def test_duplicate_key(tmp_path):
         load_yaml(p)
 
 
-def test_compress_fraction_checked(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("method: sv_fro\nvalue: 16\n")
-    data, lines = load_yaml(p)
-    with pytest.raises(CharfwError, match=r"c\.yaml:2: value: .*fraction"):
-        validate(CompressSettings, data, file=p, lines=lines)
+def test_compress_values_checked_on_the_merged_settings(workspace):
+    (workspace / "charfw.yaml").write_text((workspace / "charfw.yaml").read_text()
+                                           + "compress:\n  method: sv_fro\n  value: 0.9\n")
+    m = workspace / "characters/krnk/character.yaml"
+    m.write_text(m.read_text() + "compress:\n  value: 0.8\n")  # one level may set only the value
+    assert load_project(workspace).targets["krnk"].compress.value == 0.8
+    m.write_text(m.read_text().replace("value: 0.8", "value: 16"))
+    line = len(m.read_text().splitlines()) - 1
+    with pytest.raises(CharfwError, match=rf"character\.yaml:{line}: compress: .*fraction in \(0, 1\]"):
+        load_project(workspace)
 
 
 def test_settings_layer_field_by_field(workspace):
+    replace_example_training(workspace, "lr: 2.0e-4\ndim: 64")
     (workspace / "charfw.yaml").write_text((workspace / "charfw.yaml").read_text()
-                                           + "train:\n  lr: 2.0e-4\n  dim: 64\noutfit:\n  train:\n    steps: 900\n")
+                                           + "outfit:\n  train:\n    steps: 900\n")
     m = workspace / "characters/krnk/character.yaml"
     m.write_text(m.read_text().replace("    keyword: krnksf\n", "    keyword: krnksf\n    train:\n      dim: 32\n"))
     t = load_project(workspace).targets

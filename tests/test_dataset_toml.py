@@ -9,7 +9,7 @@ from charfw.config.workspace import load_project
 from charfw.dataset.plan import folder_name, plan_set, scaled_size
 from charfw.dataset.toml import SD_SCRIPTS_KEYS, dataset_config, render_toml
 from charfw.rules.sizeclass import BATCH_PROFILES, batch_size, class_pair
-from wsutil import run_doit
+from wsutil import run_doit, use_spec_sizes
 
 
 def configs(ws: Path, table=BATCH_PROFILES["default"]):
@@ -34,6 +34,7 @@ def assert_sd_scripts_keys(cfg):
 
 
 def test_example_toml(workspace):
+    use_spec_sizes(workspace)
     project, cfgs = configs(workspace)
     assert set(cfgs) == {"krnk", "krnksf", "tyank", "tyankps", "krnksf_tyankps"}
     for name, cfg in cfgs.items():
@@ -58,6 +59,7 @@ def test_example_toml(workspace):
 
 
 def test_written_toml_paths_resolve_relative_to_the_toml(workspace):
+    use_spec_sizes(workspace)
     run_doit(workspace, "dataset")
     toml = workspace / "build/datasets/krnksf_tyankps.toml"
     cfg = tomllib.loads(toml.read_text())
@@ -76,6 +78,7 @@ def test_written_toml_paths_resolve_relative_to_the_toml(workspace):
 
 
 def test_12gb_profile(workspace):
+    use_spec_sizes(workspace)
     _, cfgs = configs(workspace, BATCH_PROFILES["12gb"])
     assert [ds["batch_size"] for ds in cfgs["krnk"]["datasets"]] == [4, 2]
 

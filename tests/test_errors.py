@@ -7,7 +7,7 @@ import pytest
 from charfw.check import check_project
 from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
-from wsutil import run_charfw, run_doit
+from wsutil import run_charfw, run_doit, use_spec_sizes
 
 
 def error_of(ws) -> str:
@@ -78,6 +78,7 @@ def test_truncated_image_fails_its_task_and_leaves_no_partial_output(workspace):
 
 def test_mixed_size_classes_in_one_folder(workspace):
     from PIL import Image
+    use_spec_sizes(workspace)  # at 512 and up a 768x300 image is MID_LOW, the others MID_MID
     Image.new("RGBA", (768, 300)).save(workspace / "characters/krnk/face/f03.png")
     msg = error_of(workspace)
     assert "characters/krnk/face/f03.png" in msg and "size class" in msg

@@ -7,7 +7,7 @@ import pytest
 from safetensors import safe_open
 
 from fake_sd_scripts import make_sd_scripts
-from wsutil import executed, run_charfw, run_doit
+from wsutil import executed, replace_example_training, run_charfw, run_doit
 
 
 @pytest.fixture
@@ -17,9 +17,10 @@ def sd_ws(workspace, tmp_path):
     (workspace / "models").mkdir()
     (workspace / "models/base.safetensors").write_bytes(b"stands for a checkpoint")
     text = (workspace / "charfw.yaml").read_text().replace("model: builtin:tiny-sd15", "model: models/base.safetensors")
-    text += f"train:\n  trainer: sd-scripts\n  sd_scripts: {tmp_path / 'sd-scripts'}\n  attention: sdpa\n"
-    text += "merge:\n  weights: ALL\n"  # the fake trains text-encoder modules only; FACE/BODY drop BASE
     (workspace / "charfw.yaml").write_text(text)
+    replace_example_training(workspace, f"trainer: sd-scripts\nsd_scripts: {tmp_path / 'sd-scripts'}\nattention: sdpa")
+    with open(workspace / "charfw.yaml", "a") as f:  # the fake trains text-encoder modules only: FACE/BODY drop BASE
+        f.write("merge:\n  weights: ALL\n")
     return workspace
 
 

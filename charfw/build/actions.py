@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from pathlib import Path
 
@@ -59,10 +60,26 @@ def compress(src: str, dst: str, settings: dict) -> None:
     compress_file(src, dst, settings.pop("method"), settings.pop("value"), progress=True, **settings)
 
 
+def share_cpu() -> None:
+    """In a `doit -n N` worker, don't let every worker spawn a thread per core.
+
+    Oversubscribed CPU training runs ~100x slower. doit does not tell tasks N, so a
+    worker takes half the cores (right for -n 2); CHARFW_THREADS sets the count.
+    """
+    import multiprocessing
+
+    wanted = os.environ.get("CHARFW_THREADS")
+    if wanted or multiprocessing.current_process().name != "MainProcess":
+        import torch
+
+        torch.set_num_threads(int(wanted) if wanted else max(1, (os.cpu_count() or 1) // 2))
+
+
 @reported
 def train(job) -> None:
     from charfw.build.training import run
 
+    share_cpu()
     run(job)
 
 

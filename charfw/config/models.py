@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from charfw.errors import CharfwError
+from charfw.lora.params import check_compress_params
 
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule
 from charfw.rules.sizeclass import BATCH_PROFILES, CLASS_PAIRS
@@ -72,13 +75,15 @@ class CompressSettings(Strict):
     sd_scripts_compat: bool = Field(False, description="choose ranks exactly as sd-scripts' resize_lora.py")
     to_lora: bool = Field(False, description="convert LoHa/LoKr to LoRA (else they are left as they are)")
 
-    @field_validator("value")
-    @classmethod
-    def _fraction(cls, v: float, info):
-        method = info.data.get("method")
-        if method in ("sv_fro", "sv_cumulative") and not 0 < v <= 1:
-            raise ValueError(f"{method} needs a fraction in (0, 1]")
-        return v
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo):
+        """Cross-field rules apply to the merged result only: one level may set just `value`."""
+        if info.context and info.context.get("merged"):
+            try:
+                check_compress_params(self.method, self.value, self.max_rank, self.max_conv_rank, self.dtype)
+            except CharfwError as exc:
+                raise ValueError(exc.message) from None
+        return self
 
 
 class Stages(Strict):

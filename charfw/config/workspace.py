@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, RootModel
 
-from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Stages,
+from charfw.config.models import (Character, CompressSettings, Group, MergeSettings,
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
@@ -236,7 +236,8 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
             if part is not None:
                 merged.update(part.model_dump(exclude_unset=True))
                 last = layer
-        out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,))
+        out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,),
+                                context={"merged": True})
     return out
 
 
@@ -269,9 +270,8 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
 
 
 def _check_finishing(project: Project) -> None:
-    """Unknown presets, wrong-length weight lists, bad compression values fail now, not mid-build."""
+    """Unknown presets and wrong-length weight lists fail now, not when merge runs."""
     from charfw.lora.blocks import parse_weights
-    from charfw.lora.compress import Settings
 
     for name, values in project.config.presets.items():
         try:
@@ -283,8 +283,3 @@ def _check_finishing(project: Project) -> None:
             parse_weights(target.merge.weights, ARCH, project.config.presets)
         except CharfwError as exc:
             raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: merge.weights") from None
-        c = target.compress
-        try:
-            Settings(c.method, c.value, c.max_rank, c.max_conv_rank, c.sd_scripts_compat, c.to_lora, c.dtype)
-        except CharfwError as exc:
-            raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: compress") from None

@@ -33,8 +33,6 @@ shared with other work (a parallel build) made a tall QR 7x and an r×r SVD 80x 
 
 from __future__ import annotations
 
-import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +45,9 @@ from charfw.lora.blocks import detect_arch
 from charfw.lora.io import LoraReader, save_lora
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.metadata import record_compress
+from charfw.lora.params import check_compress_params
 from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
 
-METHODS = ("sv_ratio", "sv_fro", "sv_cumulative", "rank")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _EPS = 1e-9      # relative slack so a criterion met exactly on paper is met in floats
 _MIN_SV = 1e-6   # sd-scripts treats a ΔW whose largest singular value is below this as zero
@@ -181,27 +179,7 @@ class Settings:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise CharfwError(f"unknown compression method {self.method!r}; use {', '.join(METHODS)}")
-        p = self.param
-        if p is None or not math.isfinite(p):
-            raise CharfwError(f"{self.method} needs a finite parameter")
-        if self.method == "sv_ratio" and p < 1:
-            raise CharfwError(f"sv_ratio must be ≥ 1 (keep values ≥ largest / ratio), got {p:g}")
-        if self.method in ("sv_fro", "sv_cumulative") and not 0 < p <= 1:
-            raise CharfwError(f"{self.method} is a fraction in (0, 1], got {p:g}")
-        if self.method == "rank" and (p < 1 or p != int(p)):
-            raise CharfwError(f"rank must be a positive integer, got {p:g}")
-        for name in ("max_rank", "max_conv_rank"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise CharfwError(f"{name.replace('_', '-')} must be ≥ 1, got {v}")
-        if self.dtype not in DTYPES:
-            raise CharfwError(f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise CharfwError(f"unknown device {self.device!r}; use cpu or cuda")
-        if self.device != "cpu" and not torch.cuda.is_available():
-            raise CharfwError(f"--device {self.device} asked for, but no CUDA device is available")
+        check_compress_params(self.method, self.param, self.max_rank, self.max_conv_rank, self.dtype)
 
     def cap(self, conv3x3: bool) -> int:
         return self.max_conv_rank if conv3x3 and self.max_conv_rank else self.max_rank

@@ -25,7 +25,7 @@ def empty_models(arch: str):
 
 def te_is_flat(text_encoder) -> bool:
     """True when CLIPTextModel has no `text_model` wrapper (transformers >= 5.6)."""
-    # Look at registered children, not hasattr: Sd15.pipeline() adds a plain `text_model` alias.
+    # Look at registered children, not hasattr: callers may add plain attributes.
     return "text_model" not in dict(text_encoder.named_children())
 
 

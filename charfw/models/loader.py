@@ -36,35 +36,16 @@ class Sd15:
         """A diffusers StableDiffusionPipeline over these (shared, not copied) modules.
 
         Default scheduler: DDIM built from the training schedule. No safety checker.
+        diffusers 0.42's `clip_skip` argument reads `text_encoder.text_model`, which transformers 5
+        removed; pass no clip_skip (a `text_model` alias would break `load_lora_weights` instead).
         """
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        _alias_text_model(self.text_encoder)
         return StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=scheduler or DDIMScheduler.from_config(self.noise_scheduler.config),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-
-
-class _TextModelView:
-    """Stand-in for the `text_model` attribute that transformers >= 5.6 removed from CLIPTextModel.
-
-    diffusers' StableDiffusionPipeline still reads `text_encoder.text_model.final_layer_norm`
-    when `clip_skip` is set; this forwards attribute reads to the model itself.
-    """
-
-    def __init__(self, model):
-        object.__setattr__(self, "_model", model)
-
-    def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, "_model"), name)
-
-
-def _alias_text_model(text_encoder) -> None:
-    if not hasattr(text_encoder, "text_model"):
-        # Plain instance attribute, not a registered sub-module: state_dict/named_modules are unchanged.
-        object.__setattr__(text_encoder, "text_model", _TextModelView(text_encoder))
 
 
 def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.dtype = torch.float32,

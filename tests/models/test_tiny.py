@@ -85,7 +85,7 @@ def test_pipeline_runs_two_steps(tiny):
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     out = pipe("krnk, white background", num_inference_steps=2, height=64, width=64, generator=g,
-               output_type="np", clip_skip=2)
+               output_type="np")
     image = out.images
     assert image.shape == (1, 64, 64, 3) and (image >= 0).all() and (image <= 1).all()
     # the pipeline shares the modules and leaves their state dicts alone

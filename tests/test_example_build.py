@@ -1,0 +1,44 @@
+"""The example workspace builds end to end with the README's build command, offline, on CPU."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+from charfw.lora.keys import sd15_lora_module_names
+from wsutil import ROOT, copy_example, executed, run_doit
+
+TARGETS = ("krnk", "krnksf", "tyank", "tyankps", "krnksf_tyankps")
+
+
+def readme_build_command() -> str:
+    """The quick start's first command: install, then `.venv/bin/doit` in the clone."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start.*?```sh\n(.*?)```", readme, re.S).group(1)
+    return block.strip().splitlines()[0]
+
+
+def modules(path: Path) -> set[str]:
+    with safe_open(path, "pt") as f:
+        return {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in f.keys()}
+
+
+def test_example_builds_end_to_end(tmp_path):
+    command = readme_build_command()
+    assert command.endswith("&& .venv/bin/doit")  # the build is plain doit in the clone
+    ws = copy_example(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHARFW_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "doit", "-n", "2"], cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in TARGETS:
+        assert (ws / "dist" / f"{name}.safetensors").is_file(), name
+    # trained C3Lier LoRAs carry exactly SD1.5's 350 modules; merge/compress keep a subset
+    assert modules(ws / "build/train/krnk.safetensors") == set(sd15_lora_module_names(conv3x3=True))
+    assert modules(ws / "dist/krnk.safetensors") < set(sd15_lora_module_names(conv3x3=True))
+    with safe_open(ws / "dist/krnksf.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.trigger_phrase"] == "krnksf, krnk" and meta["ss_network_dim"] == "Dynamic"
+    assert executed(run_doit(ws)) == set()
