@@ -33,6 +33,7 @@ shared with other work (a parallel build) made a tall QR 7x and an r×r SVD 80x 
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,10 @@ class Settings:
 
     def __post_init__(self):
         check_compress_params(self.method, self.param, self.max_rank, self.max_conv_rank, self.dtype)
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise CharfwError(f"unknown device {self.device!r}; use cpu or cuda")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise CharfwError(f"--device {self.device} asked for, but no CUDA device is available")
 
     def cap(self, conv3x3: bool) -> int:
         return self.max_conv_rank if conv3x3 and self.max_conv_rank else self.max_rank
