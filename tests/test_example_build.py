@@ -28,7 +28,7 @@ def modules(path: Path) -> set[str]:
 
 def test_example_builds_end_to_end(tmp_path):
     command = readme_build_command()
-    assert command.endswith("&& .venv/bin/doit")  # the build is plain doit in the clone
+    assert command.endswith("&& .venv/bin/doit -n 2")  # the build is doit in the clone
     ws = copy_example(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHARFW_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "doit", "-n", "2"], cwd=ws, env=env, capture_output=True, text=True)
