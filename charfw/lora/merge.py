@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from charfw.errors import CharfwError
-from charfw.lora.blocks import block_of, detect_arch, format_weights, parse_weights
+from charfw.lora.blocks import BLOCKS, block_of, detect_arch, format_weights, parse_weights
 from charfw.lora.io import LoraReader, save_lora
 from charfw.lora.metadata import record_merge
 from charfw.lora.modules import Module
@@ -62,6 +62,10 @@ def merge_file(src: str | Path, dst: str | Path, weights: str | Sequence[float] 
             raise CharfwError(exc.message, file=src, field=exc.field) from None
         metadata = dict(reader.metadata)
         total = len(reader.names)
+        names = list(reader.names)
+    if not kept:
+        raise CharfwError(f"block weights {format_weights(table, arch)} drop every module of this LoRA "
+                          f"(its modules are in blocks {', '.join(_blocks_present(names, arch))})", file=src)
     record_merge(metadata, spec, arch, format_weights(table, arch))
     save_lora(dst, kept, metadata)
     return {"arch": arch, "weights": table, "modules_in": total, "modules_out": len(kept)}
@@ -72,3 +76,8 @@ def merge_suffix(weights: object) -> str:
     if isinstance(weights, str) and re.fullmatch(r"[A-Za-z_][\w.]*", weights.strip()):
         return f"-{weights.strip()}"
     return "-BW"
+
+
+def _blocks_present(names: list[str], arch: str) -> list[str]:
+    present = {block_of(n, arch) for n in names} - {None}
+    return [b for b in BLOCKS[arch] if b in present]

@@ -75,6 +75,19 @@ def test_presets_and_all_zero(tmp_path):
     merge_file(src, tmp_path / "none.safetensors", "NONE")  # outside-block modules keep weight 1
     assert {n.split("_conv_out_")[0] for n in load_lora(tmp_path / "none.safetensors").modules} == {"lora_unet"}
     inside = write(tmp_path / "inside.safetensors", {WEIGHTED["BASE"].format(1): make_tensors("loha")})
-    with pytest.raises(CharfwError, match="no module left"):
+    with pytest.raises(CharfwError, match="drop every module of this LoRA"):
         merge_file(inside, tmp_path / "empty.safetensors", "NONE")
     assert not (tmp_path / "empty.safetensors").exists()
+
+
+def test_weights_that_drop_everything_say_so(tmp_path):
+    import safetensors.torch
+    import torch as _torch
+
+    src = tmp_path / "te.safetensors"
+    name = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    safetensors.torch.save_file({f"{name}.lora_down.weight": _torch.ones(2, 8), f"{name}.lora_up.weight": _torch.ones(8, 2),
+                                 f"{name}.alpha": _torch.tensor(1.0)}, str(src))
+    with pytest.raises(CharfwError, match=r"te\.safetensors: block weights 0,1,.* drop every module .*blocks BASE"):
+        merge_file(src, tmp_path / "out.safetensors", "FACE")
+    assert not (tmp_path / "out.safetensors").exists()
