@@ -114,15 +114,19 @@ def test_unknown_group_member(workspace):
 
 
 def test_weight_list_of_wrong_length(workspace):
-    append(workspace / "characters/krnk/character.yaml", "merge:\n  weights: [1, 0, 1]\n")
+    path = workspace / "characters/krnk/character.yaml"
+    append(path, "merge:\n  weights: [1, 0, 1]\n")
     msg = error_of(workspace)
-    assert "characters/krnk/character.yaml" in msg and "merge.weights" in msg
+    assert f"characters/krnk/character.yaml:{len(path.read_text().splitlines())}: merge.weights:" in msg
+    assert "3" in msg
 
 
 def test_unknown_preset(workspace):
-    append(workspace / "characters/groups.yaml", "  merge:\n    weights: FACEE\n")
+    path = workspace / "characters/groups.yaml"
+    append(path, "  merge:\n    weights: FACEE\n")
     msg = error_of(workspace)
-    assert "groups.yaml" in msg and "merge.weights" in msg and "FACEE" in msg
+    line = len(path.read_text().splitlines())
+    assert f"groups.yaml:{line}: krnksf_tyankps.merge.weights:" in msg and "FACEE" in msg
 
 
 def test_workspace_preset_is_accepted(workspace):

@@ -76,6 +76,7 @@ class Target:
     init: str | None  # target whose LoRA this one starts from
     manifest: Path
     lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training
+    weights_origin: tuple[Path, int | None, str] | None = None  # where merge.weights was set, for errors
 
     @property
     def steps(self) -> int:
@@ -227,7 +228,7 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
     """Merge train/merge/compress field by field: workspace, workspace.<kind>, character, set."""
     kind_layer = _Layer(getattr(cfg, kind), layers[0].file, layers[0].lines, (kind,))
     layers = [layers[0], kind_layer, *layers[1:]]
-    out = {}
+    out: dict = {"weights_origin": None}
     for section, model in (("train", TrainSettings), ("merge", MergeSettings), ("compress", CompressSettings)):
         merged = dict(KIND_DEFAULTS[kind].get(section, {}))
         last = layers[0]
@@ -236,6 +237,9 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
             if part is not None:
                 merged.update(part.model_dump(exclude_unset=True))
                 last = layer
+                if section == "merge" and "weights" in part.model_fields_set:
+                    loc = layer.prefix + ("merge", "weights")
+                    out["weights_origin"] = (layer.file, layer.lines.get(loc), ".".join(map(str, loc)))
         out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,),
                                 context={"merged": True})
     return out
@@ -282,4 +286,5 @@ def _check_finishing(project: Project) -> None:
         try:
             parse_weights(target.merge.weights, ARCH, project.config.presets)
         except CharfwError as exc:
-            raise CharfwError(exc.message, file=target.manifest, field=f"{target.name}: merge.weights") from None
+            file, line, field = target.weights_origin or (target.manifest, None, "merge.weights")
+            raise CharfwError(exc.message, file=file, line=line, field=field) from None
