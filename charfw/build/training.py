@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,19 @@ def _identity(model: str) -> str:
         return f"{path.name}:missing"
 
 
+def show_log() -> None:
+    """Trainer notes (resuming from step N, AdamW instead of AdamW 8-bit) go to the console."""
+    logger = logging.getLogger("charfw")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("charfw: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def run(job: TrainJob) -> None:
     """Train with the configured backend, then record the run key (after the LoRA is in place)."""
+    show_log()
     key = run_key(job)
     common = dict(dataset_toml=job.dataset_toml, settings=job.settings, steps=job.steps, model=job.model,
                   vae=job.vae, output=job.output, log_dir=job.log_dir, name=job.name,
