@@ -53,6 +53,7 @@ def merge(src: str, dst: str, weights: dict[str, float]) -> None:
 def compress(src: str, dst: str, settings: dict) -> None:
     from charfw.lora.compress import compress_file
 
+    settings = dict(settings)  # the task's own dict also feeds its config_changed digest
     if not settings.pop("enabled"):
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)

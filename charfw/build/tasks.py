@@ -57,6 +57,11 @@ class Build:
     def caption_path(self, set_id: str, item: Prepared) -> Path:
         return self.image_path(set_id, item).with_suffix(".txt")
 
+    def dataset_files(self, target: Target) -> list[Path]:
+        """Every prepared image and caption a target's dataset holds."""
+        return [p for sub in target.subsets for i in self.plans[sub.set.id]
+                for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
+
     def toml_path(self, target: str) -> Path:
         return self.datasets_dir / f"{target}.toml"
 
@@ -66,8 +71,7 @@ class Build:
 
     def train_job(self, target: Target) -> TrainJob:
         root, cfg = self.project.root, self.project.config
-        files = [p for sub in target.subsets for i in self.plans[sub.set.id]
-                 for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
+        files = self.dataset_files(target)
         init = self.trained_path(self.project.targets[target.init]) if target.init else None
         return TrainJob(
             name=target.name, settings=target.train, steps=target.steps,
@@ -126,8 +130,7 @@ class Build:
         for name, target in self.project.targets.items():
             path = self.toml_path(name)
             text = render_toml(dataset_config(target, self.plans, self.images_root, path.parent, table))
-            deps = [self.rel(p) for sub in target.subsets for i in self.plans[sub.set.id]
-                    for p in (self.image_path(sub.set.id, i), self.caption_path(sub.set.id, i))]
+            deps = [self.rel(p) for p in self.dataset_files(target)]
             yield {
                 "name": name,
                 "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
