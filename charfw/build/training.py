@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charfw.config.models import TrainSettings
+from charfw.errors import CharfwError
 from charfw.fsutil import write_text
 
 # Settings only one backend reads: changing them must not retrain targets of the other.
@@ -85,7 +86,7 @@ def _identity(model: str) -> str:
     path = Path(model)
     try:
         return f"{path.name}:{path.stat().st_size}:{model_hash(path)}"
-    except Exception:  # missing now: the run itself will say so clearly
+    except (OSError, CharfwError):  # missing now: the run itself will say so clearly
         return f"{path.name}:missing"
 
 

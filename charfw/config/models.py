@@ -184,12 +184,9 @@ class Character(Strict):
 
 
 class Group(Stages):
+    """One entry of `characters/groups.yaml` (group name -> this)."""
+
     members: list[str] = Field(min_length=2, description="outfit keywords")
     repeats: int | None = Field(None, ge=1)
     lora: str | None = LORA_FIELD
 
-
-class Groups(Strict):
-    """`characters/groups.yaml`: group name -> members."""
-
-    groups: dict[str, Group] = Field(default_factory=dict)
