@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-from charfw.build.tasks import load_tasks
+from charfw.pipeline import load_tasks
 
 globals().update(load_tasks(Path(__file__).parent))

@@ -94,7 +94,8 @@ def one(case: str, steps: int, warmup: int) -> dict:
     import torch
 
     from charfw.config.models import TrainSettings
-    from charfw.train.loop import TrainJob, run
+    from charfw.request import TrainRequest
+    from charfw.train.loop import reset_accelerate, run
 
     spec = CASES[case]
     settings = TrainSettings(network="c3lier", dim=128, mixed_precision="fp16", gradient_checkpointing=True,
@@ -104,8 +105,9 @@ def one(case: str, steps: int, warmup: int) -> dict:
         tmp = Path(tmp)
         toml = draw_dataset(tmp / "data", spec["size"])
         models = random_sd15() if spec["model"].startswith("random:") else None
-        job = TrainJob(toml, settings, warmup + steps, spec["model"], None, tmp / "out.safetensors",
-                       tmp / "state", None, "bench", ["bench"], progress=False, device=spec["device"])
+        job = TrainRequest(name="bench", settings=settings, steps=warmup + steps, dataset_toml=toml,
+                           model=spec["model"], output=tmp / "out.safetensors", state_dir=tmp / "state",
+                           trigger_words=("bench",), progress=False, device=spec["device"])
         if spec["device"] == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
@@ -114,6 +116,7 @@ def one(case: str, steps: int, warmup: int) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
 
+        reset_accelerate()
         run(job, on_step=tick, models=models)
     measured = times[warmup:]
     result = {"case": case, "steps": steps, "threads": torch.get_num_threads(),

@@ -46,25 +46,27 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from charfw.build.tasks import Build
-    from charfw.build.training import is_trained, run
+    from charfw.backends import train
     from charfw.config.workspace import load_project
+    from charfw.layout import Layout
+    from charfw.runkey import digest_cache, is_trained
 
-    build = Build(load_project(Path(args.workspace).resolve()))
-    target = build.project.targets.get(args.target)
+    layout = Layout(load_project(Path(args.workspace).resolve()))
+    target = layout.project.targets.get(args.target)
     if target is None or target.lora is not None:
-        trainable = [t.name for t in build.trained_targets()]
+        trainable = [t.name for t in layout.project.trained_targets()]
         raise CharfwError(f"no trainable target {args.target!r}; trainable: {', '.join(trainable)}")
-    job = build.train_job(target)
-    missing = [p for p in job.inputs if not p.exists()]
+    req = layout.train_request(target)
+    missing = [p for p in req.inputs if not p.exists()]
     if missing:
         raise CharfwError(f"inputs not built yet ({missing[0]}): run `doit dataset:{target.name}` first"
                           + (f" and `doit train:{target.init}`" if target.init else ""))
-    if is_trained(job) and not args.force:
-        print(f"{job.output} is up to date (use --force to train again)")
+    cache = digest_cache(layout.build_dir)
+    if is_trained(req, cache) and not args.force:
+        print(f"{req.output} is up to date (use --force to train again)")
         return 0
-    run(job)
-    print(f"wrote {job.output}")
+    train(req, cache)
+    print(f"wrote {req.output}")
     return 0
 
 
@@ -105,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from charfw import process
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    process.setup()
     try:
         return int(args.func(args) or 0)
     except CharfwError as exc:

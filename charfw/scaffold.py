@@ -9,7 +9,7 @@ from charfw.config.models import KEYWORD
 from charfw.config.workspace import CHARACTER_FILE
 from charfw.errors import CharfwError
 from charfw.fsutil import write_text
-from charfw.rules.viewcode import PITCH_NAMES, YAW_NAMES
+from charfw.rules.viewcode import PITCH_NAMES, YAW_NAMES, required_yaws
 
 MANIFEST = """\
 # {name}: see README "Character manifest" for every field.
@@ -29,7 +29,7 @@ OUTFIT = """\
 
 
 def view_code_note(symmetric: bool) -> str:
-    yaws = range(5) if symmetric else range(8)
+    yaws = required_yaws(symmetric)
     lines = [
         "# View codes",
         "",

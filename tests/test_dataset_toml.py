@@ -7,7 +7,8 @@ import pytest
 
 from charfw.config.workspace import load_project
 from charfw.dataset.plan import folder_name, plan_set, scaled_size
-from charfw.dataset.toml import SD_SCRIPTS_KEYS, dataset_config, render_toml
+from charfw.dataset.schema import SD_SCRIPTS_KEYS
+from charfw.dataset.toml import dataset_config, render_toml
 from charfw.rules.sizeclass import BATCH_PROFILES, batch_size, class_pair
 from wsutil import run_doit, use_spec_sizes
 

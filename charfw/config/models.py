@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticUndefined
 
-from charfw.errors import CharfwError
-from charfw.lora.params import check_compress_params
+from charfw.lora.options import CompressOptions
 
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule
 from charfw.rules.sizeclass import BATCH_PROFILES, CLASS_PAIRS
@@ -25,33 +25,73 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Effect = Literal["weights", "file", "run"]
+Backend = Literal["both", "embedded", "sd-scripts"]
+
+
+def setting(default=PydanticUndefined, *, effect: Effect, backend: Backend = "both", **kwargs):
+    """A TrainSettings field with what changing it does, declared once for every consumer.
+
+    effect: ``weights`` changes what is learned (retrain, never resume another run's state);
+    ``file`` changes only how the LoRA is written (retrain, but a saved state stays valid);
+    ``run`` changes only how the run goes (speed, memory, resumability): never retrains.
+    backend: which trainer reads it; the other ignores it.
+    """
+    return Field(default, json_schema_extra={"effect": effect, "backend": backend}, **kwargs)
+
+
 class TrainSettings(Strict):
     """How a target is trained (SPEC §6). Read by the `train` stage."""
 
-    trainer: Literal["embedded", "sd-scripts"] = "embedded"
-    network: Literal["lora", "c3lier", "locon", "loha", "lokr"] = "c3lier"
-    dim: int | None = Field(None, ge=1, description="network dim; None = 128 (LoHa 32)")
-    alpha: Literal["half", "one"] | float = "half"
-    optimizer: Literal["adamw8bit", "adamw", "adafactor"] = "adamw8bit"
-    lr: float = Field(1e-4, gt=0)
-    text_encoder_lr: float | None = Field(None, ge=0, description="None = floor(lr in 1e-6 x 44/100) x 1e-6")
-    scheduler: Literal["cosine_with_restarts", "cosine", "constant", "linear"] = "cosine_with_restarts"
-    restarts: int = Field(1, ge=1)
-    warmup_steps: int = Field(0, ge=0)
-    steps: int | None = Field(None, ge=1, description="None = face 1000, outfit 1200, group 1600")
-    clip_skip: int = Field(2, ge=1, le=12)
-    mixed_precision: Literal["fp16", "bf16", "no"] = "fp16"
-    save_precision: Literal["fp16", "bf16", "float"] = "fp16"
-    gradient_checkpointing: bool = True
-    seed: int = 31337
-    noise_offset: float | None = Field(None, ge=0)
-    min_snr_gamma: float | None = Field(None, gt=0)
-    save_every_n_steps: int = Field(200, ge=1, description="resumable state for interrupted runs")
-    cache_latents: Literal["memory", "disk"] = "memory"
-    attention: Literal["xformers", "sdpa", "none"] = Field("xformers", description="sd-scripts attention switch")
-    sd_scripts: str | None = Field(None, description="path to a kohya sd-scripts checkout")
-    python: str | None = Field(None, description="python (or venv) that runs sd-scripts")
-    extra_args: list[str] = Field(default_factory=list, description="appended to sd-scripts' command line")
+    trainer: Literal["embedded", "sd-scripts"] = setting("embedded", effect="weights")
+    network: Literal["lora", "c3lier", "locon", "loha", "lokr"] = setting("c3lier", effect="weights")
+    dim: int | None = setting(None, effect="weights", ge=1, description="network dim; None = 128 (LoHa 32)")
+    alpha: Literal["half", "one"] | float = setting("half", effect="weights")
+    optimizer: Literal["adamw8bit", "adamw", "adafactor"] = setting("adamw8bit", effect="weights")
+    lr: float = setting(1e-4, effect="weights", gt=0)
+    text_encoder_lr: float | None = setting(None, effect="weights", ge=0,
+                                            description="None = floor(lr in 1e-6 x 44/100) x 1e-6")
+    scheduler: Literal["cosine_with_restarts", "cosine", "constant", "linear"] = setting(
+        "cosine_with_restarts", effect="weights")
+    restarts: int = setting(1, effect="weights", ge=1)
+    warmup_steps: int = setting(0, effect="weights", ge=0)
+    steps: int | None = setting(None, effect="weights", ge=1, description="None = face 1000, outfit 1200, group 1600")
+    clip_skip: int = setting(2, effect="weights", ge=1, le=12)
+    mixed_precision: Literal["fp16", "bf16", "no"] = setting("fp16", effect="weights")
+    save_precision: Literal["fp16", "bf16", "float"] = setting("fp16", effect="file")
+    gradient_checkpointing: bool = setting(True, effect="run")
+    seed: int = setting(31337, effect="weights")
+    noise_offset: float | None = setting(None, effect="weights", ge=0)
+    min_snr_gamma: float | None = setting(None, effect="weights", gt=0)
+    save_every_n_steps: int = setting(200, effect="run", backend="embedded", ge=1,
+                                      description="resumable state for interrupted runs")
+    cache_latents: Literal["memory", "disk"] = setting("memory", effect="run", backend="embedded")
+    attention: Literal["xformers", "sdpa", "none"] = setting("xformers", effect="weights", backend="sd-scripts",
+                                                             description="sd-scripts attention switch")
+    sd_scripts: str | None = setting(None, effect="weights", backend="sd-scripts",
+                                     description="path to a kohya sd-scripts checkout")
+    python: str | None = setting(None, effect="run", backend="sd-scripts",
+                                 description="python (or venv) that runs sd-scripts")
+    extra_args: list[str] = setting(effect="weights", backend="sd-scripts", default_factory=list,
+                                    description="appended to sd-scripts' command line")
+
+
+def setting_class(name: str) -> tuple[Effect, Backend]:
+    """(effect, backend) of one TrainSettings field; KeyError for a field nobody classified."""
+    extra = TrainSettings.model_fields[name].json_schema_extra or {}
+    return extra["effect"], extra["backend"]
+
+
+def run_key_fields(trainer: str) -> frozenset[str]:
+    """Fields whose change means `trainer` must train the LoRA again."""
+    return frozenset(n for n in TrainSettings.model_fields
+                     if setting_class(n)[0] in ("weights", "file") and setting_class(n)[1] in ("both", trainer))
+
+
+def resume_fields() -> frozenset[str]:
+    """Fields that decide the embedded trainer's weights: a saved state resumes only if these are equal."""
+    return frozenset(n for n in TrainSettings.model_fields
+                     if setting_class(n) in (("weights", "both"), ("weights", "embedded")))
 
 
 BlockWeights = str | list[float] | dict[str, float]
@@ -63,27 +103,10 @@ class MergeSettings(Strict):
     weights: BlockWeights = "ALL"
 
 
-class CompressSettings(Strict):
+class CompressSettings(CompressOptions):
     """SVD resize of the merged LoRA (SPEC §9). Read by the `compress` stage."""
 
     enabled: bool = True
-    method: Literal["sv_ratio", "sv_fro", "sv_cumulative", "rank"] = "sv_ratio"
-    value: float = Field(16, gt=0)
-    max_rank: int = Field(128, ge=1)
-    max_conv_rank: int | None = Field(None, ge=1)
-    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
-    sd_scripts_compat: bool = Field(False, description="choose ranks exactly as sd-scripts' resize_lora.py")
-    to_lora: bool = Field(False, description="convert LoHa/LoKr to LoRA (else they are left as they are)")
-
-    @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo):
-        """Cross-field rules apply to the merged result only: one level may set just `value`."""
-        if info.context and info.context.get("merged"):
-            try:
-                check_compress_params(self.method, self.value, self.max_rank, self.max_conv_rank, self.dtype)
-            except CharfwError as exc:
-                raise ValueError(exc.message) from None
-        return self
 
 
 class Stages(Strict):
@@ -122,7 +145,9 @@ class Workspace(Stages):
     characters: str = "characters"
     build: str = "build"
     dist: str = "dist"
-    model: str = Field("builtin:tiny-sd15", description="base SD1.5 checkpoint for training")
+    model: str = Field(description="base SD1.5 checkpoint for training", json_schema_extra={
+        "missing": "set it to your SD1.5 checkpoint, e.g. `model: models/animefull-final.safetensors` "
+                   "(or `model: builtin:tiny-sd15` for a quick test run)"})
     vae: str | None = None
     sizes: Sizes = Field(default_factory=Sizes)
     repeats: Repeats = Field(default_factory=Repeats)
@@ -168,7 +193,7 @@ class Outfit(Stages):
     lora: str | None = LORA_FIELD
 
 
-class Character(Strict):
+class Character(Stages):
     """`characters/<name>/character.yaml`."""
 
     keyword: str = Field(pattern=KEYWORD)
@@ -178,9 +203,6 @@ class Character(Strict):
     background: Literal["black", "white"] | tuple[int, int, int] = "black"
     face: FaceSet = Field(default_factory=FaceSet)
     outfits: dict[str, Outfit] = Field(default_factory=dict)
-    train: TrainSettings | None = None
-    merge: MergeSettings | None = None
-    compress: CompressSettings | None = None
 
 
 class Group(Stages):

@@ -1,16 +1,13 @@
-"""Load a workspace: read every manifest, validate it, and resolve it into image sets and targets.
+"""Load a workspace: read every manifest, validate it, and resolve it into a charfw.project.Project.
 
-A *set* is one folder of view-coded source images (a face set or an outfit's body set).
-A *target* is one LoRA to train: a face (its face set), an outfit (body set + face set)
-or a group (its member outfits' data). Targets are named by their keyword, which is
-also their file name in `dist/`.
+Settings are layered field by field: workspace, workspace.<kind>, character, set; each
+merged section is validated as a whole and errors name the level that set the value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, RootModel
 
@@ -18,7 +15,8 @@ from charfw.config.models import (Character, CompressSettings, Group, MergeSetti
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
-from charfw.rules.viewcode import ViewCode, parse_view_code
+from charfw.project import ARCH, ImageSet, Project, Source, Subset, Target, TargetKind
+from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
 CHARACTER_FILE = "character.yaml"
@@ -31,73 +29,7 @@ KIND_DEFAULTS = {  # the seed's per-kind choices, beneath every user setting
     "outfit": {"merge": {"weights": "BODY"}},
     "group": {"merge": {"weights": "BODY"}},
 }
-ARCH = "sd15"  # the trainer and block maps of this workspace: SD1.5-family checkpoints
-DEFAULT_STEPS = {"face": 1000, "outfit": 1200, "group": 1600}
-
-TargetKind = Literal["face", "outfit", "group"]
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    view: ViewCode
-
-
-@dataclass
-class ImageSet:
-    id: str  # "krnk/face", "krnk/sf"
-    kind: Literal["f", "b"]
-    folder: Path
-    sources: list[Source]
-    class_tokens: str  # "krnk girl": the subset's class_tokens and its folder names
-    keywords: list[str]  # first caption tags: "krnk" or "krnksf, krnk" (+ extra tags)
-    sizes: list[int]
-    background: tuple[int, int, int]
-    symmetric: bool
-    manifest: Path
-
-
-@dataclass
-class Subset:
-    set: ImageSet
-    repeats: int
-
-
-@dataclass
-class Target:
-    name: str
-    kind: TargetKind
-    subsets: list[Subset]
-    repeats: int  # the dataset's general num_repeats
-    trigger_words: list[str]
-    train: TrainSettings
-    merge: MergeSettings
-    compress: CompressSettings
-    init: str | None  # target whose LoRA this one starts from
-    manifest: Path
-    lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training
-    weights_origin: tuple[Path, int | None, str] | None = None  # where merge.weights was set, for errors
-
-    @property
-    def steps(self) -> int:
-        return self.train.steps or DEFAULT_STEPS[self.kind]
-
-
-@dataclass
-class Project:
-    root: Path
-    config: Workspace
-    sets: dict[str, ImageSet] = field(default_factory=dict)
-    targets: dict[str, Target] = field(default_factory=dict)
-    characters: dict[str, Character] = field(default_factory=dict)
-
-    @property
-    def build_dir(self) -> Path:
-        return self.root / self.config.build
-
-    @property
-    def dist_dir(self) -> Path:
-        return self.root / self.config.dist
+PARTIAL = {"partial": True}  # one level's settings; cross-field rules apply to the merged result
 
 
 class _Groups(RootModel[dict[str, Group]]):
@@ -118,11 +50,11 @@ def load_project(root: str | Path) -> Project:
     """Read and validate the whole workspace at `root`; raise CharfwError on the first problem."""
     root = Path(root).resolve()
     ws_file = root / WORKSPACE_FILE
-    if ws_file.exists():
-        data, lines = load_yaml(ws_file)
-        config = validate(Workspace, data or {}, file=ws_file, lines=lines)
-    else:
-        config, lines = Workspace(), {}
+    if not ws_file.exists():
+        raise CharfwError(f"no {WORKSPACE_FILE} here: a workspace needs one naming its base model "
+                          "(`model: models/your-sd15-checkpoint.safetensors`)", file=ws_file)
+    data, lines = load_yaml(ws_file)
+    config = validate(Workspace, data or {}, file=ws_file, lines=lines, context=PARTIAL)
     project = Project(root=root, config=config)
     ws_layers = [_Layer(config, ws_file, lines, ())]
     chars_dir = root / config.characters
@@ -140,7 +72,7 @@ def load_project(root: str | Path) -> Project:
 
 def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -> None:
     data, lines = load_yaml(manifest)
-    char = validate(Character, data or {}, file=manifest, lines=lines)
+    char = validate(Character, data or {}, file=manifest, lines=lines, context=PARTIAL)
     name = manifest.parent.name
     project.characters[name] = char
     cfg = project.config
@@ -183,7 +115,7 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
 
 def _load_groups(project: Project, groups_file: Path, ws_layers: list[_Layer]) -> None:
     data, lines = load_yaml(groups_file)
-    groups = validate(_Groups, data or {}, file=groups_file, lines=lines).root
+    groups = validate(_Groups, data or {}, file=groups_file, lines=lines, context=PARTIAL).root
     for gname, group in groups.items():
         subsets: list[Subset] = []
         words: list[str] = []
@@ -240,8 +172,7 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
                 if section == "merge" and "weights" in part.model_fields_set:
                     loc = layer.prefix + ("merge", "weights")
                     out["weights_origin"] = (layer.file, layer.lines.get(loc), ".".join(map(str, loc)))
-        out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,),
-                                context={"merged": True})
+        out[section] = validate(model, merged, file=last.file, lines=last.lines, prefix=last.prefix + (section,))
     return out
 
 
@@ -274,7 +205,7 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
 
 
 def _check_finishing(project: Project) -> None:
-    """Unknown presets and wrong-length weight lists fail now, not when merge runs."""
+    """Parse every target's block weights once: unknown presets and wrong-length lists fail now."""
     from charfw.lora.blocks import parse_weights
 
     for name, values in project.config.presets.items():
@@ -284,7 +215,7 @@ def _check_finishing(project: Project) -> None:
             raise CharfwError(exc.message, file=project.root / WORKSPACE_FILE, field=f"presets.{name}") from None
     for target in project.targets.values():
         try:
-            parse_weights(target.merge.weights, ARCH, project.config.presets)
+            target.block_weights = parse_weights(target.merge.weights, ARCH, project.config.presets)
         except CharfwError as exc:
             file, line, field = target.weights_origin or (target.manifest, None, "merge.weights")
             raise CharfwError(exc.message, file=file, line=line, field=field) from None

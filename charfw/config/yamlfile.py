@@ -80,9 +80,22 @@ def validate(model: type[BaseModel], data: Any, *, file: Path, lines: dict[Loc, 
         loc = prefix + tuple(p for p in err["loc"])
         field = ".".join(str(p) for p in loc) or None
         msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(err["type"], err["msg"])
+        msg = msg.removeprefix("Value error, ")
+        hint = _missing_hint(model, err) if err["type"] == "missing" else None
+        if hint:
+            msg += f": {hint}"
         value = err.get("input")
         if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, (dict, list)):
             msg += f" (got {value!r})"
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         raise CharfwError(msg, file=file, line=line_of(loc, lines), field=field) from None
+
+
+def _missing_hint(model: type[BaseModel], err: dict) -> str | None:
+    """What to put in a required top-level field (its schema's `missing` note)."""
+    if len(err["loc"]) != 1:
+        return None
+    info = model.model_fields.get(err["loc"][0])
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    return extra.get("missing")

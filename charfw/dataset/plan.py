@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from charfw.config.workspace import ImageSet, Source
+from charfw.project import ImageSet, Source
 from charfw.errors import CharfwError
 from charfw.rules.sizeclass import class_pair
 
@@ -62,11 +62,12 @@ def image_size(path: Path) -> tuple[int, int]:
 def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None = None) -> list[Prepared]:
     """Every prepared image of a set, checked so each folder falls in one size class."""
     out: list[Prepared] = []
+    sizes = {src.path: sizes_of[src.path] if sizes_of else image_size(src.path) for src in image_set.sources}
     for size in image_set.sizes:
         folder = folder_name(image_set.class_tokens, image_set.kind, size)
         first: Prepared | None = None
         for src in image_set.sources:
-            w, h = sizes_of[src.path] if sizes_of else image_size(src.path)
+            w, h = sizes[src.path]
             dims = scaled_size(w, h, size)
             if dims is None:
                 continue

@@ -1,7 +1,7 @@
 """The dataset config that kohya sd-scripts' `--dataset_config` accepts unchanged (SPEC §4).
 
 sd-scripts validates the file with a closed schema and rejects unknown keys, so
-what we write is limited to the keys below (taken from its config_util schema).
+what we write is limited to the keys of charfw.dataset.schema (its config_util schema).
 Paths are relative to the TOML file: run sd-scripts from the TOML's folder.
 """
 
@@ -10,22 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from charfw.config.workspace import Target
+from charfw.project import Target
 from charfw.dataset.plan import Prepared
 from charfw.rules.sizeclass import CLASS_PAIRS, batch_size, class_pair, resolution
-
-_SUBSET = {"color_aug", "face_crop_aug_range", "flip_aug", "num_repeats", "random_crop", "shuffle_caption",
-           "keep_tokens", "keep_tokens_separator", "secondary_separator", "enable_wildcard",
-           "token_warmup_min", "token_warmup_step", "caption_prefix", "caption_suffix",
-           "caption_dropout_every_n_epochs", "caption_dropout_rate", "caption_tag_dropout_rate",
-           "caption_extension", "class_tokens", "cache_info"}
-_DATASET = {"batch_size", "bucket_no_upscale", "bucket_reso_steps", "enable_bucket", "max_bucket_reso",
-            "min_bucket_reso", "resolution", "network_multiplier"}
-SD_SCRIPTS_KEYS = {
-    "general": _SUBSET | _DATASET,
-    "datasets": _SUBSET | _DATASET | {"subsets"},
-    "subsets": _SUBSET | {"image_dir", "is_reg", "metadata_file"},
-}
 
 
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,

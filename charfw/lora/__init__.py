@@ -5,10 +5,9 @@ Functions the build calls (all write their output atomically, raise CharfwError 
     merge_file(src, dst, weights, presets=None, arch=None) -> dict
         weights: preset name | "v,v,..." (26/17 or SDXL 20/12) | "NAME=v,..." | list | {block: w}
         presets: {name: weights}, user presets shadowing built-ins; arch: "sd15"/"sdxl"/None (detect)
-    compress_file(src, dst, method="sv_ratio", param=16.0, max_rank=128, max_conv_rank=None,
-                  dtype="fp16", device="cpu", progress=False, *, sd_scripts_compat=False,
-                  to_lora=False, arch=None) -> dict
-        method: "sv_ratio" | "sv_fro" | "sv_cumulative" | "rank"
+    compress_file(src, dst, options=CompressOptions(), *, device="cpu", progress=False, arch=None) -> dict
+        options: charfw.lora.options.CompressOptions (method, value, max_rank, dtype, ...);
+        CompressOptions.of(method="sv_fro", value=0.9) raises CharfwError on bad values
     inspect_file(src, arch=None) -> dict          (JSON-ready per-block summary)
     load_lora(path) -> LoraFile; save_lora(path, lora_or_modules, metadata=None)
 

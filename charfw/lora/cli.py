@@ -103,17 +103,20 @@ def _merge(args) -> int:
 
 def _compress(args) -> int:
     from charfw.lora.compress import compress_file, compress_suffix
+    from charfw.lora.options import CompressOptions
 
-    method, param = next(((m, v) for m, v in (("sv_fro", args.sv_fro), ("sv_cumulative", args.sv_cumulative),
+    method, value = next(((m, v) for m, v in (("sv_fro", args.sv_fro), ("sv_cumulative", args.sv_cumulative),
                                                ("rank", args.rank), ("sv_ratio", args.sv_ratio)) if v is not None),
                          ("sv_ratio", 16.0))
+    options = CompressOptions.of(method=method, value=value, max_rank=args.max_rank,
+                                 max_conv_rank=args.max_conv_rank, dtype=args.dtype,
+                                 sd_scripts_compat=args.sd_scripts_compat, to_lora=args.to_lora)
     if len(args.files) > 1 and args.output is not None and not args.output.is_dir():
         raise CharfwError("with several inputs, -o must be an existing folder", file=args.output)
     for src in args.files:
-        dst = _output_for(src, args.output, compress_suffix(method, param))
-        report = compress_file(src, dst, method, param, args.max_rank, args.max_conv_rank, args.dtype,
-                               args.device, progress=not args.quiet and sys.stderr.isatty(),
-                               sd_scripts_compat=args.sd_scripts_compat, to_lora=args.to_lora, arch=args.arch)
+        dst = _output_for(src, args.output, compress_suffix(method, value))
+        report = compress_file(src, dst, options, device=args.device,
+                               progress=not args.quiet and sys.stderr.isatty(), arch=args.arch)
         new = sorted(k for _, k in report["ranks"].values())
         span = f", ranks {new[0]}..{new[-1]}" if new else ""
         print(f"{dst}: {report['compressed']} modules compressed, {report['unchanged']} unchanged{span}")

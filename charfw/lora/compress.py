@@ -46,7 +46,7 @@ from charfw.lora.blocks import detect_arch
 from charfw.lora.io import LoraReader, save_lora
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.metadata import record_compress
-from charfw.lora.params import check_compress_params
+from charfw.lora.options import CompressOptions
 from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -166,35 +166,20 @@ def _pad(up: torch.Tensor, down: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return up, down
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated compression options (compress_file's arguments)."""
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise CharfwError(f"unknown device {device!r}; use cpu or cuda")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise CharfwError(f"--device {device} asked for, but no CUDA device is available")
 
-    method: str = "sv_ratio"
-    param: float = 16.0
-    max_rank: int = 128
-    max_conv_rank: int | None = None
-    sd_scripts_compat: bool = False
-    to_lora: bool = False
-    dtype: str = "fp16"
-    device: str = "cpu"
 
-    def __post_init__(self):
-        check_compress_params(self.method, self.param, self.max_rank, self.max_conv_rank, self.dtype)
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise CharfwError(f"unknown device {self.device!r}; use cpu or cuda")
-        if self.device != "cpu" and not torch.cuda.is_available():
-            raise CharfwError(f"--device {self.device} asked for, but no CUDA device is available")
-
-    def cap(self, conv3x3: bool) -> int:
-        return self.max_conv_rank if conv3x3 and self.max_conv_rank else self.max_rank
-
-    def rank(self, S: torch.Tensor, full_len: int, conv3x3: bool) -> int:
-        cap = self.cap(conv3x3)
-        if self.sd_scripts_compat:  # sd-scripts counts on the dense spectrum: zeros past rank r
-            tail = torch.zeros(max(0, full_len - len(S)), dtype=torch.float64)
-            return sd_scripts_rank(torch.cat([S.double().cpu(), tail]), self.method, self.param, cap)
-        return choose_rank(S, self.method, self.param, cap)
+def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: bool) -> int:
+    """The rank kept for a module with singular values S (of a ΔW whose full spectrum has full_len values)."""
+    cap = o.rank_cap(conv3x3)
+    if o.sd_scripts_compat:  # sd-scripts counts on the dense spectrum: zeros past rank r
+        tail = torch.zeros(max(0, full_len - len(S)), dtype=torch.float64)
+        return sd_scripts_rank(torch.cat([S.double().cpu(), tail]), o.method, o.param, cap)
+    return choose_rank(S, o.method, o.param, cap)
 
 
 def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...], alpha: float,
@@ -209,14 +194,15 @@ def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[i
     return Module(name, tensors, "lora")
 
 
-def compress_module(m: Module, s: Settings, spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
+def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
+                    spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
     """(new module, new rank or None if left unchanged) for one module."""
-    out_dtype, dev = DTYPES[s.dtype], torch.device(s.device)
+    out_dtype, dev = DTYPES[s.dtype], torch.device(device)
     extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
     if m.kind == "lora":
         up, down = lora_factors(m, torch.float32, dev)
         svd = LowRankSVD.of(up, down)
-        k = s.rank(svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
+        k = module_rank(s, svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
         new_up, new_down = svd.factors(k, s_on_up=s.sd_scripts_compat)
         shape = layer_shape(m, up.shape[0], down.shape[1])
         return _lora_module(m.name, new_up, new_down, shape, m.scale * k, out_dtype, extra), k
@@ -226,24 +212,22 @@ def compress_module(m: Module, s: Settings, spec_shape: tuple[int, ...] | None =
     delta = delta_matrix(m, torch.float32, dev)
     shape = layer_shape(m, *delta.shape, spec_shape)
     U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    k = s.rank(S, len(S), len(shape) == 4 and shape[-1] > 1)
+    k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
     new_up, new_down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
     return _lora_module(m.name, new_up, new_down, shape, k, out_dtype, extra), k
 
 
-def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", param: float = 16.0,
-                  max_rank: int = 128, max_conv_rank: int | None = None, dtype: str = "fp16",
-                  device: str = "cpu", progress: bool = False, *, sd_scripts_compat: bool = False,
-                  to_lora: bool = False, arch: str | None = None) -> dict:
+def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | None = None, *,
+                  device: str = "cpu", progress: bool = False, arch: str | None = None) -> dict:
     """Compress `src` into `dst` (written atomically), streaming one module at a time.
 
     Returns a report: modules compressed/unchanged and {name: (old rank, new rank)}.
     """
-    s = Settings(method, None if param is None else float(param), max_rank, max_conv_rank, sd_scripts_compat,
-                 to_lora, dtype, device)
+    s = options or CompressOptions()
+    _check_device(device)
     out_modules, ranks = [], {}
-    with LoraReader(src) as reader, _cpu_threads(1 if s.device == "cpu" else None):
-        specs = _specs_for(reader.names, arch) if to_lora else {}
+    with LoraReader(src) as reader, _cpu_threads(1 if device == "cpu" else None):
+        specs = _specs_for(reader.names, arch) if s.to_lora else {}
         bar = tqdm(reader.names, desc=f"compress {Path(src).name}", unit="module", disable=not progress,
                    leave=False)
         with torch.no_grad():
@@ -251,7 +235,7 @@ def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", pa
                 m = reader.read(name)
                 try:
                     spec = specs.get(name)
-                    new, k = compress_module(m, s, spec.weight_shape if spec else None)
+                    new, k = compress_module(m, s, device, spec.weight_shape if spec else None)
                 except CharfwError as exc:
                     raise CharfwError(exc.message, file=src, field=exc.field) from None
                 out_modules.append(new)
@@ -260,7 +244,7 @@ def compress_file(src: str | Path, dst: str | Path, method: str = "sv_ratio", pa
         metadata = dict(reader.metadata)
     lora_out = [m for m in out_modules if m.kind == "lora"]
     old_dim = max((old for old, _ in ranks.values() if old), default=None)
-    record_compress(metadata, method=s.method, param=int(s.param) if s.method == "rank" else s.param,
+    record_compress(metadata, method=s.method, param=s.param,
                     old_dim=old_dim, ranks=[m.rank for m in lora_out], alphas=[m.alpha for m in lora_out],
                     options={"max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
                              "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})

@@ -8,12 +8,16 @@ Nothing is ever downloaded: architecture configs, the noise schedule and the CLI
 tokenizer ship in charfw/models/data/.
 """
 
-from charfw.models.configs import default_cache_dir
-from charfw.models.hashing import model_hash, model_sha256
-from charfw.models.loader import BUILTIN_PREFIX, Sd15, load_sd15
-from charfw.models.tiny import BUILTINS, builtin_path, write_tiny_sd15
+import importlib
 
-__all__ = [
-    "BUILTINS", "BUILTIN_PREFIX", "Sd15", "builtin_path", "default_cache_dir", "load_sd15",
-    "model_hash", "model_sha256", "write_tiny_sd15",
-]
+# Lazy, so the build's up-to-date checks (model hashes) do not pay for importing torch.
+_EXPORTS = {"default_cache_dir": "configs", "model_hash": "hashing", "model_sha256": "hashing",
+            "Sd15": "loader", "load_sd15": "loader", "BUILTINS": "tiny", "builtin_path": "tiny",
+            "write_tiny_sd15": "tiny"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"charfw.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

@@ -13,9 +13,9 @@ from charfw.errors import CharfwError
 from charfw.models import keymap
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
+from charfw.rules.modelref import builtin_name, is_builtin
 from charfw.models.configs import ARCH_LABEL, ARCHS, ARTICLE, TOKENIZER_DIR, arch_config, scheduler_config
 
-BUILTIN_PREFIX = "builtin:"
 
 
 @dataclass
@@ -55,9 +55,9 @@ def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.
     `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
     `first_stage_model.` prefix, or diffusers layout). Nothing is downloaded.
     """
-    if isinstance(model, str) and model.startswith(BUILTIN_PREFIX):
+    if is_builtin(model):
         from charfw.models.tiny import builtin_path
-        path = builtin_path(model[len(BUILTIN_PREFIX):], cache_dir)
+        path = builtin_path(builtin_name(model), cache_dir)
         name = model
     else:
         path = Path(model).expanduser()

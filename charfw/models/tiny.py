@@ -22,6 +22,7 @@ from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
 from charfw.models.build import empty_models, ldm_names
 from charfw.models.configs import default_cache_dir
+from charfw.rules.modelref import BUILTIN_PREFIX
 
 TINY = "tiny-sd15"
 BUILTINS = (TINY,)
@@ -32,7 +33,7 @@ DEFAULT_SEED = 0
 def builtin_path(name: str, cache_dir: str | Path | None = None) -> Path:
     """The cached checkpoint of a builtin model, written (atomically) on first use."""
     if name not in BUILTINS:
-        raise CharfwError(f"unknown builtin model {name!r}; known: " + ", ".join("builtin:" + b for b in BUILTINS),
+        raise CharfwError(f"unknown builtin model {name!r}; known: " + ", ".join(BUILTIN_PREFIX + b for b in BUILTINS),
                           field="model")
     path = default_cache_dir(cache_dir) / "models" / f"{name}-g{GENERATOR_VERSION}-s{DEFAULT_SEED}.safetensors"
     if not path.is_file():

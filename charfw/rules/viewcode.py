@@ -37,6 +37,11 @@ def parse_view_code(stem: str) -> ViewCode | None:
     return ViewCode(m["set"], int(m["pitch"]), int(m["yaw"]), m["suffix"])
 
 
+def required_yaws(symmetric: bool) -> range:
+    """Yaws a set must cover: 0-4 for a symmetric character (flips give 5-7), else 0-7."""
+    return SYMMETRIC_YAWS if symmetric else ALL_YAWS
+
+
 def mirror_yaw(yaw: int) -> int:
     """Yaw seen in a horizontally flipped image: 1<->7, 2<->6, 3<->5."""
     return (8 - yaw) % 8

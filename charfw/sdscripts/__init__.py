@@ -10,9 +10,6 @@ from charfw.sdscripts.command import (
     launch_command,
     logic_name,
     output_name,
-    resolved_alpha,
-    resolved_dim,
-    text_encoder_lr,
     train_args,
 )
 from charfw.sdscripts.runner import resolve_python, run_sd_scripts
@@ -24,9 +21,6 @@ __all__ = [
     "logic_name",
     "output_name",
     "resolve_python",
-    "resolved_alpha",
-    "resolved_dim",
     "run_sd_scripts",
-    "text_encoder_lr",
     "train_args",
 ]

@@ -46,11 +46,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Literal, Sequence
 
 from charfw.config.models import TrainSettings
+from charfw.request import TrainRequest
+from charfw.rules.training import (decimal_text, in_e6, number_text, resolved_alpha, resolved_dim,
+                                   text_encoder_lr_e6)
 
 NETWORK_LOGIC = {"c3lier": "Lora3x3", "lora": "Lora1x1", "locon": "Locon", "loha": "Loha", "lokr": "Lokr"}
 LYCORIS_ALGO = {"locon": "lora", "loha": "loha", "lokr": "lokr"}
@@ -59,33 +61,14 @@ OPTIMIZER_TYPE = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adaf
 ADAFACTOR_ARGS = ("relative_step=True", "scale_parameter=True", "warmup_init=False")
 ATTENTION_SWITCH = {"xformers": "--xformers", "sdpa": "--sdpa", "none": None}
 
-TE_LR_PERCENT = 44
-DEFAULT_DIM = 128
-LOHA_DIM = 32
-
 Launcher = Literal["accelerate", "python"]
 
 
 # --------------------------------------------------------------------------- numbers
 
-def _num(x: float) -> str:
-    """A number as sd-scripts / the seed wrote it: ``64`` not ``64.0``."""
-    x = float(x)
-    return str(int(x)) if x.is_integer() else repr(x)
-
-
-def _e6(value: float) -> Decimal:
-    """`value` in units of 1e-6, exact in decimal (1e-4 -> 100, 3e-5 -> 30, never 30.000000000000004)."""
-    return (Decimal(repr(float(value))) * 1_000_000).normalize()
-
-
-def _dec(d: Decimal) -> str:
-    return str(int(d)) if d == d.to_integral_value() else format(d, "f")
-
-
 def _lr_text(value: float) -> str:
     """The seed's notation for a learning rate: ``100e-6``."""
-    return f"{_dec(_e6(value))}e-6"
+    return f"{decimal_text(in_e6(value))}e-6"
 
 
 def _name_number(text: str) -> str:
@@ -93,40 +76,18 @@ def _name_number(text: str) -> str:
     return text.replace(".", "p")
 
 
-# --------------------------------------------------------------------------- settings
-
-def resolved_dim(settings: TrainSettings) -> int:
-    """`dim`, or the default: 128, LoHa 32."""
-    if settings.dim is not None:
-        return settings.dim
-    return LOHA_DIM if settings.network == "loha" else DEFAULT_DIM
+def _dim(s: TrainSettings) -> int:
+    return resolved_dim(s.network, s.dim)
 
 
-def resolved_alpha(settings: TrainSettings) -> float:
-    """Network alpha: ``half`` = dim / 2 (A50p), ``one`` = 1 (A1), or the number given."""
-    if settings.alpha == "half":
-        return resolved_dim(settings) / 2
-    if settings.alpha == "one":
-        return 1.0
-    return float(settings.alpha)
-
-
-def _text_encoder_lr_e6(settings: TrainSettings) -> Decimal:
-    if settings.text_encoder_lr is not None:
-        return _e6(settings.text_encoder_lr)
-    return (_e6(settings.lr) * TE_LR_PERCENT / 100).to_integral_value(rounding=ROUND_FLOOR)
-
-
-def text_encoder_lr(settings: TrainSettings) -> float:
-    """The text-encoder learning rate: as set, else floor(lr in 1e-6 x 44 / 100) x 1e-6."""
-    return float(_text_encoder_lr_e6(settings) / 1_000_000)
+def _alpha(s: TrainSettings) -> float:
+    return resolved_alpha(s.alpha, _dim(s))
 
 
 def _alpha_code(settings: TrainSettings) -> str:
     if settings.alpha == "half":
         return "A50p"
-    alpha = resolved_alpha(settings)
-    return "A" + _name_number(_num(alpha))
+    return "A" + _name_number(number_text(_alpha(settings)))
 
 
 def logic_name(settings: TrainSettings) -> str:
@@ -140,8 +101,8 @@ def output_name(name: str, settings: TrainSettings, steps: int) -> str:
     The learning rate is an integer in 1e-6 as in the seed; a fractional one keeps its
     decimals with ``p`` for the point (2.5e-6 -> ``2p5``).
     """
-    lr = _name_number(_dec(_e6(settings.lr)))
-    return f"{name}-{logic_name(settings)}-{resolved_dim(settings)}-{lr}-{steps}"
+    lr = _name_number(decimal_text(in_e6(settings.lr)))
+    return f"{name}-{logic_name(settings)}-{_dim(settings)}-{lr}-{steps}"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -150,17 +111,16 @@ def _option_name(token: str) -> str | None:
     return token.split("=", 1)[0] if token.startswith("--") and len(token) > 2 else None
 
 
-def train_args(*, settings: TrainSettings, steps: int, dataset_toml: str | Path,
-               output_dir: str | Path, output_name: str, model: str | Path,
-               vae: str | Path | None, logging_dir: str | Path, log_prefix: str,
-               init_weights: str | Path | None = None) -> list[str]:
-    """The arguments to ``train_network.py``, in the order of SPEC §6, then ``extra_args``.
+def train_args(req: TrainRequest) -> list[str]:
+    """The arguments to ``train_network.py`` for `req`, in the order of SPEC §6, then ``extra_args``.
 
-    Paths are passed through as given (``str()``); the runner gives absolute ones.
+    sd-scripts writes into ``req.state_dir`` under `output_name`; paths are passed through
+    as the request has them (the runner makes them absolute).
     """
-    s = settings
-    dim = resolved_dim(s)
-    alpha = _num(resolved_alpha(s))
+    s = req.settings
+    dim = _dim(s)
+    alpha = number_text(_alpha(s))
+    out = output_name(req.name, s, req.steps)
     groups: list[list[str]] = []
     add = groups.append
 
@@ -178,7 +138,7 @@ def train_args(*, settings: TrainSettings, steps: int, dataset_toml: str | Path,
         add(["--lr_scheduler=adafactor"])
     else:
         add([f"--learning_rate={_lr_text(s.lr)}"])
-        add([f"--text_encoder_lr={_dec(_text_encoder_lr_e6(s))}e-6"])
+        add([f"--text_encoder_lr={decimal_text(text_encoder_lr_e6(s.lr, s.text_encoder_lr))}e-6"])
         add([f"--lr_scheduler={s.scheduler}"])
         if s.restarts != 1:
             add([f"--lr_scheduler_num_cycles={s.restarts}"])
@@ -187,18 +147,19 @@ def train_args(*, settings: TrainSettings, steps: int, dataset_toml: str | Path,
 
     add([f"--network_dim={dim}"])
     add([f"--network_alpha={alpha}"])
-    add([f"--dataset_config={dataset_toml}"])
-    add([f"--max_train_steps={steps}"])
-    add([f"--output_dir={output_dir}"])
-    add([f"--output_name={output_name}"])
-    add([f"--pretrained_model_name_or_path={model}"])
-    if vae:
-        add([f"--vae={vae}"])
+    add([f"--dataset_config={req.dataset_toml}"])
+    add([f"--max_train_steps={req.steps}"])
+    add([f"--output_dir={req.state_dir}"])
+    add([f"--output_name={out}"])
+    add([f"--pretrained_model_name_or_path={req.model}"])
+    if req.vae:
+        add([f"--vae={req.vae}"])
     add([f"--clip_skip={s.clip_skip}"])
-    if init_weights:
-        add([f"--network_weights={init_weights}"])
-    add([f"--logging_dir={logging_dir}"])
-    add([f"--log_prefix={log_prefix}"])
+    if req.init_weights:
+        add([f"--network_weights={req.init_weights}"])
+    if req.log_dir is not None:
+        add([f"--logging_dir={req.log_dir}"])
+        add([f"--log_prefix={out}"])
     if ATTENTION_SWITCH[s.attention]:
         add([ATTENTION_SWITCH[s.attention]])
     add(["--save_model_as=safetensors"])
@@ -209,9 +170,9 @@ def train_args(*, settings: TrainSettings, steps: int, dataset_toml: str | Path,
     add(["--persistent_data_loader_workers"])
     add([f"--seed={s.seed}"])
     if s.noise_offset is not None:
-        add([f"--noise_offset={_num(s.noise_offset)}"])
+        add([f"--noise_offset={number_text(s.noise_offset)}"])
     if s.min_snr_gamma is not None:
-        add([f"--min_snr_gamma={_num(s.min_snr_gamma)}"])
+        add([f"--min_snr_gamma={number_text(s.min_snr_gamma)}"])
 
     overridden = {n for n in map(_option_name, s.extra_args) if n}
     args = [tok for group in groups if _option_name(group[0]) not in overridden for tok in group]

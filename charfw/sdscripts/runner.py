@@ -24,18 +24,15 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
-from charfw.sdscripts.command import (
-    Launcher,
-    _option_name,
-    launch_command,
-    output_name as make_output_name,
-    train_args,
-)
+from charfw.request import TrainRequest
+from charfw.rules.modelref import is_builtin
+from charfw.sdscripts.command import Launcher, _option_name, launch_command, output_name, train_args
 
 TAIL_LINES = 20
 _TAIL_CHARS = 64 * 1024
@@ -229,68 +226,57 @@ def _check_lora(path: Path) -> None:
         raise CharfwError(f"sd-scripts wrote {path}, but it is not a usable LoRA file: {exc}") from None
 
 
-def sd_scripts_command(*, dataset_toml: Path, settings: TrainSettings, steps: int, model: str,
-                       vae: str | None, work_dir: Path, log_dir: Path, name: str,
-                       init_weights: Path | None = None, launcher: Launcher = "accelerate",
-                       root: Path | None = None, python: str | None = None) -> tuple[str, list[str]]:
+def sd_scripts_command(req: TrainRequest, *, launcher: Launcher = "accelerate",
+                       python: str | None = None) -> tuple[str, list[str]]:
     """(output name, full command line) for one training, without running or probing anything.
 
     This is what `charfw plan` prints and what `run_sd_scripts` runs (after its import check).
+    Relative paths in the request and in `train.sd_scripts`/`train.python` are taken from `req.root`.
     """
-    root = Path.cwd() if root is None else Path(root)
-    if model.startswith("builtin:"):
-        raise CharfwError(f"{model!r} is charfw's built-in test model; the sd-scripts backend needs a "
+    if is_builtin(req.model):
+        raise CharfwError(f"{req.model!r} is charfw's built-in test model; the sd-scripts backend needs a "
                           "checkpoint file (.safetensors / .ckpt) or a diffusers model", field="model")
-    model_arg = _model_path(model, root, "model")
-    vae_arg = _model_path(vae, root, "vae") if vae else None
-    sd_dir = sd_scripts_dir(settings, root=root)
-    python = python or resolve_python(settings, sd_dir, root=root)
-    work_dir, log_dir = Path(work_dir).absolute(), Path(log_dir).absolute()
-    init = Path(init_weights).absolute() if init_weights is not None else None
-    out_name = make_output_name(name, settings, steps)
-    args = train_args(settings=settings, steps=steps, dataset_toml=Path(dataset_toml).absolute(),
-                      output_dir=work_dir, output_name=out_name, model=model_arg, vae=vae_arg,
-                      logging_dir=log_dir, log_prefix=out_name, init_weights=init)
-    return out_name, launch_command(python, sd_dir, args, launcher=launcher)
+    root = req.root
+    sd_dir = sd_scripts_dir(req.settings, root=root)
+    python = python or resolve_python(req.settings, sd_dir, root=root)
+    absolute = replace(
+        req, model=_model_path(req.model, root, "model"),
+        vae=_model_path(req.vae, root, "vae") if req.vae else None,
+        dataset_toml=_abs(req.dataset_toml, root).absolute(), state_dir=_abs(req.state_dir, root).absolute(),
+        log_dir=_abs(req.log_dir, root).absolute() if req.log_dir is not None else None,
+        init_weights=_abs(req.init_weights, root).absolute() if req.init_weights is not None else None)
+    return output_name(req.name, req.settings, req.steps), launch_command(python, sd_dir, train_args(absolute),
+                                                                          launcher=launcher)
 
 
-def run_sd_scripts(*, dataset_toml: Path, settings: TrainSettings, steps: int, model: str,
-                   vae: str | None, output: Path, work_dir: Path, log_dir: Path, name: str,
-                   init_weights: Path | None = None, launcher: Launcher = "accelerate",
-                   root: Path | None = None) -> Path:
-    """Train one LoRA with sd-scripts and copy it atomically to `output`; returns `output`.
+def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> Path:
+    """Train one LoRA with sd-scripts and copy it atomically to `req.output`; returns that path.
 
-    sd-scripts writes ``<work_dir>/<name>-<logic>-<dim>-<lr>-<steps>.safetensors`` (the seed's
-    name); its TensorBoard logs go to `log_dir`. Relative `model` / `vae` / `train.sd_scripts`
-    / `train.python` paths are taken from `root` (default: the working directory).
+    sd-scripts writes ``<state_dir>/<name>-<logic>-<dim>-<lr>-<steps>.safetensors`` (the seed's
+    name); its TensorBoard logs go to `req.log_dir`.
     """
-    root = Path.cwd() if root is None else Path(root)
-    dataset_toml = Path(dataset_toml).absolute()
+    root = req.root
+    dataset_toml = _abs(req.dataset_toml, root).absolute()
     if not dataset_toml.is_file():
         raise CharfwError(f"dataset config {dataset_toml} does not exist")
-    if init_weights is not None and not Path(init_weights).is_file():
-        raise CharfwError(f"initial LoRA {Path(init_weights).absolute()} does not exist")
-    sd_dir = sd_scripts_dir(settings, root=root)
-    python = resolve_python(settings, sd_dir, root=root)
-    work_dir = Path(work_dir).absolute()
-    log_dir = Path(log_dir).absolute()
+    if req.init_weights is not None and not _abs(req.init_weights, root).is_file():
+        raise CharfwError(f"initial LoRA {_abs(req.init_weights, root).absolute()} does not exist")
+    sd_dir = sd_scripts_dir(req.settings, root=root)
+    python = resolve_python(req.settings, sd_dir, root=root)
+    work_dir = _abs(req.state_dir, root).absolute()
 
-    def build(s: TrainSettings) -> tuple[str, list[str]]:
-        return sd_scripts_command(dataset_toml=dataset_toml, settings=s, steps=steps, model=model, vae=vae,
-                                  work_dir=work_dir, log_dir=log_dir, name=name, init_weights=init_weights,
-                                  launcher=launcher, root=root, python=python)
-
-    out_name, cmd = build(settings)
-    extra_names = {n for n in map(_option_name, settings.extra_args) if n}
-    want_bnb = settings.optimizer == "adamw8bit" and "--optimizer_type" not in extra_names
+    out_name, cmd = sd_scripts_command(req, launcher=launcher, python=python)
+    extra_names = {n for n in map(_option_name, req.settings.extra_args) if n}
+    want_bnb = req.settings.optimizer == "adamw8bit" and "--optimizer_type" not in extra_names
     has_bnb = _check_imports(python, sd_dir, cmd, launcher, want_bnb)
     if want_bnb and not has_bnb:
         print("charfw: bitsandbytes is not importable in that python: training with plain AdamW "
               "instead of AdamW 8-bit", flush=True)
-        out_name, cmd = build(settings.model_copy(update={"optimizer": "adamw"}))
+        out_name, cmd = sd_scripts_command(req.with_settings(optimizer="adamw"), launcher=launcher, python=python)
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    if req.log_dir is not None:
+        _abs(req.log_dir, root).mkdir(parents=True, exist_ok=True)
     produced = work_dir / f"{out_name}.safetensors"
     produced.unlink(missing_ok=True)  # never mistake a previous run's file for this one's
     log_path = work_dir / f"{out_name}.log"
@@ -306,9 +292,10 @@ def run_sd_scripts(*, dataset_toml: Path, settings: TrainSettings, steps: int, m
                           + (f" (found: {', '.join(found)})" if found else "")
                           + f"; full output in {log_path}")
     _check_lora(produced)
+    output = _abs(req.output, root)
     with atomic_path(output) as tmp:
         shutil.copyfile(produced, tmp)
-    return Path(output)
+    return output
 
 
 def _model_path(value: str, root: Path, field: str) -> str:

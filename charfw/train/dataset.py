@@ -9,28 +9,33 @@ differently from what it says (use the sd-scripts trainer for the rest).
 from __future__ import annotations
 
 import hashlib
+import logging
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
+from charfw.dataset import schema
 from charfw.errors import CharfwError
 from charfw.train.buckets import Placement, Size, bucket_resolutions, cover_placement, no_upscale_placement
 
+log = logging.getLogger("charfw.train")
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-SUBSET_DEFAULTS = {"num_repeats": 1, "color_aug": False, "flip_aug": False, "caption_extension": ".caption",
-                   "class_tokens": None}
-DATASET_DEFAULTS = {"resolution": None, "batch_size": 1, "enable_bucket": False, "bucket_no_upscale": False,
-                    "bucket_reso_steps": 64, "min_bucket_reso": 256, "max_bucket_reso": 1024}
-# sd-scripts keys accepted only at these values (anything else changes training in ways not implemented here)
-NOOP = {"shuffle_caption": False, "keep_tokens": 0, "random_crop": False, "is_reg": False,
-        "caption_dropout_rate": 0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0,
-        "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0, "network_multiplier": 1.0,
-        "caption_prefix": None, "caption_suffix": None, "enable_wildcard": False, "metadata_file": None,
-        "keep_tokens_separator": "", "secondary_separator": None, "cache_info": False}
-IGNORED = {"cache_info"}
+IMPLEMENTED = {"image_dir", "num_repeats", "color_aug", "flip_aug", "caption_extension", "class_tokens",
+               "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
+               "min_bucket_reso", "max_bucket_reso"}
+# Accepted at any value: they do not change what is learned here (no validation split is drawn
+# without validation_split; separators matter only with shuffling or dropout, which must be off).
+HARMLESS = {"cache_info", "validation_seed", "caption_separator"}
+# Accepted at any value with a note: the embedded trainer does its own thing.
+NOTED = {"resize_interpolation": "it resizes with Lanczos", "custom_attributes": "they are for other tools"}
+SUBSET_DEFAULTS = {k: schema.DEFAULTS[k] for k in ("num_repeats", "color_aug", "flip_aug", "caption_extension",
+                                                   "class_tokens")}
+DATASET_DEFAULTS = {k: schema.DEFAULTS[k] for k in ("resolution", "batch_size", "enable_bucket", "bucket_no_upscale",
+                                                    "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso")}
 
 
 @dataclass(frozen=True)
@@ -86,26 +91,35 @@ def load_datasets(toml_path: Path) -> list[Dataset]:
     except tomllib.TOMLDecodeError as exc:
         raise CharfwError(f"not valid TOML: {exc}", file=toml_path) from None
     general = config.get("general", {})
-    _check_keys(general, toml_path, "general")
+    _check_keys(general, toml_path, "general", "general")
     raw_datasets = config.get("datasets") or []
     if not raw_datasets:
         raise CharfwError("no [[datasets]] in the dataset config", file=toml_path)
     out = []
     for d, raw in enumerate(raw_datasets):
-        _check_keys(raw, toml_path, f"datasets[{d}]", allow={"subsets"})
+        _check_keys(raw, toml_path, f"datasets[{d}]", "datasets")
         out.append(_dataset(general, raw, toml_path, d))
     return out
 
 
-def _check_keys(table: dict, toml_path: Path, where: str, allow: set[str] = frozenset()) -> None:
-    known = set(SUBSET_DEFAULTS) | set(DATASET_DEFAULTS) | set(NOOP) | {"image_dir"} | allow
+def _check_keys(table: dict, toml_path: Path, where: str, level: str) -> None:
+    """Keys as sd-scripts' schema allows them at this level; what this trainer does not
+    implement only at the value that means "off" (anything else would train differently)."""
     for key, value in table.items():
-        if key not in known:
+        if key not in schema.SD_SCRIPTS_KEYS[level]:
             raise CharfwError(f"unknown key {key!r} (sd-scripts would reject it)", file=toml_path,
                               field=f"{where}.{key}")
-        if key in NOOP and key not in IGNORED and value != NOOP[key] and not (NOOP[key] is None and value == ""):
-            raise CharfwError(f"{key} = {value!r} is not supported by the embedded trainer "
-                              "(use trainer: sd-scripts)", file=toml_path, field=f"{where}.{key}")
+        if key in IMPLEMENTED or key in HARMLESS or key == "subsets":
+            continue
+        default = schema.DEFAULTS[key]
+        if value == default or (default is None and value in ("", {})):
+            continue
+        if key in NOTED:
+            log.warning("%s: %s.%s = %r is ignored by the embedded trainer (%s)", toml_path, where, key, value,
+                        NOTED[key])
+            continue
+        raise CharfwError(f"{key} = {value!r} is not supported by the embedded trainer "
+                          "(use trainer: sd-scripts)", file=toml_path, field=f"{where}.{key}")
 
 
 def _pick(key: str, defaults: dict, *tables: dict):
@@ -141,7 +155,7 @@ def _dataset(general: dict, raw: dict, toml_path: Path, d: int) -> Dataset:
     subsets, images = [], []
     for s, raw_sub in enumerate(raw.get("subsets") or []):
         sub_where = f"{where}.subsets[{s}]"
-        _check_keys(raw_sub, toml_path, sub_where)
+        _check_keys(raw_sub, toml_path, sub_where, "subsets")
         subset = _subset(general, raw, raw_sub, toml_path, sub_where)
         subsets.append(subset)
         images += [(path, caption, s) for path, caption in _list_images(subset, toml_path, sub_where)]

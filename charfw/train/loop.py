@@ -1,4 +1,4 @@
-"""The training loop: `train_lora` turns a dataset TOML and settings into a kohya LoRA file.
+"""The training loop: `train_lora` turns a charfw.request.TrainRequest into a kohya LoRA file.
 
 One process, or several under `accelerate launch` (process r trains batch
 `step * world + r`; gradients are averaged across processes before each update).
@@ -17,20 +17,22 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from charfw.config.models import resume_fields
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
+from charfw.request import TrainRequest
+from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_identity, training_metadata
 from charfw.train.network import Network, network_spec
 from charfw.train.objective import diffusion_loss, draw_noise, encode_text, tokenize
-from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name, text_encoder_lr
+from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
 from charfw.train.sampling import BatchPlan
 from charfw.train.state import clear_state, load_state, run_id, save_state
 
@@ -38,57 +40,46 @@ log = logging.getLogger("charfw.train")
 
 TRAINER_VERSION = 1   # bump when a change alters what the same inputs train to: old states are then discarded
 MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
-# settings that do not change the trained weights (a state stays valid when only these differ)
-NOT_IN_RUN_ID = {"trainer", "sd_scripts", "python", "extra_args", "attention", "save_every_n_steps",
-                 "save_precision", "cache_latents", "gradient_checkpointing"}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
 
-@dataclass
-class TrainJob:
-    dataset_toml: Path
-    settings: object          # charfw.config.models.TrainSettings
-    steps: int
-    model: str
-    vae: str | None
-    output: Path
-    state_dir: Path
-    log_dir: Path | None = None
-    name: str = "lora"
-    trigger_words: list[str] = field(default_factory=list)
-    init_weights: Path | None = None
-    progress: bool = True
-    device: str | None = None
+def train_lora(req: TrainRequest) -> Path:
+    """Train a LoRA and write it (atomically) to `req.output`; returns that path.
+
+    The in-process entry point: it forgets accelerate's state of any earlier training in this
+    process (its settings may differ), then runs.
+    """
+    reset_accelerate()
+    return run(req)
 
 
-def train_lora(*, dataset_toml: Path, settings, steps: int, model: str, vae: str | None, output: Path,
-               state_dir: Path, log_dir: Path | None, name: str, trigger_words: list[str],
-               init_weights: Path | None = None, progress: bool = True, device: str | None = None) -> Path:
-    """Train a LoRA and write it (atomically) to `output`; returns `output`."""
-    job = TrainJob(Path(dataset_toml), settings, steps, model, vae, Path(output), Path(state_dir),
-                   Path(log_dir) if log_dir else None, name, list(trigger_words),
-                   Path(init_weights) if init_weights else None, progress, device)
-    return run(job)
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singletons; a new single-process training starts from none."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
 
-def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None, models=None) -> Path:
-    """`train_lora` with a hook called after every step with (step number from 1, loss).
+def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, models=None) -> Path:
+    """The training itself, with a hook called after every step with (step number from 1, loss).
 
-    `models`: an already loaded charfw.models.Sd15 to train on instead of loading `job.model`
+    `models`: an already loaded charfw.models.Sd15 to train on instead of loading `req.model`
     (benchmarks use random-weight SD1.5 models that exist only in memory).
     """
-    if job.steps < 1:
+    if req.steps < 1:
         raise CharfwError("steps must be at least 1", field="steps")
-    if job.init_weights is not None and job.init_weights.suffix != ".safetensors":
-        raise CharfwError("init weights must be a .safetensors LoRA", file=job.init_weights, field="init_weights")
-    settings = job.settings
-    accelerator = _accelerator(job)
+    if req.init_weights is not None and req.init_weights.suffix != ".safetensors":
+        raise CharfwError("init weights must be a .safetensors LoRA", file=req.init_weights, field="init_weights")
+    settings = req.settings
+    accelerator = _accelerator(req)
     device = accelerator.device
-    datasets = load_datasets(job.dataset_toml)
+    datasets = load_datasets(req.dataset_toml)
 
     if models is None:
         from charfw.models import load_sd15
-        models = load_sd15(job.model, job.vae, dtype=torch.float32, device="cpu")
+        models = load_sd15(req.model, req.vae, dtype=torch.float32, device="cpu")
     sd = models
     base_dtype = torch.float32
     if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
@@ -103,17 +94,17 @@ def run(job: TrainJob, on_step: Callable[[int, float], None] | None = None, mode
     with torch.random.fork_rng(devices=[]):  # the adapters' random init follows the seed, as in sd-scripts
         torch.manual_seed(settings.seed)
         network = Network(spec, sd.unet, sd.text_encoder)
-    if job.init_weights is not None:
-        _load_init(network, job.init_weights)
+    if req.init_weights is not None:
+        _load_init(network, req.init_weights)
     network.apply_to()
     try:
-        return _train(job, accelerator, datasets, sd, network, on_step)
+        return _train(req, accelerator, datasets, sd, network, on_step)
     finally:
         network.restore()
         accelerator.end_training()
 
 
-def _train(job: TrainJob, accelerator, datasets: list[Dataset], sd, network: Network, on_step) -> Path:
+def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step) -> Path:
     settings, steps, device = job.settings, job.steps, accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     plan = BatchPlan(datasets, settings.seed)
@@ -212,7 +203,7 @@ def _enable_checkpointing(sd) -> None:
     sd.text_encoder.train()
 
 
-def _resume(job: TrainJob, run: str, network: Network, optimizer, lr_scheduler, accelerator) -> int:
+def _resume(job: TrainRequest, run: str, network: Network, optimizer, lr_scheduler, accelerator) -> int:
     """Load this run's saved state, if any; returns the step to continue from."""
     saved = load_state(job.state_dir, run)
     if saved is None:
@@ -226,17 +217,12 @@ def _resume(job: TrainJob, run: str, network: Network, optimizer, lr_scheduler, 
     return saved.step
 
 
-def _accelerator(job: TrainJob):
+def _accelerator(job: TrainRequest):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import is_tensorboard_available
 
     cpu = job.device == "cpu" or (job.device is None and not torch.cuda.is_available())
     mixed = "no" if cpu else job.settings.mixed_precision
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # one process: forget the settings of a previous training in this process (they may differ)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
     tensorboard = job.log_dir is not None and is_tensorboard_available()
     if job.log_dir is not None and not tensorboard:
         log.info("tensorboard is not installed: no training logs in %s", job.log_dir)
@@ -299,7 +285,7 @@ def _vae_id(sd) -> str:
     return f"{_file_id(sd.path)}/{_file_id(sd.vae_path)}"
 
 
-def _run_parts(job: TrainJob, datasets: list[Dataset], sd, world: int) -> dict:
+def _run_parts(job: TrainRequest, datasets: list[Dataset], sd, world: int) -> dict:
     """What decides the trained weights: a saved state is resumed only if all of this is equal."""
     data = [{"resolution": d.resolution, "batch": d.batch_size,
              "subsets": [(s.num_repeats, s.flip_aug, s.color_aug) for s in d.subsets],
@@ -308,23 +294,22 @@ def _run_parts(job: TrainJob, datasets: list[Dataset], sd, world: int) -> dict:
     init = None
     if job.init_weights is not None:
         init = hashlib.sha256(job.init_weights.read_bytes()).hexdigest()
-    settings = job.settings.model_dump(exclude=NOT_IN_RUN_ID)
+    settings = job.settings.model_dump(include=set(resume_fields()))
     return {"trainer": TRAINER_VERSION, "settings": settings, "steps": job.steps, "model": _file_id(sd.path),
             "vae": _file_id(sd.vae_path), "data": data, "init": init, "world": world}
 
 
-def _metadata(job: TrainJob, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, epochs: int,
+def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, epochs: int,
               run: str) -> dict:
     settings = job.settings
-    builtin = isinstance(job.model, str) and job.model.startswith("builtin:")
-    model_name = job.model if builtin else (sd.path.name if sd.path else str(job.model))
+    model_name = job.model if is_builtin(job.model) else (sd.path.name if sd.path else str(job.model))
     return training_metadata(
         settings=settings, spec=network_spec(settings), steps=job.steps, datasets=datasets,
-        unet_lr=settings.lr, te_lr=text_encoder_lr(settings), optimizer_name=optimizer_name,
+        unet_lr=settings.lr, te_lr=job.text_encoder_lr, optimizer_name=optimizer_name,
         scheduler_name=scheduler_name(settings), mixed_precision=accelerator.mixed_precision,
         model_name=model_name, model_hashes=model_identity(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
-        name=job.name, trigger_words=job.trigger_words, started_at=time.time(), batches_per_epoch=per_epoch,
+        name=job.name, trigger_words=list(job.trigger_words), started_at=time.time(), batches_per_epoch=per_epoch,
         epochs=epochs, session_id=int(run[:8], 16))
 
 
@@ -333,7 +318,7 @@ def _epochs(steps: int, world: int, per_epoch: int) -> int:
     return (steps * world - 1) // per_epoch + 1
 
 
-def _write_lora(job: TrainJob, network: Network, meta: dict, epochs: int) -> None:
+def _write_lora(job: TrainRequest, network: Network, meta: dict, epochs: int) -> None:
     from safetensors.torch import save_file
 
     from charfw.lora.metadata import with_hashes

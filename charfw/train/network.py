@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.lora.keys import lora_module_specs
+from charfw.rules.training import number_text, resolved_alpha, resolved_dim
 
 LYCORIS_ALGOS = ("locon", "loha", "lokr")
 
@@ -52,7 +54,7 @@ class NetworkSpec:
         """sd-scripts' --network_args, as it records them (strings)."""
         if self.algo == "lora":
             return {}
-        args = {"conv_dim": _num(self.conv_dim), "conv_alpha": _num(self.conv_alpha)}
+        args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
         if self.algo in LYCORIS_ALGOS:
             args["algo"] = self.algo
         return args
@@ -61,19 +63,10 @@ class NetworkSpec:
         return json.dumps(self.args) if self.args else None
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def network_spec(settings) -> NetworkSpec:
-    """Dim/alpha defaults of SPEC §6: dim 128 (LoHa 32), alpha half of dim or 1; conv = linear."""
-    dim = settings.dim or (32 if settings.network == "loha" else 128)
-    if settings.alpha == "half":
-        alpha = dim / 2
-    elif settings.alpha == "one":
-        alpha = 1.0
-    else:
-        alpha = float(settings.alpha)
+def network_spec(settings: TrainSettings) -> NetworkSpec:
+    """Dim/alpha of SPEC §6 (charfw.rules.training); 3x3 convs use the same as the linear layers."""
+    dim = resolved_dim(settings.network, settings.dim)
+    alpha = resolved_alpha(settings.alpha, dim)
     return NetworkSpec(settings.network, dim, alpha, dim, alpha)
 
 

@@ -9,9 +9,10 @@ original workflow ran it: relative step, parameter scaling, no warm-up init, no 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
+
+from charfw.rules import training as rules
 
 log = logging.getLogger("charfw.train")
 
@@ -19,11 +20,8 @@ WEIGHT_DECAY = 0.01  # AdamW's and bitsandbytes' default, what sd-scripts runs w
 
 
 def text_encoder_lr(settings) -> float:
-    """Explicit, or floor(lr in units of 1e-6 x 44/100) x 1e-6 (1e-4 -> 44e-6)."""
-    if settings.text_encoder_lr is not None:
-        return settings.text_encoder_lr
-    units = round(settings.lr / 1e-6, 6)  # 1e-4 / 1e-6 is 99.999..., not 100
-    return math.floor(units * 44 / 100) * 1e-6
+    """Explicit, or floor(lr in units of 1e-6 x 44/100) x 1e-6 (1e-4 -> 44e-6): charfw.rules.training."""
+    return rules.text_encoder_lr(settings.lr, settings.text_encoder_lr)
 
 
 def _adamw8bit(groups, device: torch.device):

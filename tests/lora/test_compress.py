@@ -8,6 +8,7 @@ from charfw.lora import compress_file, load_lora
 from charfw.lora.compress import (choose_rank, rank_sv_cumulative, rank_sv_fro, rank_sv_ratio,
                                   sd_scripts_rank)
 from charfw.lora.keys import ModuleSpec, lora_module_specs
+from charfw.lora.options import CompressOptions
 from charfw.lora.modules import delta_matrix
 
 from lora_factory import lora_tensors, make_tensors, write
@@ -89,7 +90,8 @@ def reference_rank(s: torch.Tensor, method: str, p: float) -> int:
 @pytest.mark.parametrize("compat", [False, True])
 def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, compat):
     dst = tmp_path / "out.safetensors"
-    report = compress_file(lora_file, dst, method, param, dtype="fp32", sd_scripts_compat=compat)
+    report = compress_file(lora_file, dst, CompressOptions.of(method=method, value=param, dtype="fp32",
+                                                             sd_scripts_compat=compat))
     before, after = load_lora(lora_file).modules, load_lora(dst).modules
     assert report["compressed"] == len(before) == len(after)
     for name, m in before.items():
@@ -116,7 +118,7 @@ def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, compat
 
 def test_caps_dtype_and_split(lora_file, tmp_path):
     dst = tmp_path / "capped.safetensors"
-    compress_file(lora_file, dst, "sv_ratio", 1000, max_rank=4, max_conv_rank=2)
+    compress_file(lora_file, dst, CompressOptions.of(method="sv_ratio", value=1000, max_rank=4, max_conv_rank=2))
     out = load_lora(dst)
     for name, m in out.modules.items():
         assert m.rank == (2 if m.conv3x3 else 4), name
@@ -127,7 +129,8 @@ def test_caps_dtype_and_split(lora_file, tmp_path):
         # default split: √S on each side, so both factors carry the same column/row norms
         torch.testing.assert_close(down.norm(dim=1), up.norm(dim=0), rtol=2e-3, atol=1e-6)
     assert out.metadata["ss_network_dim"] == "Dynamic"
-    compress_file(lora_file, tmp_path / "bf.safetensors", "rank", 3, dtype="bf16", sd_scripts_compat=True)
+    compress_file(lora_file, tmp_path / "bf.safetensors",
+                  CompressOptions.of(method="rank", value=3, dtype="bf16", sd_scripts_compat=True))
     for m in load_lora(tmp_path / "bf.safetensors").modules.values():
         assert m.tensors["lora_down.weight"].dtype == torch.bfloat16
         down = m.tensors["lora_down.weight"].float().reshape(m.rank, -1)
@@ -148,7 +151,7 @@ def test_lora_modules_never_form_dense_delta(lora_file, tmp_path, monkeypatch):
 
     monkeypatch.setattr(compress, "delta_matrix", forbidden)
     monkeypatch.setattr(torch.linalg, "svd", core_only_svd)
-    report = compress_file(lora_file, tmp_path / "o.safetensors", "sv_fro", 0.9)
+    report = compress_file(lora_file, tmp_path / "o.safetensors", CompressOptions.of(method="sv_fro", value=0.9))
     assert report["compressed"] == 5
 
 
@@ -166,13 +169,14 @@ def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
                                               q.name.replace("to_q", "to_k"): lokr})
     before = load_lora(src).modules
 
-    compress_file(src, tmp_path / "same.safetensors", dtype="fp32")
+    compress_file(src, tmp_path / "same.safetensors", CompressOptions.of(dtype="fp32"))
     same = load_lora(tmp_path / "same.safetensors").modules
     for name, m in before.items():
         assert same[name].kind == m.kind
         assert all(torch.equal(same[name].tensors[k], t) for k, t in m.tensors.items())
 
-    report = compress_file(src, tmp_path / "lora.safetensors", "sv_fro", 0.999, dtype="fp32", to_lora=True)
+    report = compress_file(src, tmp_path / "lora.safetensors",
+                           CompressOptions.of(method="sv_fro", value=0.999, dtype="fp32", to_lora=True))
     assert report["compressed"] == 4
     after = load_lora(tmp_path / "lora.safetensors").modules
     for name, m in before.items():
@@ -191,19 +195,19 @@ def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
 def test_to_lora_needs_a_known_layer_shape(tmp_path):
     src = write(tmp_path / "odd.safetensors", {"lora_unet_custom_layer": make_tensors("loha")})
     with pytest.raises(CharfwError, match="conv or a linear") as err:
-        compress_file(src, tmp_path / "o.safetensors", to_lora=True)
+        compress_file(src, tmp_path / "o.safetensors", CompressOptions.of(to_lora=True))
     assert "lora_unet_custom_layer" in str(err.value) and str(src) in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(method="sv_fro", param=1.5), "fraction"),
-                                             (dict(method="sv_ratio", param=0.5), "≥ 1"),
-                                             (dict(method="rank", param=2.5), "positive integer"),
-                                             (dict(method="svd", param=1), "unknown compression"),
+@pytest.mark.parametrize("kwargs, message", [(dict(method="sv_fro", value=1.5), "fraction"),
+                                             (dict(method="sv_ratio", value=0.5), "≥ 1"),
+                                             (dict(method="rank", value=2.5), "positive integer"),
+                                             (dict(method="svd", value=1), "unknown compression"),
                                              (dict(dtype="fp8"), "unknown dtype"),
                                              (dict(max_rank=0), "max-rank")])
 def test_bad_settings(lora_file, tmp_path, kwargs, message):
     with pytest.raises(CharfwError, match=message):
-        compress_file(lora_file, tmp_path / "o.safetensors", **kwargs)
+        compress_file(lora_file, tmp_path / "o.safetensors", CompressOptions.of(**kwargs))
 
 
 def test_zero_module_and_device(tmp_path):
@@ -211,7 +215,7 @@ def test_zero_module_and_device(tmp_path):
     zero["lora_up.weight"].zero_()                    # an untrained module: ΔW = 0
     src = write(tmp_path / "z.safetensors", {"lora_unet_down_blocks_0_resnets_0_conv1": zero})
     for compat in (False, True):
-        compress_file(src, tmp_path / "o.safetensors", "sv_fro", 0.9, sd_scripts_compat=compat)
+        compress_file(src, tmp_path / "o.safetensors", CompressOptions.of(method="sv_fro", value=0.9, sd_scripts_compat=compat))
         (m,) = load_lora(tmp_path / "o.safetensors").modules.values()
         assert m.rank == 1 and torch.count_nonzero(delta_matrix(m)) == 0
     with pytest.raises(CharfwError, match="device"):

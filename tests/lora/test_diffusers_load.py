@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from charfw.lora import compress_file, merge_file
+from charfw.lora.options import CompressOptions
 from charfw.lora.keys import (SD15_UNET, TextEncoderArch, scaled_arch, text_encoder_module_specs,
                               unet_module_specs)
 
@@ -89,7 +90,7 @@ def test_outputs_load_into_diffusers_models(tiny_lora, tiny_models, tmp_path, ed
         merge_file(tiny_lora, path, "FACE")
     if "compress" in edit:
         src, path = path, tmp_path / "c.safetensors"
-        compress_file(src, path, "sv_fro", 0.9)
+        compress_file(src, path, CompressOptions.of(method="sv_fro", value=0.9))
     unet_sd, te_sd, alphas = diffusers_pairs(path, unet)
     state_unet, state_te = {k: v.clone() for k, v in unet.state_dict().items()}, te.state_dict()
     try:

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 
 from charfw.lora import compress_file, load_lora, merge_file
+from charfw.lora.options import CompressOptions
 from charfw.lora.keys import lora_module_specs
 
 from lora_factory import lora_tensors, write
@@ -48,7 +49,7 @@ def test_hashes_recomputed_and_metadata_kept(big_lora, tmp_path, edit):
     if edit == "merge":
         merge_file(big_lora, out, "OUT04=0.5,IN07=-1")
     else:
-        compress_file(big_lora, out, "sv_fro", 0.9)
+        compress_file(big_lora, out, CompressOptions.of(method="sv_fro", value=0.9))
     model, legacy, meta = independent_hashes(out)
     assert (meta["sshs_model_hash"], meta["sshs_legacy_hash"]) == (model, legacy)
     assert model != "stale" and len(model) == 64 and len(legacy) == 8
@@ -71,6 +72,6 @@ def test_hashes_recomputed_and_metadata_kept(big_lora, tmp_path, edit):
 
 def test_uniform_ranks_are_numbers(big_lora, tmp_path):
     out = tmp_path / "r4.safetensors"
-    compress_file(big_lora, out, "rank", 4)
+    compress_file(big_lora, out, CompressOptions.of(method="rank", value=4))
     meta = load_lora(out).metadata
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"   # alpha 4/8 * 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -13,13 +14,14 @@ from charfw.sdscripts.command import (
     launch_command,
     logic_name,
     output_name,
-    text_encoder_lr,
     train_args,
 )
+from charfw.request import TrainRequest
+from charfw.rules.training import text_encoder_lr
 
-PATHS = dict(dataset_toml="/ws/build/krnk/dataset.toml", output_dir="/ws/build/krnk/sd-scripts",
+PATHS = dict(dataset_toml=Path("/ws/build/krnk/dataset.toml"), state_dir=Path("/ws/build/krnk/sd-scripts"),
              model="/models/Defmix-v2.0.safetensors", vae="/models/kl-f8-anime2.ckpt",
-             logging_dir="/ws/build/logs")
+             log_dir=Path("/ws/build/logs"), output=Path("/ws/build/train/krnk.safetensors"))
 
 # The SPEC §6 line for the defaults (Lora3x3A50p-AdamW8, dim 128, lr 100e-6, 1000 steps), written
 # out literally with the "…" filled in.
@@ -36,11 +38,16 @@ SPEC_LINE = (
 )
 
 
-def args_for(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **over) -> list[str]:
-    out = output_name(name, settings, steps)
-    kw = dict(PATHS, output_name=out, log_prefix=out)
+def request(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **over) -> TrainRequest:
+    kw = dict(PATHS)
     kw.update(over)
-    return train_args(settings=settings, steps=steps, **kw)
+    if kw.get("init_weights") is not None:
+        kw["init_weights"] = Path(kw["init_weights"])
+    return TrainRequest(name=name, settings=settings, steps=steps, **kw)
+
+
+def args_for(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **over) -> list[str]:
+    return train_args(request(settings, steps, name, **over))
 
 
 def test_default_is_the_spec_line():
@@ -134,7 +141,7 @@ def test_extended_logic_names():
 def test_text_encoder_lr_rule(lr, te):
     args = args_for(TrainSettings(lr=lr))
     assert f"--text_encoder_lr={te}e-6" in args
-    assert text_encoder_lr(TrainSettings(lr=lr)) == pytest.approx(int(te) * 1e-6)
+    assert text_encoder_lr(lr, None) == float(f"{te}e-6")
 
 
 def test_explicit_text_encoder_lr_and_lr_notation():
@@ -224,12 +231,10 @@ def test_format_shell_round_trips():
 
 def test_format_bat_form():
     s = TrainSettings()
-    out = output_name("krnk", s, 1200)
-    args = train_args(settings=s, steps=1200, dataset_toml=r"..\LoRAInput\4_krnk\4_krnk.toml",
-                      output_dir=r"..\LoRAOutput\krnk", output_name=out,
-                      model=r"C:\SD Models\Defmix-v2.0.safetensors", vae=r"..\LoRAInput\kl-f8-anime2.ckpt",
-                      logging_dir=r"..\LoRALog", log_prefix=out,
-                      ) + ["--caption_prefix=100%"]
+    args = train_args(request(s, 1200, dataset_toml=Path(r"..\LoRAInput\4_krnk\4_krnk.toml"),
+                              state_dir=Path(r"..\LoRAOutput\krnk"),
+                              model=r"C:\SD Models\Defmix-v2.0.safetensors", vae=r"..\LoRAInput\kl-f8-anime2.ckpt",
+                              log_dir=Path(r"..\LoRALog"))) + ["--caption_prefix=100%"]
     text = format_bat(launch_command("python", "/sd", args))
     lines = text.split("\n")
     assert lines[0] == "python -m accelerate.commands.launch --num_cpu_threads_per_process=1 /sd/train_network.py^"

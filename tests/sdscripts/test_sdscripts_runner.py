@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
+from charfw.request import TrainRequest
 from charfw.sdscripts.runner import resolve_python, run_sd_scripts
 from fake_sd_scripts import make_sd_scripts
 
@@ -40,13 +41,12 @@ def ws(tmp_path: Path) -> Path:
     return ws
 
 
-def run(ws: Path, settings: TrainSettings, **over) -> Path:
+def run(ws: Path, settings: TrainSettings, launcher: str = "python", **over) -> Path:
     kw = dict(dataset_toml=ws / "build/krnk/face/dataset.toml", settings=settings, steps=1000,
-              model="models/base model.safetensors", vae=None, output=ws / "dist/krnk.safetensors",
-              work_dir=ws / "build/krnk/face/sd-scripts", log_dir=ws / "build/logs", name="krnk",
-              launcher="python", root=ws)
+              model="models/base model.safetensors", output=ws / "dist/krnk.safetensors",
+              state_dir=ws / "build/krnk/face/sd-scripts", log_dir=ws / "build/logs", name="krnk", root=ws)
     kw.update(over)
-    return run_sd_scripts(**kw)
+    return run_sd_scripts(TrainRequest(**kw), launcher=launcher)
 
 
 def settings(**kw) -> TrainSettings:

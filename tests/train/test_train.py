@@ -22,10 +22,11 @@ from safetensors.torch import load_file
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.lora.keys import sd15_lora_module_names
+from charfw.request import TrainRequest
 from charfw.train import train_lora
+from charfw.train import loop
 from charfw.train.dataset import load_datasets
 from charfw.train.latents import LatentCache
-from charfw.train.loop import TrainJob, run
 from charfw.train.network import Network, network_spec
 from charfw.train.objective import diffusion_loss, encode_text, tokenize
 from charfw.train.sampling import Sample
@@ -33,11 +34,17 @@ from charfw.train.sampling import Sample
 FAST = dict(dim=4, save_every_n_steps=1000, gradient_checkpointing=False)
 
 
-def job(toml, tmp, settings, steps, **kw) -> TrainJob:
-    defaults = dict(vae=None, output=tmp / "out.safetensors", state_dir=tmp / "state", log_dir=None, name="krnk",
-                    trigger_words=["krnk"], progress=False)
+def job(toml, tmp, settings, steps, **kw) -> TrainRequest:
+    defaults = dict(output=tmp / "out.safetensors", state_dir=tmp / "state", name="krnk",
+                    trigger_words=("krnk",), progress=False)
     defaults.update(kw)
-    return TrainJob(toml, settings, steps, "builtin:tiny-sd15", **defaults)
+    return TrainRequest(settings=settings, steps=steps, dataset_toml=toml, model="builtin:tiny-sd15", **defaults)
+
+
+def run(req: TrainRequest, **kw) -> Path:
+    """The loop, as an entry point runs it (accelerate's process state reset first)."""
+    loop.reset_accelerate()
+    return loop.run(req, **kw)
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -224,9 +231,8 @@ def test_init_weights_start_training_from_a_lora(trained, dataset_toml, tmp_path
     for key, value in start.items():
         assert torch.allclose(got[key], value.float(), atol=1e-6), key
     with pytest.raises(CharfwError, match="safetensors"):
-        train_lora(dataset_toml=dataset_toml, settings=settings, steps=1, model="builtin:tiny-sd15", vae=None,
-                   output=tmp_path / "x.safetensors", state_dir=tmp_path / "s", log_dir=None, name="x",
-                   trigger_words=[], init_weights=tmp_path / "face.pt")
+        train_lora(job(dataset_toml, tmp_path, settings, 1, output=tmp_path / "x.safetensors",
+                       state_dir=tmp_path / "s", name="x", init_weights=tmp_path / "face.pt"))
 
 
 def test_resume_continues_exactly(dataset_toml, tmp_path, caplog):
@@ -258,11 +264,12 @@ import logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from charfw.config.models import TrainSettings
+from charfw.request import TrainRequest
 from charfw.train import train_lora
 tmp = Path(sys.argv[1])
-train_lora(dataset_toml=Path(sys.argv[2]), settings=TrainSettings.model_validate_json(sys.argv[3]),
-           steps=int(sys.argv[4]), model="builtin:tiny-sd15", vae=None, output=tmp / "out.safetensors",
-           state_dir=tmp / "state", log_dir=None, name="krnk", trigger_words=["krnk"], progress=False)
+train_lora(TrainRequest(name="krnk", settings=TrainSettings.model_validate_json(sys.argv[3]), steps=int(sys.argv[4]),
+                        dataset_toml=Path(sys.argv[2]), model="builtin:tiny-sd15", output=tmp / "out.safetensors",
+                        state_dir=tmp / "state", trigger_words=("krnk",), progress=False))
 """
 
 
@@ -289,9 +296,7 @@ def test_kill_and_resume(dataset_toml, tmp_path, caplog):
     other = tmp_path / "other"       # the same state, offered to a run with different settings
     shutil.copytree(tmp_path / "state", other / "state")
     with caplog.at_level(logging.INFO, logger="charfw.train"):
-        train_lora(dataset_toml=dataset_toml, settings=settings, steps=steps, model="builtin:tiny-sd15", vae=None,
-                   output=tmp_path / "out.safetensors", state_dir=tmp_path / "state", log_dir=None, name="krnk",
-                   trigger_words=["krnk"], progress=False)
+        train_lora(job(dataset_toml, tmp_path, settings, steps))
     assert f"resuming krnk from step {saved}" in caplog.text
     assert (tmp_path / "out.safetensors").is_file() and not state.exists()
     assert read(tmp_path / "out.safetensors")[1]["ss_steps"] == str(steps)

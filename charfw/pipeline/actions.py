@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
+from charfw.config.models import CompressSettings
 from charfw.dataset.images import remove_stale, write_set
 from charfw.dataset.plan import Prepared
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path, write_text
+from charfw.request import TrainRequest
 
 
 def reported(func):
@@ -50,45 +51,29 @@ def merge(src: str, dst: str, weights: dict[str, float]) -> None:
 
 
 @reported
-def compress(src: str, dst: str, settings: dict) -> None:
+def compress(src: str, dst: str, settings: CompressSettings) -> None:
     from charfw.lora.compress import compress_file
 
-    settings = dict(settings)  # the task's own dict also feeds its config_changed digest
-    if not settings.pop("enabled"):
+    if not settings.enabled:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         return
-    compress_file(src, dst, settings.pop("method"), settings.pop("value"), progress=True, **settings)
-
-
-def share_cpu() -> None:
-    """In a `doit -n N` worker, don't let every worker spawn a thread per core.
-
-    Oversubscribed CPU training runs ~100x slower. doit does not tell tasks N, so a
-    worker takes half the cores (right for -n 2); CHARFW_THREADS sets the count.
-    """
-    import multiprocessing
-
-    wanted = os.environ.get("CHARFW_THREADS")
-    if wanted or multiprocessing.current_process().name != "MainProcess":
-        import torch
-
-        torch.set_num_threads(int(wanted) if wanted else max(1, (os.cpu_count() or 1) // 2))
+    compress_file(src, dst, settings, progress=True)
 
 
 @reported
-def train(job) -> None:
-    from charfw.build.training import run
+def train(req: TrainRequest, build_dir: str) -> None:
+    from charfw.backends import train as run
+    from charfw.runkey import digest_cache
 
-    share_cpu()
-    run(job)
+    run(req, digest_cache(Path(build_dir)))
 
 
-def clean_training(job) -> None:
+def clean_training(req: TrainRequest) -> None:
     """`doit clean train:X` removes the LoRA, its run key and any saved state."""
-    for path in (job.output, job.key_file):
+    for path in (req.output, req.key_file):
         path.unlink(missing_ok=True)
-    shutil.rmtree(job.state_dir, ignore_errors=True)
+    shutil.rmtree(req.state_dir, ignore_errors=True)
 
 
 @reported

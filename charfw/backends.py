@@ -1,0 +1,29 @@
+"""Which trainer runs a request: the embedded one or kohya sd-scripts (`train.trainer`)."""
+
+from __future__ import annotations
+
+from charfw.request import TrainRequest
+from charfw.runkey import DigestCache, record, run_key
+
+
+def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
+    """Train with the configured backend, then record the run key (after the LoRA is in place)."""
+    key = run_key(req, cache)
+    if req.settings.trainer == "sd-scripts":
+        from charfw.sdscripts.runner import run_sd_scripts
+
+        run_sd_scripts(req)
+    else:
+        from charfw.train import train_lora
+
+        train_lora(req)
+    record(req, key)
+
+
+def command_line(req: TrainRequest) -> list[str]:
+    """The exact command that trains this target outside doit (what `charfw plan` prints)."""
+    if req.settings.trainer == "sd-scripts":
+        from charfw.sdscripts.runner import sd_scripts_command
+
+        return sd_scripts_command(req)[1]
+    return ["charfw", "train", req.name, "-C", str(req.root)]

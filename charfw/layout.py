@@ -1,0 +1,97 @@
+"""Where the build writes everything: one place for every output path.
+
+The CLI, `charfw plan`, the report and the doit tasks all ask this module, so a path is
+spelled once. Paths given to doit are relative to the workspace (a copied or moved
+workspace stays up to date) and built as strings: a 100-character workspace has ~20,000.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from charfw.dataset.plan import Prepared, plan_set
+from charfw.project import Project, Target
+from charfw.request import TrainRequest
+from charfw.rules.modelref import resolve_model_ref
+
+
+class Layout:
+    """A loaded workspace, its prepared-image plans and the paths of everything the build writes."""
+
+    def __init__(self, project: Project, plans: dict[str, list[Prepared]] | None = None):
+        self.project = project
+        self.root = project.root
+        self._prefix = str(project.root) + os.sep
+        self.build_dir = project.build_dir
+        self.images_root = self.build_dir / "images"
+        self.datasets_dir = self.build_dir / "datasets"
+        self.log_dir = self.build_dir / "logs"
+        self.plans = plans if plans is not None else {sid: plan_set(s) for sid, s in project.sets.items()}
+
+    def rel(self, path: Path | str) -> str:
+        """A path as doit's database stores it: relative to the workspace, with '/'."""
+        text = str(path)
+        rel = text[len(self._prefix):] if text.startswith(self._prefix) else os.path.relpath(text, self.root)
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
+
+    # -- images and captions ---------------------------------------------------------
+
+    @cached_property
+    def _images_rel(self) -> str:
+        return self.rel(self.images_root)
+
+    def set_dir(self, set_id: str) -> Path:
+        return self.images_root / set_id
+
+    def image_path(self, set_id: str, item: Prepared) -> Path:
+        return self.images_root / set_id / item.folder / item.name
+
+    def caption_path(self, set_id: str, item: Prepared) -> Path:
+        return self.image_path(set_id, item).with_suffix(".txt")
+
+    def image_rel(self, set_id: str, item: Prepared) -> str:
+        return f"{self._images_rel}/{set_id}/{item.folder}/{item.name}"
+
+    def caption_rel(self, set_id: str, item: Prepared) -> str:
+        return f"{self._images_rel}/{set_id}/{item.folder}/{item.source.path.stem}.txt"
+
+    @cached_property
+    def _set_files(self) -> dict[str, list[str]]:
+        return {sid: [p for i in items for p in (self.image_rel(sid, i), self.caption_rel(sid, i))]
+                for sid, items in self.plans.items()}
+
+    def dataset_files(self, target: Target) -> list[str]:
+        """Every prepared image and caption a target's dataset holds (relative paths)."""
+        return [p for sub in target.subsets for p in self._set_files[sub.set.id]]
+
+    # -- per target ----------------------------------------------------------------
+
+    def toml_path(self, target: str) -> Path:
+        return self.datasets_dir / f"{target}.toml"
+
+    def trained_path(self, target: Target) -> Path:
+        """The target's trained LoRA: a declared file (trained elsewhere), else what `train` writes."""
+        return target.lora or self.build_dir / "train" / f"{target.name}.safetensors"
+
+    def state_dir(self, target: Target) -> Path:
+        return self.build_dir / "train" / f"{target.name}.state"
+
+    def merged_path(self, target: Target) -> Path:
+        return self.build_dir / "merged" / f"{target.name}.safetensors"
+
+    def dist_path(self, target: Target) -> Path:
+        return self.project.dist_dir / f"{target.name}.safetensors"
+
+    def train_request(self, target: Target) -> TrainRequest:
+        cfg, root = self.project.config, self.root
+        init = self.trained_path(self.project.targets[target.init]) if target.init else None
+        toml = self.toml_path(target.name)
+        files = [root / p for p in self.dataset_files(target)]
+        return TrainRequest(
+            name=target.name, settings=target.train, steps=target.steps, dataset_toml=toml,
+            model=resolve_model_ref(cfg.model, root), vae=resolve_model_ref(cfg.vae, root) if cfg.vae else None,
+            output=self.trained_path(target), state_dir=self.state_dir(target), log_dir=self.log_dir,
+            trigger_words=tuple(target.trigger_words), root=root, init_weights=init,
+            inputs=(toml, *files, *([init] if init else [])))

@@ -1,0 +1,184 @@
+"""The doit stages, as task dictionaries. Each task declares its files and exactly one
+`config_changed` holding every manifest value it reads, so doit reruns a task only when
+what it would write changes.
+
+    images    sources -> RGB PNGs per size     (per set)
+    captions  view codes -> .txt per image     (per set)
+    dataset   sd-scripts dataset TOML          (per target)
+    train     LoRA training                    (per target without a declared `lora:`)
+    merge     block weights baked in           (per target)
+    compress  SVD resize -> dist/<name>        (per target)
+
+Paths come from charfw.layout; what the actions do is in charfw.pipeline.actions.
+"""
+
+from __future__ import annotations
+
+from doit.tools import config_changed
+
+from charfw.dataset.toml import dataset_config, render_toml
+from charfw.layout import Layout
+from charfw.lora.blocks import format_weights
+from charfw.pipeline import actions
+from charfw.project import ARCH
+from charfw.request import TrainRequest
+from charfw.rules.captions import caption
+from charfw.runkey import digest_cache, is_trained
+
+STAGES = ("images", "captions", "dataset", "train", "merge", "compress")
+
+
+class values_changed(config_changed):
+    """doit's config_changed, shown by `doit info` as what it covers instead of every value."""
+
+    def __init__(self, config, what: str):
+        super().__init__(config)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"manifest values read by this task changed ({self.what})"
+
+
+class TrainedCheck:
+    """doit uptodate: the LoRA exists and was trained from exactly these settings and inputs."""
+
+    def __init__(self, req: TrainRequest, layout: Layout):
+        self.req = req
+        self.build_dir = layout.build_dir
+
+    def __call__(self, task, values) -> bool:
+        return is_trained(self.req, digest_cache(self.build_dir))
+
+    def __str__(self) -> str:
+        return "no trained LoRA whose run key matches the current settings and inputs"
+
+
+def task_images(layout: Layout):
+    """Composite transparency onto the background and write every size of every source."""
+    for sid, s in layout.project.sets.items():
+        items = layout.plans[sid]
+        yield {
+            "name": sid,
+            "doc": f"{len(s.sources)} sources x {len(s.sizes)} sizes -> {len(items)} images",
+            "actions": [(actions.images, [str(layout.set_dir(sid)), items, s.background])],
+            "file_dep": [layout.rel(src.path) for src in s.sources],
+            "targets": [layout.image_rel(sid, i) for i in items],
+            "uptodate": [values_changed({
+                "background": list(s.background),
+                "images": [[layout.rel(i.source.path), i.folder, i.width, i.height] for i in items],
+            }, "background colour, sizes, folder names")],
+            "clean": True,
+        }
+
+
+def task_captions(layout: Layout):
+    """Write one caption per prepared image, derived from its view code (SPEC §3)."""
+    template = layout.project.config.captions.template
+    for sid, s in layout.project.sets.items():
+        items = layout.plans[sid]
+        texts = {f"{i.folder}/{i.source.path.stem}.txt": caption(s.keywords, i.source.view, template) for i in items}
+        yield {
+            "name": sid,
+            "doc": f"{len(texts)} captions starting {', '.join(s.keywords)}",
+            "actions": [(actions.captions, [str(layout.set_dir(sid)), texts])],
+            "targets": [layout.caption_rel(sid, i) for i in items],
+            "uptodate": [values_changed(texts, "caption text of each image")],
+            "clean": True,
+        }
+
+
+def task_dataset(layout: Layout):
+    """Write each target's dataset TOML for sd-scripts' --dataset_config (SPEC §4)."""
+    table = layout.project.config.batch_table()
+    for name, target in layout.project.targets.items():
+        path = layout.toml_path(name)
+        text = render_toml(dataset_config(target, layout.plans, layout.images_root, path.parent, table))
+        yield {
+            "name": name,
+            "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
+            "actions": [(actions.text_file, [str(path), text])],
+            "file_dep": layout.dataset_files(target),
+            "targets": [layout.rel(path)],
+            "uptodate": [values_changed(text, "dataset TOML text")],
+            "clean": True,
+        }
+
+
+def task_train(layout: Layout):
+    """Train each target's LoRA (embedded trainer or kohya sd-scripts, SPEC §6)."""
+    targets = layout.project.targets
+    for target in layout.project.trained_targets():
+        req = layout.train_request(target)
+        deps = [f"dataset:{target.name}"]
+        if target.init and targets[target.init].lora is None:
+            deps.append(f"train:{target.init}")
+        s = target.train
+        yield {
+            "name": target.name,
+            "doc": f"{s.trainer}: {s.network} dim {req.dim}, {req.steps} steps"
+                   + (f", from {target.init}" if target.init else ""),
+            "actions": [(actions.train, [req, str(layout.build_dir)])],
+            "task_dep": deps,
+            "targets": [layout.rel(req.output)],
+            "uptodate": [TrainedCheck(req, layout)],
+            "clean": [(actions.clean_training, [req])],
+            "verbosity": 2,
+        }
+
+
+def task_merge(layout: Layout):
+    """Bake each target's block weights into its trained LoRA (SPEC §8)."""
+    for target in layout.project.targets.values():
+        src, dst = layout.trained_path(target), layout.merged_path(target)
+        yield {
+            "name": target.name,
+            "doc": f"{target.merge.weights if isinstance(target.merge.weights, str) else 'custom'} weights",
+            "actions": [(actions.merge, [str(src), str(dst), target.block_weights])],
+            "file_dep": [layout.rel(src)],
+            "targets": [layout.rel(dst)],
+            "uptodate": [values_changed(format_weights(target.block_weights, ARCH), "block weights")],
+            "clean": True,
+        }
+
+
+def task_compress(layout: Layout):
+    """SVD-compress each merged LoRA into dist/<keyword>.safetensors (SPEC §9)."""
+    for target in layout.project.targets.values():
+        s = target.compress
+        src, dst = layout.merged_path(target), layout.dist_path(target)
+        yield {
+            "name": target.name,
+            "doc": f"{s.method} {s.value:g}" if s.enabled else "copy (compression off)",
+            "actions": [(actions.compress, [str(src), str(dst), s])],
+            "file_dep": [layout.rel(src)],
+            "targets": [layout.rel(dst)],
+            "uptodate": [values_changed(s.model_dump(), "compress settings")],
+            "clean": True,
+        }
+
+
+TASKS = {"images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
+         "merge": task_merge, "compress": task_compress}
+
+
+def task_names(layout: Layout) -> dict:
+    """The names a dodo.py exposes to doit: its config and one task_<stage> per stage."""
+    names: dict = {
+        "DOIT_CONFIG": {
+            "dep_file": str(layout.build_dir / ".doit.db"),
+            "default_tasks": list(STAGES),
+            "verbosity": 1,
+        },
+    }
+    for stage in STAGES:
+        names[f"task_{stage}"] = _bound(TASKS[stage], layout)
+    return names
+
+
+def _bound(func, layout: Layout):
+    """A task generator doit can call with no arguments, keeping the stage's docstring for `doit list`."""
+    def generate():
+        return func(layout)
+    generate.__doc__ = func.__doc__
+    generate.__name__ = func.__name__
+    return generate

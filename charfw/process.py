@@ -1,0 +1,63 @@
+"""Process-wide settings (logging, CPU threads), applied by entry points only.
+
+`dodo.py` (through charfw.pipeline.load_tasks) and the `charfw` command call `setup`;
+library functions never touch handlers or thread counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+THREADS_ENV = "CHARFW_THREADS"
+
+
+def doit_workers(argv: list[str]) -> int:
+    """How many tasks doit runs at once, from its command line (`-n 3`, `-n3`, `--process=3`)."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-n", "--process") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--process="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and arg[2:].isdigit():
+            value = arg[2:]
+        if value is not None and value.isdigit():
+            return max(1, int(value))
+    return 1
+
+
+def threads_per_worker(workers: int, cpus: int | None = None, env: dict | None = None) -> int:
+    """CPU threads for each of `workers` parallel tasks: CHARFW_THREADS, else an equal share of the cores.
+
+    Oversubscribed CPU training runs many times slower (every worker spawning a thread per core).
+    """
+    env = os.environ if env is None else env
+    if env.get(THREADS_ENV, "").isdigit() and int(env[THREADS_ENV]) > 0:
+        return int(env[THREADS_ENV])
+    return max(1, (cpus or os.cpu_count() or 1) // workers)
+
+
+def set_threads(n: int) -> None:
+    """Before torch starts (workers fork later and inherit it), or directly if it already has."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def show_log() -> None:
+    """charfw's notes (resuming from step N, AdamW instead of AdamW 8-bit) go to the console."""
+    logger = logging.getLogger("charfw")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("charfw: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def setup(workers: int = 1) -> None:
+    show_log()
+    if THREADS_ENV in os.environ or "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS stands
+        set_threads(threads_per_worker(workers))

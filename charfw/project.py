@@ -1,0 +1,90 @@
+"""The resolved workspace: image sets, targets and the project that holds them.
+
+What the manifests mean once every level's settings are merged; no YAML, no paths of
+outputs (charfw.layout), no doit. A *set* is one folder of view-coded source images (a
+face set or an outfit's body set). A *target* is one LoRA: a face (its face set), an
+outfit (body set + face set) or a group (its member outfits' data), named by its keyword,
+which is also its file name in `dist/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from charfw.config.models import Character, CompressSettings, MergeSettings, TrainSettings, Workspace
+from charfw.rules.training import DEFAULT_STEPS
+from charfw.rules.viewcode import ViewCode
+
+ARCH = "sd15"  # the trainer and block maps of this workspace: SD1.5-family checkpoints
+
+TargetKind = Literal["face", "outfit", "group"]
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    view: ViewCode
+
+
+@dataclass
+class ImageSet:
+    id: str  # "krnk/face", "krnk/sf"
+    kind: Literal["f", "b"]
+    folder: Path
+    sources: list[Source]
+    class_tokens: str  # "krnk girl": the subset's class_tokens and its folder names
+    keywords: list[str]  # first caption tags: "krnk" or "krnksf, krnk" (+ extra tags)
+    sizes: list[int]
+    background: tuple[int, int, int]
+    symmetric: bool
+    manifest: Path
+
+
+@dataclass
+class Subset:
+    set: ImageSet
+    repeats: int
+
+
+@dataclass
+class Target:
+    name: str
+    kind: TargetKind
+    subsets: list[Subset]
+    repeats: int  # the dataset's general num_repeats
+    trigger_words: list[str]
+    train: TrainSettings
+    merge: MergeSettings
+    compress: CompressSettings
+    init: str | None  # target whose LoRA this one starts from
+    manifest: Path
+    lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training
+    weights_origin: tuple[Path, int | None, str] | None = None  # where merge.weights was set, for errors
+    block_weights: dict[str, float] = field(default_factory=dict)  # merge.weights parsed, per block
+
+    @property
+    def steps(self) -> int:
+        return self.train.steps or DEFAULT_STEPS[self.kind]
+
+
+@dataclass
+class Project:
+    root: Path
+    config: Workspace
+    sets: dict[str, ImageSet] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    characters: dict[str, Character] = field(default_factory=dict)
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / self.config.build
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.root / self.config.dist
+
+    def trained_targets(self) -> list[Target]:
+        """Targets the build trains (the others declare a LoRA trained elsewhere)."""
+        return [t for t in self.targets.values() if t.lora is None]

@@ -1,0 +1,54 @@
+"""One training, as data: the single request type both trainers take.
+
+The build makes it (charfw.layout), the embedded trainer (charfw.train) and the sd-scripts
+backend (charfw.sdscripts) consume it, the run key (charfw.runkey) hashes it. Paths are
+absolute; `model`/`vae` are "builtin:<name>" or absolute file paths (see rules.modelref).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from charfw.config.models import TrainSettings
+from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    name: str                           # target name: file names, logs, progress bar
+    settings: TrainSettings
+    steps: int
+    dataset_toml: Path
+    model: str
+    output: Path                        # the LoRA file, written atomically
+    state_dir: Path                     # resumable state / sd-scripts' working folder
+    vae: str | None = None
+    log_dir: Path | None = None         # TensorBoard logs
+    trigger_words: tuple[str, ...] = ()
+    root: Path = field(default_factory=Path.cwd)  # the workspace: relative paths and names in the run key
+    init_weights: Path | None = None    # start from this LoRA (an outfit from its face)
+    inputs: tuple[Path, ...] = ()       # every file whose content the run reads (for the run key)
+    device: str | None = None           # None: CUDA when available (embedded trainer)
+    progress: bool = True
+
+    @property
+    def key_file(self) -> Path:
+        """Where the run key of the finished LoRA is recorded."""
+        return self.output.with_name(self.output.name + ".key")
+
+    @property
+    def dim(self) -> int:
+        return resolved_dim(self.settings.network, self.settings.dim)
+
+    @property
+    def alpha(self) -> float:
+        return resolved_alpha(self.settings.alpha, self.dim)
+
+    @property
+    def text_encoder_lr(self) -> float:
+        return text_encoder_lr(self.settings.lr, self.settings.text_encoder_lr)
+
+    def with_settings(self, **changes) -> "TrainRequest":
+        """The same request with some settings replaced (e.g. AdamW where 8-bit is unavailable)."""
+        return replace(self, settings=self.settings.model_copy(update=changes))

@@ -1,0 +1,132 @@
+"""Whether a target's LoRA is finished: its *run key*, recorded beside the LoRA.
+
+doit's database is written only at the end of a run, so losing it must not retrain finished
+LoRAs: the run key hashes every setting the chosen trainer reads that changes the result
+(charfw.config.models classifies each field once) plus the content of every input file.
+A LoRA whose stored key matches is finished whatever doit remembers.
+
+File contents are digested once per (path, size, mtime_ns), as doit's own MD5 checker
+does, and the digests are kept in `build/.digests.json`: a no-op `doit` reads no image
+bytes, and targets sharing a face set digest it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from charfw.config.models import run_key_fields
+from charfw.errors import CharfwError
+from charfw.fsutil import write_text
+from charfw.request import TrainRequest
+from charfw.rules.modelref import is_builtin
+
+DIGESTS_FILE = ".digests.json"
+
+
+class DigestCache:
+    """md5 of files by (size, mtime_ns), persisted as one JSON file (None: in memory only)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                self.entries = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def digest(self, path: Path) -> str | None:
+        """The file's md5, or None when it does not exist (not built yet)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = str(path)
+        known = self.entries.get(key)
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            return known[2]
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "md5").hexdigest()
+        except OSError:
+            return None
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty and self.path is not None:
+            try:
+                write_text(self.path, json.dumps(self.entries, separators=(",", ":")))
+            except OSError:
+                pass  # only a cache: the next run digests again
+            self.dirty = False
+
+
+_caches: dict[Path, DigestCache] = {}
+
+
+def digest_cache(build_dir: Path) -> DigestCache:
+    """The process's cache for one workspace's build folder."""
+    path = build_dir / DIGESTS_FILE
+    if path not in _caches:
+        _caches[path] = DigestCache(path)
+    return _caches[path]
+
+
+def model_identity(model: str | None) -> str | None:
+    """A cheap content identity for multi-GB checkpoints: size + sd-scripts' legacy 64 KiB hash."""
+    if model is None or is_builtin(model):
+        return model
+    from charfw.models.hashing import model_hash
+
+    path = Path(model)
+    try:
+        return f"{path.name}:{path.stat().st_size}:{model_hash(path)}"
+    except (OSError, CharfwError):  # missing now: the run itself will say so clearly
+        return f"{path.name}:missing"
+
+
+def run_config(req: TrainRequest) -> dict:
+    """Every value the chosen trainer reads that changes its result, JSON-ready."""
+    return {
+        "settings": req.settings.model_dump(include=set(run_key_fields(req.settings.trainer))),
+        "steps": req.steps,
+        "model": model_identity(req.model),
+        "vae": model_identity(req.vae),
+        "name": req.name,
+        "trigger_words": list(req.trigger_words),
+    }
+
+
+def run_key(req: TrainRequest, cache: DigestCache | None = None) -> str | None:
+    """Hash of config + input contents; None while an input is missing (not built yet)."""
+    cache = cache or DigestCache()
+    h = hashlib.sha256(json.dumps(run_config(req), sort_keys=True).encode())
+    root = str(req.root) + os.sep
+    for path in sorted(req.inputs):
+        digest = cache.digest(path)
+        if digest is None:
+            return None
+        text = str(path)
+        h.update(f"{text[len(root):] if text.startswith(root) else text}:{digest}\n".encode())
+    cache.save()
+    return h.hexdigest()
+
+
+def is_trained(req: TrainRequest, cache: DigestCache | None = None) -> bool:
+    key = run_key(req, cache)
+    try:
+        return key is not None and req.output.is_file() and req.key_file.read_text().strip() == key
+    except OSError:
+        return False
+
+
+def record(req: TrainRequest, key: str | None) -> None:
+    """Mark the LoRA finished (after it is in place)."""
+    if key is not None:
+        write_text(req.key_file, key + "\n")
