@@ -64,10 +64,12 @@ def build_lora(path: Path, rank: int, seed: int) -> int:
 def _charfw_child(src: str, dst: str, method: str, param: float, dtype: str, queue) -> None:
     from charfw.lora import compress_file
     from charfw.lora.options import CompressOptions
+    from charfw.process import cpu_threads
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    report = compress_file(src, dst, CompressOptions.of(method=method, value=param, dtype=dtype))
+    with cpu_threads(1):  # as the CLI and the build run it
+        report = compress_file(src, dst, CompressOptions.of(method=method, value=param, dtype=dtype))
     elapsed = time.perf_counter() - t0
     queue.put({"seconds": elapsed, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                "rss_after_imports": base_rss, "ranks": report["ranks"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 THREADS_ENV = "CHARFW_THREADS"
 
@@ -61,3 +62,16 @@ def setup(workers: int = 1) -> None:
     show_log()
     if THREADS_ENV in os.environ or "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS stands
         set_threads(threads_per_worker(workers))
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """Run a block with torch on `n` CPU threads (SVD compression: many small factorizations)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the example through doit
+
 from wsutil import copy_example, executed, run_doit
 
 
@@ -60,7 +62,7 @@ def test_adding_an_image_reruns_only_its_set(built):
 
 def test_removing_an_image_removes_its_outputs(built):
     (built / "characters/krnk/face/f01.png").unlink()
-    run_doit(built)
+    run_doit(built, *DATA_STAGES)
     face = built / "build/images/krnk/face"
     assert not list(face.glob("*/f01.png")) and not list(face.glob("*/f01.txt"))
     assert list(face.glob("*/f00.png"))
@@ -91,6 +93,13 @@ def test_editing_a_value_no_stage_reads_reruns_nothing(built):
     assert executed(run_doit(built)) == set()
 
 
+def test_settings_that_do_not_change_the_weights_retrain_nothing(built):
+    path = built / "charfw.yaml"
+    path.write_text(path.read_text() + "  save_every_n_steps: 7\n  gradient_checkpointing: false\n"
+                                       "  cache_latents: disk\n")
+    assert executed(run_doit(built)) == set()
+
+
 def test_template_change_reruns_only_captions_it_changes(built):
     (built / "charfw.yaml").write_text((built / "charfw.yaml").read_text() + """
 captions:
@@ -101,14 +110,14 @@ captions:
     - tags: [upper body]
       set: [f]
 """)
-    ran = executed(run_doit(built))
+    ran = executed(run_doit(built, *DATA_STAGES))  # (what the new captions retrain is another test's concern)
     assert {t for t in ran if t.startswith("captions:")} == {
         "captions:krnk/face", "captions:krnk/sf", "captions:tyank/face", "captions:tyank/ps"}
     assert not {t for t in ran if t.startswith("images:")}
     # a second template edit touching body captions only leaves face captions alone
     text = (built / "charfw.yaml").read_text().replace("tags: [full body]", "tags: [full body, standing]")
     (built / "charfw.yaml").write_text(text)
-    ran = executed(run_doit(built))
+    ran = executed(run_doit(built, *DATA_STAGES))
     assert {t for t in ran if t.startswith("captions:")} == {"captions:krnk/sf", "captions:tyank/ps"}
 
 

@@ -59,6 +59,7 @@ def test_example_toml(workspace):
     assert group_tokens == {"krnksf girl", "krnk girl", "tyankps girl", "tyank girl"}
 
 
+@pytest.mark.slow
 def test_written_toml_paths_resolve_relative_to_the_toml(workspace):
     use_spec_sizes(workspace)
     run_doit(workspace, "dataset")

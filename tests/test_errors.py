@@ -157,3 +157,12 @@ def test_new_scaffolds_a_character(workspace):
     project, _ = check_project(workspace)
     assert project.targets["mikegym"].trigger_words == ["mikegym", "mike"]
     assert project.sets["mike/face"].symmetric is False
+
+
+def test_the_model_must_be_chosen(workspace):
+    path = workspace / "charfw.yaml"
+    path.write_text("\n".join(l for l in path.read_text().splitlines() if not l.startswith("model:")) + "\n")
+    msg = error_of(workspace)
+    assert "charfw.yaml" in msg and "model: required field is missing" in msg and "model: models/" in msg
+    path.unlink()
+    assert "no charfw.yaml here" in error_of(workspace)

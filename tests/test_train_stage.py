@@ -24,6 +24,7 @@ def sd_ws(workspace, tmp_path):
     return workspace
 
 
+@pytest.mark.slow
 def test_fake_sd_scripts_output_flows_through_merge_and_compress(sd_ws):
     proc = run_doit(sd_ws, "compress:krnk")
     assert {"train:krnk", "merge:krnk", "compress:krnk"} <= executed(proc)
@@ -42,6 +43,7 @@ def test_fake_sd_scripts_output_flows_through_merge_and_compress(sd_ws):
     assert "train:krnk" not in executed(run_doit(sd_ws, "compress:krnk"))
 
 
+@pytest.mark.slow
 def test_outfit_starts_from_the_face_lora(sd_ws):
     run_doit(sd_ws, "train:krnksf")
     argv = json.loads((sd_ws / "build/train/krnksf.state/argv.json").read_text())["argv"]
@@ -49,6 +51,7 @@ def test_outfit_starts_from_the_face_lora(sd_ws):
     assert "--output_name=krnksf-Lora3x3A50p-AdamW8-128-100-1200" in argv
 
 
+@pytest.mark.slow
 def test_training_setting_change_retrains_only_that_target_and_its_dependents(sd_ws):
     run_doit(sd_ws, "train")
     path = sd_ws / "characters/krnk/character.yaml"
@@ -60,6 +63,7 @@ def test_training_setting_change_retrains_only_that_target_and_its_dependents(sd
     assert not {t for t in executed(run_doit(sd_ws)) if t.startswith("train:")}
 
 
+@pytest.mark.slow
 def test_failing_sd_scripts_fails_the_task_with_its_message(sd_ws, monkeypatch):
     monkeypatch.setenv("FAKE_SD_FAIL", "1")
     proc = run_doit(sd_ws, "train:krnk", check=False)
@@ -70,6 +74,7 @@ def test_failing_sd_scripts_fails_the_task_with_its_message(sd_ws, monkeypatch):
     assert not (sd_ws / "build/train/krnk.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_plan_prints_the_commands(sd_ws):
     proc = run_charfw(sd_ws, "plan")
     assert proc.returncode == 0, proc.stderr

@@ -103,7 +103,10 @@ def _merge(args) -> int:
 
 def _compress(args) -> int:
     from charfw.lora.compress import compress_file, compress_suffix
+    import torch
+
     from charfw.lora.options import CompressOptions
+    from charfw.process import cpu_threads
 
     method, value = next(((m, v) for m, v in (("sv_fro", args.sv_fro), ("sv_cumulative", args.sv_cumulative),
                                                ("rank", args.rank), ("sv_ratio", args.sv_ratio)) if v is not None),
@@ -115,8 +118,9 @@ def _compress(args) -> int:
         raise CharfwError("with several inputs, -o must be an existing folder", file=args.output)
     for src in args.files:
         dst = _output_for(src, args.output, compress_suffix(method, value))
-        report = compress_file(src, dst, options, device=args.device,
-                               progress=not args.quiet and sys.stderr.isatty(), arch=args.arch)
+        with cpu_threads(1 if args.device == "cpu" else torch.get_num_threads()):
+            report = compress_file(src, dst, options, device=args.device,
+                                   progress=not args.quiet and sys.stderr.isatty(), arch=args.arch)
         new = sorted(k for _, k in report["ranks"].values())
         span = f", ranks {new[0]}..{new[-1]}" if new else ""
         print(f"{dst}: {report['compressed']} modules compressed, {report['unchanged']} unchanged{span}")

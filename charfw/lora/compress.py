@@ -25,16 +25,15 @@ modules are copied unless `to_lora`, which turns each into a LoRA module through
 ΔW and its SVD (one module at a time). Output tensors are cast to the output dtype;
 alpha is stored as fp32 so strength stays exact.
 
-The work is hundreds of small factorizations, so compress_file runs them on one CPU
-thread: on an idle 2-core machine that costs little, while two OpenMP threads on a CPU
-shared with other work (a parallel build) made a tall QR 7x and an r×r SVD 80x slower
-(measured: 168 vs 25 ms, 194 vs 2.4 ms).
+The work is hundreds of small factorizations, so the entry points (the CLI, the build)
+run compress_file on one CPU thread (charfw.process.cpu_threads): on an idle 2-core machine
+that costs little, while two OpenMP threads on a CPU shared with other work (a parallel
+build) made a tall QR 7x and an r×r SVD 80x slower (measured: 168 vs 25 ms, 194 vs 2.4 ms).
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +225,7 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
     s = options or CompressOptions()
     _check_device(device)
     out_modules, ranks = [], {}
-    with LoraReader(src) as reader, _cpu_threads(1 if device == "cpu" else None):
+    with LoraReader(src) as reader:
         specs = _specs_for(reader.names, arch) if s.to_lora else {}
         bar = tqdm(reader.names, desc=f"compress {Path(src).name}", unit="module", disable=not progress,
                    leave=False)
@@ -251,18 +250,6 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
     save_lora(dst, out_modules, metadata)
     return {"modules": len(out_modules), "compressed": len(ranks),
             "unchanged": len(out_modules) - len(ranks), "ranks": ranks}
-
-
-@contextmanager
-def _cpu_threads(n: int | None):
-    """Temporarily set torch's CPU thread count (None: leave it)."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _specs_for(names: list[str], arch: str | None):

@@ -53,12 +53,14 @@ def merge(src: str, dst: str, weights: dict[str, float]) -> None:
 @reported
 def compress(src: str, dst: str, settings: CompressSettings) -> None:
     from charfw.lora.compress import compress_file
+    from charfw.process import cpu_threads
 
     if not settings.enabled:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         return
-    compress_file(src, dst, settings, progress=True)
+    with cpu_threads(1):
+        compress_file(src, dst, settings, progress=True)
 
 
 @reported

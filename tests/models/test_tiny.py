@@ -1,5 +1,6 @@
 """builtin:tiny-sd15: deterministic file, loads through the user-checkpoint path, runs a pipeline."""
 
+import pytest
 import hashlib
 import subprocess
 import sys
@@ -14,6 +15,7 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic(tiny_path, tmp_path):
     # in a fresh interpreter: nothing (hash seeds, init order) may leak into the bytes
     again = tmp_path / "again.safetensors"

@@ -73,6 +73,7 @@ def expected_argv(ws: Path, name: str, optimizer: str = "AdamW8bit", extra=()) -
     ]
 
 
+@pytest.mark.slow
 def test_runs_through_accelerate_and_collects_the_lora(ws, capsys):
     out = run(ws, settings(), launcher="accelerate")
     assert out == ws / "dist/krnk.safetensors"

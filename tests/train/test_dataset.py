@@ -81,3 +81,35 @@ def test_sample_pixels_flip_and_color(tmp_path):
     assert 0 < (hue - plain).abs().max() < 0.5
     assert color_params(1, "abc", 1)[0] == "hue" and color_params(1, "abc", 2)[0] == "gamma"
     assert color_params(1, "abc", 0) is None and color_params(1, "abc", 3) == color_params(1, "abc", 3)
+
+
+def test_reader_accepts_every_key_sd_scripts_accepts(tmp_path, caplog):
+    """Keys current sd-scripts takes are read: at their "off" value silently, with a note where the
+    embedded trainer ignores a value, as an error where ignoring it would train differently."""
+    toml = make_dataset(tmp_path)
+    text = toml.read_text()
+    toml.write_text(text.replace("flip_aug = true", "flip_aug = true\nalpha_mask = false\ncaption_separator = ','\n"
+                                 "is_reg = false").replace("batch_size = 2", "batch_size = 2\nvalidation_split = 0.0\n"
+                                                           "validation_seed = 3"))
+    assert len(load_datasets(toml)[0].images) == 4
+    toml.write_text(text.replace("batch_size = 2", "batch_size = 2\nresize_interpolation = 'area'"))
+    with caplog.at_level("WARNING", logger="charfw.train"):
+        load_datasets(toml)
+    assert "resize_interpolation = 'area' is ignored by the embedded trainer" in caplog.text
+    for old, line, key in (("batch_size = 2", "validation_split = 0.2", "validation_split"),
+                           ("flip_aug = true", "alpha_mask = true", "alpha_mask")):
+        toml.write_text(text.replace(old, old + "\n" + line))
+        with pytest.raises(CharfwError, match=f"{key} = .* not supported by the embedded trainer"):
+            load_datasets(toml)
+
+
+def test_reader_follows_sd_scripts_levels(tmp_path):
+    """A key at a level sd-scripts' schema does not allow there is rejected, as sd-scripts rejects it."""
+    toml = make_dataset(tmp_path)
+    text = toml.read_text()
+    toml.write_text(text.replace("flip_aug = true", "flip_aug = true\nbatch_size = 4"))   # dataset key in a subset
+    with pytest.raises(CharfwError, match=r"subsets\[0\]\.batch_size: unknown key"):
+        load_datasets(toml)
+    toml.write_text(text.replace("[general]", "[general]\nimage_dir = 'x'"))
+    with pytest.raises(CharfwError, match=r"general\.image_dir: unknown key"):
+        load_datasets(toml)

@@ -31,6 +31,8 @@ from charfw.train.network import Network, network_spec
 from charfw.train.objective import diffusion_loss, encode_text, tokenize
 from charfw.train.sampling import Sample
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 FAST = dict(dim=4, save_every_n_steps=1000, gradient_checkpointing=False)
 
 
