@@ -20,10 +20,12 @@ dropped the +1; the seed workflow used the classic rule.) It also puts S wholly 
 up as sd-scripts does, where charfw by default splits √S between up and down, which keeps
 both factors in fp16's comfortable range.
 
-New alpha = old alpha / old r × new rank, so the strength is unchanged. LoHa/LoKr
+The module's alpha/rank scale is folded into the new factors and the alpha tensor left out
+(loaders then use alpha = rank), so the strength is unchanged and every loader applies the
+same ΔW (diffusers' kohya converter lets PEFT ignore some alphas when ranks differ). LoHa/LoKr
 modules are copied unless `to_lora`, which turns each into a LoRA module through a dense
 ΔW and its SVD (one module at a time). Output tensors are cast to the output dtype;
-alpha is stored as fp32 so strength stays exact.
+
 
 The work is hundreds of small factorizations, so the entry points (the CLI, the build)
 run compress_file on one CPU thread (charfw.process.cpu_threads): on an idle 2-core machine
@@ -33,6 +35,7 @@ build) made a tall QR 7x and an r×r SVD 80x slower (measured: 168 vs 25 ms, 194
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,14 +184,20 @@ def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: boo
     return choose_rank(S, o.method, o.param, cap)
 
 
-def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...], alpha: float,
-                 out_dtype: torch.dtype, extra: dict[str, torch.Tensor]) -> Module:
+def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...], scale: float,
+                 out_dtype: torch.dtype, extra: dict[str, torch.Tensor], s_on_up: bool = False) -> Module:
+    """A LoRA module for ΔW = scale · up · down, the scale folded into the factors and no alpha
+    tensor (alpha = rank for every loader, so all apply the same ΔW; see modules.folded)."""
     k = up.shape[1]
+    if s_on_up:
+        up = up * scale
+    else:
+        root = math.sqrt(abs(scale))
+        up, down = up * math.copysign(root, scale), down * root
     if len(shape) == 4:
         up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
     tensors = {"lora_down.weight": down.to("cpu", out_dtype).contiguous(),
-               "lora_up.weight": up.to("cpu", out_dtype).contiguous(),
-               "alpha": torch.tensor(float(alpha), dtype=torch.float32)}
+               "lora_up.weight": up.to("cpu", out_dtype).contiguous()}
     tensors.update({k_: v.to(out_dtype) for k_, v in extra.items()})
     return Module(name, tensors, "lora")
 
@@ -204,7 +213,7 @@ def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
         k = module_rank(s, svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
         new_up, new_down = svd.factors(k, s_on_up=s.sd_scripts_compat)
         shape = layer_shape(m, up.shape[0], down.shape[1])
-        return _lora_module(m.name, new_up, new_down, shape, m.scale * k, out_dtype, extra), k
+        return _lora_module(m.name, new_up, new_down, shape, m.scale, out_dtype, extra, s.sd_scripts_compat), k
     if not s.to_lora:
         return Module(m.name, {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()},
                       m.kind), None
@@ -213,7 +222,7 @@ def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
     U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
     k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
     new_up, new_down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
-    return _lora_module(m.name, new_up, new_down, shape, k, out_dtype, extra), k
+    return _lora_module(m.name, new_up, new_down, shape, 1.0, out_dtype, extra, s.sd_scripts_compat), k
 
 
 def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | None = None, *,
@@ -243,8 +252,7 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
         metadata = dict(reader.metadata)
     lora_out = [m for m in out_modules if m.kind == "lora"]
     old_dim = max((old for old, _ in ranks.values() if old), default=None)
-    record_compress(metadata, method=s.method, param=s.param,
-                    old_dim=old_dim, ranks=[m.rank for m in lora_out], alphas=[m.alpha for m in lora_out],
+    record_compress(metadata, method=s.method, param=s.param, old_dim=old_dim, modules=lora_out,
                     options={"max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
                              "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
     save_lora(dst, out_modules, metadata)

@@ -1,9 +1,12 @@
 """Block-weight merge ("bake"): multiply each module's ΔW by its block's weight (SPEC §8).
 
-Exactly one factor ΔW is linear in gets multiplied (`Module.merge_key`), so ΔW scales by
-exactly w for any real w, negative included, for every algorithm; alpha is untouched.
-Weight 0 drops the module with all its tensors. DoRA normalizes W + ΔW afterwards, so a
-DoRA module is only exactly scalable by 0 or 1: other weights are refused.
+LoRA modules (LoRA, C3Lier, LoCon) get w and their alpha/rank scale folded into both
+factors, balanced and computed in fp32 (`modules.folded`): ΔW scales by w to the file
+dtype's own rounding, even where a trained fp16 `up` is tiny, and alpha = rank so every
+loader applies the same ΔW. LoHa/LoKr scale the one factor ΔW is linear in
+(`Module.merge_key`), in fp32. Weight 0 drops the module with all its tensors. DoRA
+normalizes W + ΔW afterwards, so a DoRA module is only exactly scalable by 0 or 1: other
+weights are refused.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ from typing import Iterable, Iterator, Mapping, Sequence
 from charfw.errors import CharfwError
 from charfw.lora.blocks import BLOCKS, block_of, detect_arch, format_weights, parse_weights
 from charfw.lora.io import LoraReader, save_lora
-from charfw.lora.metadata import record_merge
-from charfw.lora.modules import Module
+from charfw.lora.metadata import record_merge, record_ranks
+from charfw.lora.modules import Module, folded
 
 
 def scale_module(m: Module, w: float) -> Module | None:
     """The module with ΔW multiplied by w; None when w == 0 (drop it)."""
     if w == 0:
         return None
-    if w == 1:
-        return m
-    if m.dora:
+    if m.dora and w != 1:
         raise CharfwError(f"DoRA module cannot be scaled exactly by {w:g} (only 0 or 1); "
                           "set its block to 0 or 1", field=m.name)
+    if m.kind == "lora":
+        return folded(m, w)
+    if w == 1:
+        return m
     key = m.merge_key
     t = m.tensors[key]
     return Module(m.name, {**m.tensors, key: (t.float() * w).to(t.dtype)}, m.kind)
@@ -67,6 +72,7 @@ def merge_file(src: str | Path, dst: str | Path, weights: str | Sequence[float] 
         raise CharfwError(f"block weights {format_weights(table, arch)} drop every module of this LoRA "
                           f"(its modules are in blocks {', '.join(_blocks_present(names, arch))})", file=src)
     record_merge(metadata, spec, arch, format_weights(table, arch))
+    record_ranks(metadata, [m for m in kept if m.kind == "lora"])
     save_lora(dst, kept, metadata)
     return {"arch": arch, "weights": table, "modules_in": total, "modules_out": len(kept)}
 

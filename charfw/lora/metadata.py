@@ -60,17 +60,36 @@ def record_merge(metadata: dict[str, str], spec: str, arch: str, weights_csv: st
     prefix_comment(metadata, f"block weights {spec} applied ({arch}: {weights_csv})")
 
 
+def _alpha(m) -> float | int:
+    """A module's alpha; without an alpha tensor loaders use the rank."""
+    return m.rank if m.alpha is None else m.alpha
+
+
+def record_ranks(metadata: dict[str, str], modules: list) -> None:
+    """`ss_network_dim`/`_alpha` (and the conv values in `ss_network_args`) as the LoRA modules now are."""
+    if not modules:
+        return
+    metadata["ss_network_dim"] = _uniform(m.rank for m in modules)
+    metadata["ss_network_alpha"] = _uniform(_alpha(m) for m in modules)
+    conv = [m for m in modules if m.conv3x3]
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "null")
+    except ValueError:
+        return
+    if conv and isinstance(args, dict) and "conv_dim" in args:
+        args["conv_dim"] = _uniform(m.rank for m in conv)
+        args["conv_alpha"] = _uniform(_alpha(m) for m in conv)
+        metadata["ss_network_args"] = json.dumps(args)
+
+
 def record_compress(metadata: dict[str, str], *, method: str, param: float | None, old_dim: int | None,
-                    ranks: Iterable[int], alphas: Iterable[float], options: Mapping[str, object]) -> None:
+                    modules: list, options: Mapping[str, object]) -> None:
     """Record a resize the way sd-scripts words it, plus the exact options used."""
-    ranks, alphas = list(ranks), list(alphas)
+    record_ranks(metadata, modules)
     if method == "rank":
         prefix_comment(metadata, f"dimension is resized from {old_dim} to {int(param)}")
     else:
         prefix_comment(metadata, f"Dynamic resize with {method}: {param} from {old_dim}")
-    if ranks:
-        metadata["ss_network_dim"] = _uniform(ranks)
-        metadata["ss_network_alpha"] = _uniform(alphas)
     metadata["charfw_compress"] = json.dumps({"method": method, "param": param, **options}, sort_keys=True)
 
 

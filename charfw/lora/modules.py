@@ -19,6 +19,8 @@ Any kind may carry DoRA's `dora_scale`. Conv ΔW is handled as the matrix
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +129,40 @@ def lora_factors(m: Module, dtype=torch.float32, device="cpu") -> tuple[torch.Te
     if mid is not None:
         down = torch.einsum("ij...,jc->ic...", _f(mid, dtype, device), down.reshape(down.shape[0], -1))
     return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+
+
+def balanced_factors(up: torch.Tensor, down: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of c · up · down with equal norms (fp32 in, fp32 out).
+
+    Trained LoRAs have a tiny `up` (it starts at zero): scaled alone it falls into fp16's
+    subnormal range and loses most of its bits. Balanced, both factors sit near √‖ΔW‖,
+    so casting them to fp16 keeps ΔW to fp16's own rounding.
+    """
+    nu, nd = float(up.norm()), float(down.norm())
+    if c == 0 or nu == 0 or nd == 0:
+        return up * c, down
+    s_up = math.sqrt(abs(c) * nd / nu)
+    return up * (math.copysign(s_up, c)), down * (abs(c) / s_up)
+
+
+def folded(m: Module, w: float = 1.0) -> Module:
+    """A "lora" module with ΔW times w and its alpha/rank scale folded into the factors, no alpha.
+
+    Every loader then applies the same ΔW. Without an `alpha` tensor kohya's loaders
+    (sd-scripts, A1111/Forge, ComfyUI, LyCORIS) use alpha = rank, i.e. scale 1, and so does
+    diffusers, which otherwise names some alphas so that PEFT ignores them when ranks differ
+    per module (sd-scripts' own resize outputs hit this). Tucker (lora_mid) modules are left
+    in their own form with w on `up`.
+    """
+    up_t, down_t = m.tensors["lora_up.weight"], m.tensors["lora_down.weight"]
+    if "lora_mid.weight" in m.tensors:
+        return Module(m.name, {**m.tensors, "lora_up.weight": (up_t.float() * w).to(up_t.dtype)}, m.kind)
+    up, down = up_t.float().reshape(up_t.shape[0], -1), down_t.float().reshape(down_t.shape[0], -1)
+    up, down = balanced_factors(up, down, w * m.scale)
+    tensors = {k: v for k, v in m.tensors.items() if k != "alpha"}
+    tensors["lora_up.weight"] = up.reshape(up_t.shape).to(up_t.dtype).contiguous()
+    tensors["lora_down.weight"] = down.reshape(down_t.shape).to(down_t.dtype).contiguous()
+    return Module(m.name, tensors, m.kind)
 
 
 def delta_matrix(m: Module, dtype=torch.float32, device="cpu") -> torch.Tensor:

@@ -100,7 +100,7 @@ def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, compat
         k = reference_rank(s[: m.rank], method, param) + (compat and method != "rank")
         new = after[name]
         assert new.rank == k, name
-        assert new.alpha == pytest.approx(m.scale * k)           # strength unchanged
+        assert new.alpha is None and new.scale == 1             # strength folded into the factors
         assert "lora_mid.weight" not in new.tensors
         assert new.tensors["lora_down.weight"].shape[1:] == (
             m.tensors["lora_down.weight"].shape[1:] if name != MID else (16, 3, 3))
@@ -123,7 +123,7 @@ def test_caps_dtype_and_split(lora_file, tmp_path):
     for name, m in out.modules.items():
         assert m.rank == (2 if m.conv3x3 else 4), name
         assert m.tensors["lora_up.weight"].dtype == torch.float16
-        assert m.tensors["alpha"].dtype == torch.float32
+        assert "alpha" not in m.tensors                          # alpha = rank for every loader
         down = m.tensors["lora_down.weight"].float().reshape(m.rank, -1)
         up = m.tensors["lora_up.weight"].float().reshape(-1, m.rank)
         # default split: √S on each side, so both factors carry the same column/row norms

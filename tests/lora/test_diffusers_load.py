@@ -109,3 +109,71 @@ def test_outputs_load_into_diffusers_models(tiny_lora, tiny_models, tmp_path, ed
     finally:
         unet.load_state_dict(state_unet)
         te.load_state_dict(state_te)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_models):
+    """A StableDiffusionPipeline over the tiny models, for diffusers' own `load_lora_weights`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from charfw.models.configs import TOKENIZER_DIR
+
+    unet, _ = tiny_models
+    torch.manual_seed(0)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=12,
+                                      num_attention_heads=2, vocab_size=49408, max_position_embeddings=77)).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def kohya_layers(model, prefix: str) -> dict[str, str]:
+    """kohya module name -> the model's parameter name of that layer's weight."""
+    out = {}
+    for path, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            kohya = path if prefix == "lora_unet_" or path.startswith("text_model.") else "text_model." + path
+            out[prefix + kohya.replace(".", "_")] = path + ".weight"
+    return out
+
+
+@pytest.mark.parametrize("edit", ["merge", "compress", "merge+compress", "compress-sd-scripts"])
+def test_diffusers_applies_the_same_delta_as_kohya_loaders(tiny_lora, tiny_pipeline, tmp_path, edit):
+    """diffusers' load_lora_weights + fuse gives each layer exactly the file's ΔW (what ComfyUI and
+    A1111 apply), also where compression left every module its own rank."""
+    from charfw.lora import load_lora
+    from charfw.lora.modules import delta_matrix
+
+    path = tiny_lora
+    if "merge" in edit:
+        path = tmp_path / "m.safetensors"
+        merge_file(tiny_lora, path, "IN04=0.5,OUT03=0.3,OUT05=-1")
+    if "compress" in edit:
+        src, path = path, tmp_path / "c.safetensors"
+        compress_file(src, path, CompressOptions.of(method="sv_fro", value=0.9, dtype="fp32",
+                                                    sd_scripts_compat=edit.endswith("sd-scripts")))
+    lora = load_lora(path)
+    if "compress" in edit:
+        assert len({m.rank for m in lora.modules.values()}) > 1        # ranks differ per module
+    pipe = tiny_pipeline
+    models = {"lora_unet_": pipe.unet, "lora_te_": pipe.text_encoder}
+    before = {p: {k: v.detach().clone() for k, v in m.state_dict().items()} for p, m in models.items()}
+    try:
+        pipe.load_lora_weights(str(path))
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+        for prefix, model in models.items():
+            layers, weights = kohya_layers(model, prefix), dict(model.state_dict())
+            for name, m in lora.modules.items():
+                if not name.startswith(prefix):
+                    continue
+                key = layers[name]
+                got = (weights[key] - before[prefix][key]).reshape(weights[key].shape[0], -1).double()
+                want = delta_matrix(m, torch.float64)
+                assert torch.linalg.norm(got - want) <= 1e-4 * torch.linalg.norm(want), (edit, name)
+    finally:
+        for prefix, model in models.items():
+            model.load_state_dict(before[prefix])

@@ -318,3 +318,24 @@ def test_disk_latent_cache_is_reused(dataset_toml, tmp_path, caplog):
         first = sorted((tmp_path / "state" / "latents").glob("*.safetensors"))
         run(job(dataset_toml, tmp_path, settings.model_copy(update={"lr": 5e-5}), 2))
     assert first and "(0 VAE encodes)" in caplog.text   # same samples, read back from disk
+
+
+@pytest.mark.parametrize("w", [0.5, 0.3, -0.7])
+def test_block_weights_bake_exactly_into_trained_fp16_files(trained, dataset_toml, tmp_path, w):
+    """A trained fp16 `lora_up` is tiny (it starts at zero); the bake keeps ΔW to fp16's own rounding."""
+    from charfw.lora import load_lora, merge_file
+    from charfw.lora.modules import delta_matrix
+
+    j, _, _ = trained
+    locon = run(job(dataset_toml, tmp_path, TrainSettings(network="locon", **FAST), 4,
+                    output=tmp_path / "locon.safetensors"))
+    for src in (j.output, locon):
+        before = load_lora(src)
+        assert {t.dtype for m in before.modules.values() for t in m.tensors.values()} == {torch.float16}
+        merge_file(src, tmp_path / "baked.safetensors", [w] * 26)
+        after = load_lora(tmp_path / "baked.safetensors")
+        assert after.modules.keys() == before.modules.keys()
+        for name, m in before.modules.items():
+            want = w * delta_matrix(m, torch.float64)
+            got = delta_matrix(after.modules[name], torch.float64)
+            assert torch.linalg.norm(got - want) <= 2e-3 * torch.linalg.norm(want), (src.name, name)
