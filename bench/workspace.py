@@ -104,7 +104,7 @@ def main() -> None:
         listing = subprocess.run(doit + ["list", "--all", "--quiet"], cwd=ws, check=True, capture_output=True,
                                  text=True).stdout.split()
         untrained = timed(doit + ["images", "captions", "dataset"], ws)
-        subprocess.run([sys.executable, "-c", STAND_IN, str(ws)], check=True)
+        subprocess.run([sys.executable, "-c", STAND_IN, str(ws)], cwd=ws, check=True)
         subprocess.run(doit + ["-n", "2"], cwd=ws, check=True, capture_output=True)  # merge + compress once
         load = timed(doit + ["list"], ws)
         trained = timed(doit, ws)

@@ -65,7 +65,9 @@ class TrainSettings(Strict):
     min_snr_gamma: float | None = setting(None, effect="weights", gt=0)
     save_every_n_steps: int = setting(200, effect="run", backend="embedded", ge=1,
                                       description="resumable state for interrupted runs")
-    cache_latents: Literal["memory", "disk"] = setting("memory", effect="run", backend="embedded")
+    color_aug: bool = setting(True, effect="weights",
+                              description="colour augmentation; off where sd-scripts caches latents")
+    cache_latents: Literal["memory", "disk"] = setting("memory", effect="run")
     attention: Literal["xformers", "sdpa", "none"] = setting("xformers", effect="weights", backend="sd-scripts",
                                                              description="sd-scripts attention switch")
     sd_scripts: str | None = setting(None, effect="weights", backend="sd-scripts",
@@ -100,7 +102,7 @@ BlockWeights = str | list[float] | dict[str, float]
 class MergeSettings(Strict):
     """Block weights baked into the trained LoRA (SPEC §8). Read by the `merge` stage."""
 
-    weights: BlockWeights = "ALL"
+    weights: BlockWeights = "FULL"
 
 
 class CompressSettings(CompressOptions):

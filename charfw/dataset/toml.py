@@ -13,6 +13,7 @@ from pathlib import Path
 from charfw.project import Target
 from charfw.dataset.plan import Prepared
 from charfw.rules.sizeclass import CLASS_PAIRS, batch_size, class_pair, resolution
+from charfw.rules.training import dataset_color_aug
 
 
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
@@ -35,7 +36,8 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
         w, h = resolution(pair)
         datasets.append({"resolution": [w, h], "batch_size": batch_size(pair, batch_table),
                          "subsets": by_pair[pair]})
-    general = {"color_aug": True, "enable_bucket": True, "bucket_no_upscale": True,
+    s = target.train
+    general = {"color_aug": dataset_color_aug(s.trainer, s.color_aug, s.extra_args), "enable_bucket": True, "bucket_no_upscale": True,
                "caption_extension": ".txt", "num_repeats": target.repeats}
     return {"general": general, "datasets": datasets}
 

@@ -20,10 +20,12 @@ Weight specs (`parse_weights`), one string, whitespace ignored:
 - `NAME=v,...` by block name (`IN04=0.5,OUT03=0`, `MID` = `M00`), others 1;
 - a preset followed by `NAME=v` overrides (`FACE,OUT03=0.5`).
 
-The LoRA Block Weight extension ships its presets as 17-value SD1.5 lists; the SDXL
-versions here keep each preset's meaning (shallow = high-resolution levels, deep = low).
-NONE, ALL and ALL0.5 are uniform over all 26/20 blocks, so ALL leaves a file unchanged
-even where the short list has no entry (a C3Lier file's samplers, IN10/IN11, OUT00..02).
+Presets with LoRA Block Weight's names are LBW's own lists: its 17 values on SD1.5, so
+ALL and ALL0.5 set the blocks the short list lacks (a C3Lier file's IN00, the samplers
+IN03/IN06/IN09, IN10/IN11, OUT00..OUT02) to 0, exactly as LBW applies them. The SDXL
+versions (12 values) keep each preset's meaning (shallow = high-resolution levels, deep =
+low). charfw's own FULL and HALF are uniform over all 26/20 blocks: FULL leaves a file
+unchanged.
 """
 
 from __future__ import annotations
@@ -72,10 +74,9 @@ def _lbw_presets(arch: str) -> dict[str, list[float]]:
     g = _GROUPS[arch]
     ins, outs = g["shallow_in"] + g["deep_in"], g["deep_out"] + g["shallow_out"]
     return {
-        # uniform presets cover every block (a C3Lier file's IN03/IN09.. too): ALL is identity
-        "NONE": [0.0] * len(BLOCKS[arch]),
-        "ALL": [1.0] * len(BLOCKS[arch]),
-        "ALL0.5": [0.5] * len(BLOCKS[arch]),
+        "NONE": [0.0] * len(SHORT_BLOCKS[arch]),
+        "ALL": [1.0] * len(SHORT_BLOCKS[arch]),     # LBW's: the blocks its list lacks are 0
+        "ALL0.5": [0.5] * len(SHORT_BLOCKS[arch]),
         "INS": _preset(arch, ["BASE", *g["shallow_in"]]),
         "IND": _preset(arch, ["BASE", *g["deep_in"]]),
         "INALL": _preset(arch, ["BASE", *ins]),
@@ -87,6 +88,9 @@ def _lbw_presets(arch: str) -> dict[str, list[float]]:
 
 
 PRESETS: dict[str, dict[str, list[float]]] = {arch: _lbw_presets(arch) for arch in ARCH_NAMES}
+for _arch in ARCH_NAMES:  # charfw's own: every block, including those LBW's short lists lack
+    PRESETS[_arch]["FULL"] = [1.0] * len(BLOCKS[_arch])
+    PRESETS[_arch]["HALF"] = [0.5] * len(BLOCKS[_arch])
 PRESETS["sd15"]["FACE"] = [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
 PRESETS["sd15"]["BODY"] = [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,0,0,0,0,0,1,1,1,1,1,1,1,0,0,1".split(",")]
 

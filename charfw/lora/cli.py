@@ -51,7 +51,10 @@ def register(subparsers) -> None:
     how.add_argument("--rank", type=int, metavar="R", help="fixed rank")
     p.add_argument("--max-rank", type=int, default=128)
     p.add_argument("--max-conv-rank", type=int, help="rank cap for 3x3 convs (default: --max-rank)")
-    p.add_argument("--sd-scripts-compat", action="store_true", help="choose ranks as sd-scripts' resize does")
+    p.add_argument("--rank-rule", choices=["sd-scripts", "exact"], default="sd-scripts",
+                   help="sd-scripts (default): resize_lora.py's ranks, one more than the criterion; "
+                        "exact: the smallest rank meeting it")
+    p.add_argument("--sd-scripts-compat", action="store_true", help="also store factors as sd-scripts does (S on up)")
     p.add_argument("--to-lora", action="store_true", help="convert LoHa/LoKr modules to LoRA too")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -112,7 +115,7 @@ def _compress(args) -> int:
                                                ("rank", args.rank), ("sv_ratio", args.sv_ratio)) if v is not None),
                          ("sv_ratio", 16.0))
     options = CompressOptions.of(method=method, value=value, max_rank=args.max_rank,
-                                 max_conv_rank=args.max_conv_rank, dtype=args.dtype,
+                                 max_conv_rank=args.max_conv_rank, dtype=args.dtype, rank_rule=args.rank_rule,
                                  sd_scripts_compat=args.sd_scripts_compat, to_lora=args.to_lora)
     if len(args.files) > 1 and args.output is not None and not args.output.is_dir():
         raise CharfwError("with several inputs, -o must be an existing folder", file=args.output)

@@ -7,18 +7,21 @@ O((out + in·k·k) · r²) instead of the O(out · (in·k·k) · min(out, in·k�
 SVD, and gives the same result to float precision. LoCon's Tucker `lora_mid` is folded into down first, so such a module
 comes out as an ordinary conv LoRA (loaders all read that).
 
-Rank rules, on the singular values S (descending), all capped to [1, max rank]:
+Rank rules, on the singular values S (descending). The default, `rank_rule: sd-scripts`,
+is sd-scripts' networks/resize_lora.py choice (unchanged on its main branch since 2023):
+on the dense spectrum (min(out, in·k·k) values) it counts S_i > S_0/p (sv_ratio) or finds
+the first index whose cumulative share reaches p, plus one (sv_fro, sv_cumulative), clamps
+that to [1, len − 1], keeps one more, and gives 1 for a zero ΔW; so a user comparing files
+gets the same ranks and sizes. `rank_rule: exact` keeps the smallest rank meeting the
+criterion instead:
   sv_ratio p       keep S_i ≥ S_0 / p
   sv_fro p         smallest k with ‖S_:k‖₂ ≥ p · ‖S‖₂
   sv_cumulative p  smallest k with Σ S_:k ≥ p · Σ S
   rank R           k = R
-`sd_scripts_compat` reproduces the classic sd-scripts resize_lora.py choice instead:
-it counts on the dense spectrum (min(out, in·k·k) values), keeps one more value than
-the criterion asks (S_i > S_0/p counted, then +1; fro/cumulative one past the first
-index reaching p), clamps to the spectrum, and gives 1 for a zero ΔW. (Recent sd-scripts
-dropped the +1; the seed workflow used the classic rule.) It also puts S wholly on
-up as sd-scripts does, where charfw by default splits √S between up and down, which keeps
-both factors in fp16's comfortable range.
+Either way the rank is capped at max rank (max conv rank for 3x3 convs) and at the input's
+rank: sd-scripts' rule may ask for one more than the module has. `sd_scripts_compat` also
+puts S wholly on up as sd-scripts does, where charfw by default splits √S between up and
+down, which keeps both factors in fp16's comfortable range.
 
 The module's alpha/rank scale is folded into the new factors and the alpha tensor left out
 (loaders then use alpha = rank), so the strength is unchanged and every loader applies the
@@ -90,7 +93,7 @@ def choose_rank(S: torch.Tensor, method: str, param: float, max_rank: int) -> in
 
 
 def sd_scripts_rank(S_full: torch.Tensor, method: str, param: float, max_rank: int) -> int:
-    """Classic sd-scripts resize_lora.py rank choice on the full dense spectrum S_full."""
+    """sd-scripts' resize_lora.py rank choice on the full dense spectrum S_full."""
     S = S_full.double()
     n = len(S)
     if method == "rank":
@@ -177,8 +180,8 @@ def _check_device(device: str) -> None:
 
 def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: bool) -> int:
     """The rank kept for a module with singular values S (of a ΔW whose full spectrum has full_len values)."""
-    cap = o.rank_cap(conv3x3)
-    if o.sd_scripts_compat:  # sd-scripts counts on the dense spectrum: zeros past rank r
+    cap = min(o.rank_cap(conv3x3), len(S))  # never more than the input has
+    if o.rank_rule == "sd-scripts" or o.sd_scripts_compat:  # counted on the dense spectrum: zeros past r
         tail = torch.zeros(max(0, full_len - len(S)), dtype=torch.float64)
         return sd_scripts_rank(torch.cat([S.double().cpu(), tail]), o.method, o.param, cap)
     return choose_rank(S, o.method, o.param, cap)
@@ -253,7 +256,7 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
     lora_out = [m for m in out_modules if m.kind == "lora"]
     old_dim = max((old for old, _ in ranks.values() if old), default=None)
     record_compress(metadata, method=s.method, param=s.param, old_dim=old_dim, modules=lora_out,
-                    options={"max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
+                    options={"rank_rule": s.rank_rule, "max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
                              "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
     save_lora(dst, out_modules, metadata)
     return {"modules": len(out_modules), "compressed": len(ranks),

@@ -50,7 +50,10 @@ class CompressOptions(BaseModel):
     max_rank: int = Field(128, ge=1)
     max_conv_rank: int | None = Field(None, ge=1, description="separate cap for 3x3 convs")
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
-    sd_scripts_compat: bool = Field(False, description="choose ranks exactly as sd-scripts' resize_lora.py")
+    rank_rule: Literal["sd-scripts", "exact"] = Field(
+        "sd-scripts", description="sd-scripts: resize_lora.py's ranks (one more than the criterion); "
+                                  "exact: the smallest rank meeting it")
+    sd_scripts_compat: bool = Field(False, description="also store factors as sd-scripts does (S on up)")
     to_lora: bool = Field(False, description="convert LoHa/LoKr to LoRA (else they are left as they are)")
 
     @model_validator(mode="after")

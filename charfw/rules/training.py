@@ -58,3 +58,17 @@ def number_text(x: float) -> str:
     """A number as sd-scripts records it and the seed wrote it: ``64`` not ``64.0``, else repr."""
     x = float(x)
     return str(int(x)) if x.is_integer() else repr(x)
+
+
+LATENT_CACHE_FLAGS = ("--cache_latents", "--cache_latents_to_disk")
+
+
+def extra_caches_latents(extra_args: list[str]) -> str | None:
+    """The latent-caching flag a user put in sd-scripts' extra_args, if any."""
+    return next((a for a in extra_args if a.split("=", 1)[0] in LATENT_CACHE_FLAGS), None)
+
+
+def dataset_color_aug(trainer: str, color_aug: bool, extra_args: list[str]) -> bool:
+    """The dataset config's color_aug: sd-scripts refuses colour augmentation with cached latents,
+    so an sd-scripts run whose extra_args cache them gets color_aug = false."""
+    return color_aug and not (trainer == "sd-scripts" and extra_caches_latents(extra_args))

@@ -27,9 +27,12 @@ only appear for non-default settings:
 * ``--lr_scheduler_num_cycles`` (restarts != 1) and ``--lr_warmup_steps`` (warm-up > 0)
   follow ``--lr_scheduler``.
 * ``--noise_offset`` / ``--min_snr_gamma`` (when set) follow ``--seed``.
-* ``cache_latents`` is not translated: the dataset config always sets ``color_aug = true``
-  (SPEC §4) and sd-scripts refuses to cache latents with colour augmentation. Add
-  ``--cache_latents`` through ``extra_args`` if your dataset config allows it.
+* Latents: sd-scripts refuses to cache latents with colour augmentation. With
+  ``color_aug: false`` latents are cached as the embedded trainer caches them
+  (``--cache_latents``, or ``--cache_latents_to_disk`` for ``cache_latents: disk``), after
+  ``--gradient_checkpointing``. With colour augmentation on (the seed's default) nothing is
+  cached, unless ``extra_args`` asks for it: the dataset config then says ``color_aug = false``
+  (charfw.rules.training.dataset_color_aug) and the runner says so.
 * ``save_every_n_steps`` belongs to the embedded trainer and is not passed.
 * ``extra_args`` come last, unchanged. When an extra argument names an option the generated
   command already has (same ``--name``, compared before any ``=``), the generated option
@@ -167,6 +170,8 @@ def train_args(req: TrainRequest) -> list[str]:
     add([f"--save_precision={s.save_precision}"])
     if s.gradient_checkpointing:
         add(["--gradient_checkpointing"])
+    if not s.color_aug:
+        add(["--cache_latents_to_disk" if s.cache_latents == "disk" else "--cache_latents"])
     add(["--persistent_data_loader_workers"])
     add([f"--seed={s.seed}"])
     if s.noise_offset is not None:

@@ -32,6 +32,7 @@ from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
+from charfw.rules.training import extra_caches_latents
 from charfw.sdscripts.command import Launcher, _option_name, launch_command, output_name, train_args
 
 TAIL_LINES = 20
@@ -281,6 +282,10 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
     produced.unlink(missing_ok=True)  # never mistake a previous run's file for this one's
     log_path = work_dir / f"{out_name}.log"
 
+    flag = extra_caches_latents(req.settings.extra_args)
+    if flag and req.settings.color_aug:
+        print(f"charfw: sd-scripts caches latents ({flag} in extra_args), so the dataset config has "
+              "color_aug = false (sd-scripts refuses colour augmentation with cached latents)", flush=True)
     print(f"charfw: running sd-scripts in {dataset_toml.parent}", flush=True)
     code, tail = _stream(cmd, dataset_toml.parent, log_path)
     if code != 0:

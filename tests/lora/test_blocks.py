@@ -90,7 +90,8 @@ def test_lbw_presets_match_the_extension():
     lbw = {"INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0", "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
            "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0", "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
            "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0", "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
-           "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"}
+           "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1", "NONE": "0," * 16 + "0", "ALL": "1," * 16 + "1",
+           "ALL0.5": "0.5," * 16 + "0.5"}
     for name, values in lbw.items():
         assert PRESETS["sd15"][name] == [float(v) for v in values.split(",")], name
     # SDXL 12-value lists: BASE, IN04, IN05, IN07, IN08, M00, OUT00..OUT05
@@ -100,7 +101,10 @@ def test_lbw_presets_match_the_extension():
         for name, values in PRESETS[arch].items():
             table = parse_weights(name, arch)
             assert len(table) == len(BLOCKS[arch])
-        assert set(parse_weights("ALL", arch).values()) == {1.0}
+        assert set(parse_weights("FULL", arch).values()) == {1.0}         # charfw's identity
+    lbw_all = parse_weights("ALL", "sd15")   # LBW's ALL: the blocks its 17-value list lacks are 0
+    assert {b for b, w in lbw_all.items() if w == 0} == {"IN00", "IN03", "IN06", "IN09", "IN10", "IN11",
+                                                         "OUT00", "OUT01", "OUT02"}
 
 
 def test_face_preset_is_the_seed_list():
@@ -134,7 +138,7 @@ def test_named_weights_default_to_one():
 
 
 def test_user_presets_shadow_and_nest():
-    presets = {"MINE": "FACE,IN04=0.5", "FACE": "ALL0.5", "LOOP": "LOOP"}
+    presets = {"MINE": "FACE,IN04=0.5", "FACE": "HALF", "LOOP": "LOOP"}
     assert set(parse_weights("FACE", "sd15", presets).values()) == {0.5}
     assert parse_weights("MINE", "sd15", presets)["IN04"] == 0.5
     with pytest.raises(CharfwError, match="itself"):

@@ -43,6 +43,14 @@ def test_choose_rank_caps_and_zero():
     assert choose_rank(S(0, 0), "sv_fro", 0.9, 128) == 1
 
 
+def test_sd_scripts_rule_never_exceeds_the_input_rank(lora_file, tmp_path):
+    """resize_lora.py's +1 may ask for rank 13 of a rank-12 module (33 of 32): capped at the input."""
+    for compat in (False, True):
+        compress_file(lora_file, tmp_path / "o.safetensors",
+                      CompressOptions.of(method="sv_ratio", value=1e6, sd_scripts_compat=compat))
+        assert {m.rank for m in load_lora(tmp_path / "o.safetensors").modules.values()} == {12}
+
+
 def test_sd_scripts_compat_keeps_one_more():
     full = S(8, 4, 2, 1, 0.5, 0, 0, 0)            # dense spectrum: zeros past the LoRA rank
     assert rank_sv_ratio(full, 10) == 4 and sd_scripts_rank(full, "sv_ratio", 10, 128) == 5
@@ -73,6 +81,18 @@ def lora_file(tmp_path_factory):
                  {"ss_network_dim": "12", "ss_training_comment": "trained", "ss_tag_frequency": "{}"})
 
 
+def sd_scripts_reference(s: torch.Tensor, method: str, p: float) -> int:
+    """sd-scripts' documented rule on the dense spectrum: count (or first index reaching p, + 1),
+    clamped to [1, len - 1], plus one."""
+    if method == "sv_ratio":
+        k = int((s > s[0] / p).sum())
+    else:
+        v = s ** 2 if method == "sv_fro" else s
+        frac = torch.cumsum(v, 0) / v.sum()
+        k = next(i for i, f in enumerate(frac) if f >= (p ** 2 if method == "sv_fro" else p)) + 1
+    return max(1, min(k, len(s) - 1)) + 1
+
+
 def reference_rank(s: torch.Tensor, method: str, p: float) -> int:
     """The definitions of SPEC §9, written independently of the implementation."""
     if method == "sv_ratio":
@@ -87,17 +107,19 @@ def reference_rank(s: torch.Tensor, method: str, p: float) -> int:
 
 @pytest.mark.parametrize("method, param", [("sv_ratio", 8.0), ("sv_fro", 0.95), ("sv_cumulative", 0.7),
                                            ("rank", 5)])
-@pytest.mark.parametrize("compat", [False, True])
-def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, compat):
+@pytest.mark.parametrize("rule, compat", [("sd-scripts", False), ("exact", False), ("sd-scripts", True)])
+def test_compression_equals_dense_svd(lora_file, tmp_path, method, param, rule, compat):
     dst = tmp_path / "out.safetensors"
     report = compress_file(lora_file, dst, CompressOptions.of(method=method, value=param, dtype="fp32",
-                                                             sd_scripts_compat=compat))
+                                                             rank_rule=rule, sd_scripts_compat=compat))
     before, after = load_lora(lora_file).modules, load_lora(dst).modules
     assert report["compressed"] == len(before) == len(after)
     for name, m in before.items():
         dense = delta_matrix(m, torch.float64)
         u, s, vh = torch.linalg.svd(dense, full_matrices=False)
-        k = reference_rank(s[: m.rank], method, param) + (compat and method != "rank")
+        k = reference_rank(s[: m.rank], method, param)
+        if rule == "sd-scripts" and method != "rank":   # resize_lora.py keeps one more, within the input's rank
+            k = min(sd_scripts_reference(s, method, param), m.rank)
         new = after[name]
         assert new.rank == k, name
         assert new.alpha is None and new.scale == 1             # strength folded into the factors
@@ -184,7 +206,7 @@ def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
         assert new.kind == "lora"
         dense = delta_matrix(m, torch.float64)
         u, s, vh = torch.linalg.svd(dense, full_matrices=False)
-        k = reference_rank(s, "sv_fro", 0.999)
+        k = sd_scripts_reference(s, "sv_fro", 0.999)    # the default rule, on the dense spectrum
         assert new.rank == min(k, 128)
         ref = (u[:, :new.rank] * s[:new.rank]) @ vh[:new.rank]
         assert torch.linalg.norm(delta_matrix(new, torch.float64) - ref) <= 1e-4 * torch.linalg.norm(ref)

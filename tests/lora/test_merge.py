@@ -82,9 +82,16 @@ def test_dora_only_zero_or_one(tmp_path):
 
 def test_presets_and_all_zero(tmp_path):
     src = build(tmp_path, torch.Generator().manual_seed(5))
-    merge_file(src, tmp_path / "all.safetensors", "ALL")
+    merge_file(src, tmp_path / "all.safetensors", "FULL")
     before, after = load_lora(src), load_lora(tmp_path / "all.safetensors")
     assert set(after.modules) == set(before.modules)
+    sampler, attn = "lora_unet_down_blocks_0_downsamplers_0_conv", WEIGHTED["IN04"].format("a")   # IN03, IN04
+    both = write(tmp_path / "both.safetensors", {sampler: make_tensors("c3lier_conv3x3"),
+                                                  attn: make_tensors("lora_linear")})
+    merge_file(both, tmp_path / "lbw.safetensors", "ALL", arch="sd15")    # LBW's ALL: blocks its 17 values lack are 0
+    assert set(load_lora(tmp_path / "lbw.safetensors").modules) == {attn}
+    merge_file(both, tmp_path / "full.safetensors", "FULL", arch="sd15")
+    assert set(load_lora(tmp_path / "full.safetensors").modules) == {sampler, attn}
     merge_file(src, tmp_path / "none.safetensors", "NONE")  # outside-block modules keep weight 1
     assert {n.split("_conv_out_")[0] for n in load_lora(tmp_path / "none.safetensors").modules} == {"lora_unet"}
     inside = write(tmp_path / "inside.safetensors", {WEIGHTED["BASE"].format(1): make_tensors("loha")})

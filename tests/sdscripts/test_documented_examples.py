@@ -1,0 +1,66 @@
+"""Every sd-scripts command charfw can print for the documented settings passes sd-scripts' checks."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from charfw.backends import command_line
+from charfw.config.workspace import load_project
+from charfw.dataset.toml import dataset_config, render_toml
+from charfw.layout import Layout
+from fake_sd_scripts import make_sd_scripts
+from sd_scripts_rules import OPTIONS, parse, problems
+from wsutil import ROOT, replace_example_training
+
+
+def readme_sd_scripts_example() -> dict:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"#### Training with kohya sd-scripts\s+```yaml\n(.*?)```", readme, re.S).group(1)
+    return yaml.safe_load(block)["train"]
+
+
+VARIANTS = [{}, {"color_aug": False}, {"color_aug": False, "cache_latents": "disk"},
+            {"extra_args": ["--cache_latents"]}, {"extra_args": []},
+            *({"network": n, "alpha": a, "optimizer": o} for n in ("c3lier", "lora", "locon", "loha", "lokr")
+              for a in ("half", "one") for o in ("adamw8bit", "adafactor")),
+            {"noise_offset": 0.05, "min_snr_gamma": 5, "restarts": 3, "warmup_steps": 10}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={v[k]}" for k in v) or "as documented")
+def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, variant):
+    make_sd_scripts(tmp_path / "sd-scripts")
+    (workspace / "models").mkdir()
+    (workspace / "models/base.safetensors").write_bytes(b"stands for a checkpoint")
+    text = (workspace / "charfw.yaml").read_text().replace("model: builtin:tiny-sd15", "model: models/base.safetensors")
+    (workspace / "charfw.yaml").write_text(text)
+    settings = {**readme_sd_scripts_example(), **variant,
+                "sd_scripts": str(tmp_path / "sd-scripts"), "python": sys.executable}
+    replace_example_training(workspace, yaml.safe_dump(settings))
+    layout = Layout(load_project(workspace))
+    trained = layout.project.trained_targets()
+    assert trained
+    for target in trained:
+        argv = command_line(layout.train_request(target))
+        script = next(i for i, a in enumerate(argv) if a.endswith("train_network.py"))
+        toml_path = layout.toml_path(target.name)
+        dataset = tomllib.loads(render_toml(dataset_config(target, layout.plans, layout.images_root,
+                                                           toml_path.parent, layout.project.config.batch_table())))
+        assert problems(argv[script + 1:], dataset) == [], (target.name, argv)
+        args = parse(argv[script + 1:])
+        if "cache_latents" in args or "cache_latents_to_disk" in args:
+            assert dataset["general"]["color_aug"] is False
+
+
+def test_the_checker_catches_what_sd_scripts_refuses():
+    dataset = {"general": {"color_aug": True}, "datasets": [{"subsets": [{"image_dir": "x"}]}]}
+    assert problems(["--cache_latents_to_disk"], dataset) == [
+        "datasets[0].subsets[0]: color_aug cannot be used when caching latents"]
+    assert problems(["--cache_latents"], {"datasets": [{"subsets": [{"random_crop": True}]}]})
+    assert problems(["--adaptive_noise_scale=1"], {}) == ["adaptive_noise_scale requires noise_offset"]
+    assert problems(["--no_such_option"], {}) == ["unknown option --no_such_option"]
+    assert "max_data_loader_n_workers" in OPTIONS
