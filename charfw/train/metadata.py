@@ -12,8 +12,12 @@ import datetime
 import json
 from pathlib import Path
 
+from charfw import __version__
 from charfw.train.dataset import Dataset, tag_frequency
 from charfw.train.network import NetworkSpec
+
+
+IMPLEMENTATION = f"charfw/{__version__}"  # where sd-scripts writes sd-scripts/<commit>
 
 
 def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
@@ -43,9 +47,12 @@ def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
             "max_bucket_reso": ds.max_bucket_reso,
             "tag_frequency": tag_frequency([ds]),
             "bucket_info": bucket_info,
+            "resize_interpolation": None,  # Lanczos, the trainer's own resize
             "subsets": [{
                 "img_count": counts[i], "num_repeats": s.num_repeats, "color_aug": s.color_aug,
                 "flip_aug": s.flip_aug, "random_crop": False, "shuffle_caption": False, "keep_tokens": 0,
+                "keep_tokens_separator": "", "secondary_separator": None, "enable_wildcard": False,
+                "caption_prefix": None, "caption_suffix": None, "resize_interpolation": None,
                 "image_dir": s.name, "class_tokens": s.class_tokens, "is_reg": False,
             } for i, s in enumerate(ds.subsets)],
         })
@@ -67,6 +74,7 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_text_encoder_lr": None if adafactor else te_lr,
         "ss_unet_lr": None if adafactor else unet_lr,
         "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
+        "ss_num_validation_images": 0,
         "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": batches_per_epoch,
         "ss_num_epochs": epochs,
@@ -87,14 +95,38 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_max_token_length": None,
         "ss_cache_latents": True,
         "ss_seed": settings.seed,
+        "ss_lowram": False,
         "ss_noise_offset": settings.noise_offset,
-        "ss_min_snr_gamma": settings.min_snr_gamma,
+        "ss_multires_noise_iterations": None,
+        "ss_multires_noise_discount": 0.3,
+        "ss_adaptive_noise_scale": None,
+        "ss_zero_terminal_snr": False,
+        "ss_sd_scripts_commit_hash": IMPLEMENTATION,  # not sd-scripts: which trainer wrote the file
         "ss_optimizer": optimizer_name,
         "ss_max_grad_norm": 1.0,
         "ss_caption_dropout_rate": 0.0,
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
+        "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": 1.0,
+        "ss_min_snr_gamma": settings.min_snr_gamma,
+        "ss_scale_weight_norms": None,
+        "ss_ip_noise_gamma": None,
+        "ss_debiased_estimation": False,
+        "ss_noise_offset_random_strength": False,
+        "ss_ip_noise_gamma_random_strength": False,
+        "ss_loss_type": "l2",
+        "ss_huber_schedule": "snr",   # sd-scripts' defaults: unused by the l2 loss
+        "ss_huber_scale": 1.0,
+        "ss_huber_c": 0.1,
+        "ss_fp8_base": False,
+        "ss_fp8_base_unet": False,
+        "ss_validation_seed": None,
+        "ss_validation_split": 0.0,
+        "ss_max_validation_steps": None,
+        "ss_validate_every_n_epochs": None,
+        "ss_validate_every_n_steps": None,
+        "ss_resize_interpolation": None,
         "ss_resolution": tuple(datasets[0].resolution),
         "ss_datasets": json.dumps(dataset_metadata(datasets)),
         "ss_tag_frequency": json.dumps(tag_frequency(datasets)),
@@ -129,9 +161,10 @@ def _dataset_dirs(datasets: list[Dataset]) -> dict[str, dict]:
 def modelspec(title: str, trigger_words: list[str], resolution: tuple[int, int], clip_skip: int,
               timestamp: float) -> dict[str, str]:
     meta = {
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers",
+        "modelspec.implementation_version": IMPLEMENTATION,
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),

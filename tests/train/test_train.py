@@ -119,6 +119,37 @@ def test_c3lier_file_has_the_sd15_c3lier_key_set(trained):
     assert not any(j.state_dir.glob("*.json")) and not any(j.state_dir.glob("network-*"))     # state removed
 
 
+# What sd-scripts' train_network.py writes for a dataset-config SD1.5 run (its metadata dict, the
+# dataset summaries, the network args and the base-model name and hashes, the end-of-run keys).
+SD_SCRIPTS_SS_KEYS = """session_id training_started_at output_name learning_rate text_encoder_lr unet_lr num_train_images
+num_validation_images num_reg_images num_batches_per_epoch num_epochs gradient_checkpointing
+gradient_accumulation_steps max_train_steps lr_warmup_steps lr_scheduler network_module network_dim network_alpha
+network_dropout mixed_precision full_fp16 v2 base_model_version clip_skip max_token_length cache_latents seed lowram
+noise_offset multires_noise_iterations multires_noise_discount adaptive_noise_scale zero_terminal_snr
+training_comment sd_scripts_commit_hash optimizer max_grad_norm caption_dropout_rate caption_dropout_every_n_epochs
+caption_tag_dropout_rate face_crop_aug_range prior_loss_weight min_snr_gamma scale_weight_norms ip_noise_gamma
+debiased_estimation noise_offset_random_strength ip_noise_gamma_random_strength loss_type huber_schedule huber_scale
+huber_c fp8_base fp8_base_unet validation_seed validation_split max_validation_steps validate_every_n_epochs
+validate_every_n_steps resize_interpolation datasets tag_frequency dataset_dirs network_args sd_model_hash
+new_sd_model_hash sd_model_name training_finished_at steps epoch""".split()
+DATASET_KEYS = {"is_dreambooth", "batch_size_per_device", "num_train_images", "num_reg_images", "resolution",
+                "enable_bucket", "min_bucket_reso", "max_bucket_reso", "tag_frequency", "bucket_info",
+                "resize_interpolation", "subsets"}
+SUBSET_KEYS = {"img_count", "num_repeats", "color_aug", "flip_aug", "random_crop", "shuffle_caption", "keep_tokens",
+               "keep_tokens_separator", "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix",
+               "resize_interpolation", "image_dir", "class_tokens", "is_reg"}
+
+
+def test_metadata_has_every_key_sd_scripts_writes(trained):
+    _, meta = read(trained[0].output)
+    assert sorted(k for k in SD_SCRIPTS_SS_KEYS if "ss_" + k not in meta) == []
+    [ds] = json.loads(meta["ss_datasets"])
+    assert set(ds) >= DATASET_KEYS and set(ds["subsets"][0]) >= SUBSET_KEYS
+    assert meta["ss_loss_type"] == "l2" and meta["ss_validation_split"] == "0.0" and meta["ss_lowram"] == "False"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert meta["modelspec.implementation_version"] == meta["ss_sd_scripts_commit_hash"] == "charfw/0.1.0"
+
+
 def test_metadata_and_hashes(trained):
     j, settings, _ = trained
     tensors, meta = read(j.output)
