@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
         trainable = [t.name for t in layout.project.trained_targets()]
         raise CharfwError(f"no trainable target {args.target!r}; trainable: {', '.join(trainable)}")
     req = layout.train_request(target)
-    missing = [p for p in req.inputs if not p.exists()]
+    missing = [p for p in req.inputs if not Path(p).exists()]
     if missing:
         raise CharfwError(f"inputs not built yet ({missing[0]}): run `doit dataset:{target.name}` first"
                           + (f" and `doit train:{target.init}`" if target.init else ""))

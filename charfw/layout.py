@@ -11,10 +11,14 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from charfw.dataset.plan import Prepared, plan_set
+from charfw.dataset.plan import Prepared, image_size, plan_set
+from charfw.filecache import file_cache
 from charfw.project import Project, Target
 from charfw.request import TrainRequest
 from charfw.rules.modelref import resolve_model_ref
+
+
+SIZES_FILE = ".sizes.json"
 
 
 class Layout:
@@ -28,7 +32,15 @@ class Layout:
         self.images_root = self.build_dir / "images"
         self.datasets_dir = self.build_dir / "datasets"
         self.log_dir = self.build_dir / "logs"
-        self.plans = plans if plans is not None else {sid: plan_set(s) for sid, s in project.sets.items()}
+        self.plans = plans if plans is not None else self._plan_sets()
+
+    def _plan_sets(self) -> dict[str, list[Prepared]]:
+        """Every set's prepared images; source sizes read from headers once per file version."""
+        cache = file_cache(self.build_dir, SIZES_FILE)
+        sizes = {src.path: tuple(cache.get(src.path, lambda p: list(image_size(p))))
+                 for s in self.project.sets.values() for src in s.sources}
+        cache.save()
+        return {sid: plan_set(s, sizes) for sid, s in self.project.sets.items()}
 
     def rel(self, path: Path | str) -> str:
         """A path as doit's database stores it: relative to the workspace, with '/'."""
@@ -55,7 +67,7 @@ class Layout:
         return f"{self._images_rel}/{set_id}/{item.folder}/{item.name}"
 
     def caption_rel(self, set_id: str, item: Prepared) -> str:
-        return f"{self._images_rel}/{set_id}/{item.folder}/{item.source.path.stem}.txt"
+        return f"{self._images_rel}/{set_id}/{item.folder}/{item.source.stem}.txt"
 
     @cached_property
     def _set_files(self) -> dict[str, list[str]]:
@@ -88,7 +100,8 @@ class Layout:
         cfg, root = self.project.config, self.root
         init = self.trained_path(self.project.targets[target.init]) if target.init else None
         toml = self.toml_path(target.name)
-        files = [root / p for p in self.dataset_files(target)]
+        prefix = self._prefix  # strings: a 100-character workspace has ~20,000 of them
+        files = [prefix + p for p in self.dataset_files(target)]
         return TrainRequest(
             name=target.name, settings=target.train, steps=target.steps, dataset_toml=toml,
             model=resolve_model_ref(cfg.model, root), vae=resolve_model_ref(cfg.vae, root) if cfg.vae else None,

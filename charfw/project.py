@@ -10,6 +10,7 @@ which is also its file name in `dist/`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,10 @@ TargetKind = Literal["face", "outfit", "group"]
 class Source:
     path: Path
     view: ViewCode
+
+    @cached_property
+    def stem(self) -> str:  # asked for ~20,000 times in a 100-character workspace
+        return self.path.stem
 
 
 @dataclass

@@ -28,7 +28,7 @@ class TrainRequest:
     trigger_words: tuple[str, ...] = ()
     root: Path = field(default_factory=Path.cwd)  # the workspace: relative paths and names in the run key
     init_weights: Path | None = None    # start from this LoRA (an outfit from its face)
-    inputs: tuple[Path, ...] = ()       # every file whose content the run reads (for the run key)
+    inputs: tuple[Path | str, ...] = ()  # every file whose content the run reads (for the run key)
     device: str | None = None           # None: CUDA when available (embedded trainer)
     progress: bool = True
 

@@ -6,8 +6,8 @@ LoRAs: the run key hashes every setting the chosen trainer reads that changes th
 A LoRA whose stored key matches is finished whatever doit remembers.
 
 File contents are digested once per (path, size, mtime_ns), as doit's own MD5 checker
-does, and the digests are kept in `build/.digests.json`: a no-op `doit` reads no image
-bytes, and targets sharing a face set digest it once.
+does, and the digests are kept in `build/.digests.json` (charfw.filecache): a no-op `doit`
+reads no image bytes, and targets sharing a face set digest it once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from charfw.config.models import run_key_fields
 from charfw.errors import CharfwError
+from charfw.filecache import FileCache, file_cache
 from charfw.fsutil import write_text
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
@@ -26,56 +27,31 @@ from charfw.rules.modelref import is_builtin
 DIGESTS_FILE = ".digests.json"
 
 
+def _md5(path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "md5").hexdigest()
+    except OSError:
+        return None
+
+
 class DigestCache:
     """md5 of files by (size, mtime_ns), persisted as one JSON file (None: in memory only)."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = path
-        self.entries: dict[str, list] = {}
-        self.dirty = False
-        if path is not None:
-            try:
-                self.entries = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                self.entries = {}
+    def __init__(self, path: Path | None = None, cache: FileCache | None = None):
+        self.cache = cache or FileCache(path)
 
-    def digest(self, path: Path) -> str | None:
+    def digest(self, path: str | Path) -> str | None:
         """The file's md5, or None when it does not exist (not built yet)."""
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        key = str(path)
-        known = self.entries.get(key)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-            return known[2]
-        try:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "md5").hexdigest()
-        except OSError:
-            return None
-        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
-        self.dirty = True
-        return digest
+        return self.cache.get(path, _md5)
 
     def save(self) -> None:
-        if self.dirty and self.path is not None:
-            try:
-                write_text(self.path, json.dumps(self.entries, separators=(",", ":")))
-            except OSError:
-                pass  # only a cache: the next run digests again
-            self.dirty = False
-
-
-_caches: dict[Path, DigestCache] = {}
+        self.cache.save()
 
 
 def digest_cache(build_dir: Path) -> DigestCache:
-    """The process's cache for one workspace's build folder."""
-    path = build_dir / DIGESTS_FILE
-    if path not in _caches:
-        _caches[path] = DigestCache(path)
-    return _caches[path]
+    """The process's digest cache for one workspace's build folder."""
+    return DigestCache(cache=file_cache(build_dir, DIGESTS_FILE))
 
 
 def model_identity(model: str | None) -> str | None:
@@ -108,7 +84,7 @@ def run_key(req: TrainRequest, cache: DigestCache | None = None) -> str | None:
     cache = cache or DigestCache()
     h = hashlib.sha256(json.dumps(run_config(req), sort_keys=True).encode())
     root = str(req.root) + os.sep
-    for path in sorted(req.inputs):
+    for path in sorted(req.inputs, key=str):
         digest = cache.digest(path)
         if digest is None:
             return None

@@ -6,6 +6,7 @@ merged section is validated as a whole and errors name the level that set the va
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,8 +184,11 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
     if not folder.is_dir():
         raise CharfwError(f"image folder not found: {folder}", file=manifest, line=line, field=field_name)
     sources: dict[str, Source] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir() or path.suffix.lower() in IGNORED_SUFFIXES:
+    with os.scandir(folder) as it:  # entries know whether they are folders: no stat per image
+        entries = sorted((e.name, e.is_dir()) for e in it)
+    for name, is_dir in entries:
+        path = folder / name
+        if name.startswith(".") or is_dir or path.suffix.lower() in IGNORED_SUFFIXES:
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise CharfwError(f"unsupported file type {path.suffix!r} (use PNG, JPEG or WebP)", file=path)

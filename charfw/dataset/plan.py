@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from charfw.project import ImageSet, Source
 from charfw.errors import CharfwError
 from charfw.rules.sizeclass import class_pair
@@ -29,7 +27,7 @@ class Prepared:
 
     @property
     def name(self) -> str:
-        return self.source.path.stem + ".png"
+        return self.source.stem + ".png"
 
 
 def folder_name(class_tokens: str, kind: str, size: int) -> str:
@@ -49,6 +47,8 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int] | None:
 
 def image_size(path: Path) -> tuple[int, int]:
     """Displayed (width, height) from the header only, honouring EXIF rotation."""
+    from PIL import Image, UnidentifiedImageError  # only when a size is not cached yet
+
     try:
         with Image.open(path) as im:
             width, height = im.size

@@ -76,7 +76,8 @@ def task_captions(layout: Layout):
     template = layout.project.config.captions.template
     for sid, s in layout.project.sets.items():
         items = layout.plans[sid]
-        texts = {f"{i.folder}/{i.source.path.stem}.txt": caption(s.keywords, i.source.view, template) for i in items}
+        by_view = {v: caption(s.keywords, v, template) for v in {i.source.view for i in items}}
+        texts = {f"{i.folder}/{i.source.stem}.txt": by_view[i.source.view] for i in items}
         yield {
             "name": sid,
             "doc": f"{len(texts)} captions starting {', '.join(s.keywords)}",

@@ -140,6 +140,7 @@ def kohya_layers(model, prefix: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["merge", "compress", "merge+compress", "compress-sd-scripts"])
 def test_diffusers_applies_the_same_delta_as_kohya_loaders(tiny_lora, tiny_pipeline, tmp_path, edit):
     """diffusers' load_lora_weights + fuse gives each layer exactly the file's ΔW (what ComfyUI and
