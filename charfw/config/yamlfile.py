@@ -55,7 +55,7 @@ def _build(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: Path) -> Any:
 def _scalar(node: yaml.Node) -> Any:
     """A scalar with YAML's usual typing, plus `1e-4` as a number (PyYAML's YAML 1.1 reads it as text)."""
     value = _CONSTRUCTOR.construct_object(node, deep=True)
-    if isinstance(value, str) and node.style is None and any(c in value for c in "eE"):
+    if isinstance(value, str) and not node.style and any(c in value for c in "eE"):  # plain: None, or "" from libyaml
         try:
             return float(value)
         except ValueError:
