@@ -133,3 +133,24 @@ def test_doit_list_and_info(built):
     path.write_text(path.read_text() + "tags: [choker]\n")
     info = run_doit(workspace, "info", "captions:krnk/face", check=False).stdout
     assert "manifest values read by this task changed (caption text of each image)" in info
+
+
+def test_clean_builds_are_byte_identical(tmp_path):
+    """Same inputs, same bytes: sorted safetensors headers, SOURCE_DATE_EPOCH for the recorded times."""
+    import hashlib
+    import os
+
+    digests = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        ws = copy_example(tmp_path / run)
+        text = (ws / "charfw.yaml").read_text()
+        (ws / "charfw.yaml").write_text(text.replace("  steps: 100", QUICK_TRAINING))
+        os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
+        try:
+            run_doit(ws, "-n", "2")
+        finally:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted((ws / "dist").glob("*.safetensors"))})
+    assert len(digests[0]) == 5 and digests[0] == digests[1]

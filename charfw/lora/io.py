@@ -8,6 +8,8 @@ CharfwError naming the file, and the key or module where there is one.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -17,7 +19,7 @@ import safetensors.torch
 import torch
 
 from charfw.errors import CharfwError
-from charfw.fsutil import atomic_path
+from charfw.fsutil import write_bytes
 from charfw.lora.metadata import with_hashes
 from charfw.lora.modules import KNOWN_SUFFIXES, Module, make_module
 
@@ -109,6 +111,23 @@ def save_lora(path: str | Path, lora: LoraFile | Iterable[Module], metadata: Map
     tensors = flatten(modules)
     if not tensors:
         raise CharfwError("nothing to write: no module left", file=path)
-    meta = with_hashes(tensors, metadata or {})
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), meta)
+    write_safetensors(path, tensors, with_hashes(tensors, metadata or {}))
+
+
+def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """safetensors bytes with the header's keys sorted: the same tensors and metadata give the same file.
+
+    safetensors itself writes the header from a hash map, so two saves of equal content differ
+    in byte order and whole-file hashes change on every rebuild. The tensor data (and with it
+    sd-scripts' `sshs_*` hashes, taken over the data) is exactly what safetensors lays out.
+    """
+    data = safetensors.torch.save(dict(tensors), dict(metadata))
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a canonical safetensors file atomically."""
+    write_bytes(path, canonical_safetensors(tensors, metadata))

@@ -24,7 +24,6 @@ import torch
 
 from charfw.config.models import resume_fields
 from charfw.errors import CharfwError
-from charfw.fsutil import atomic_path
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
@@ -309,8 +308,14 @@ def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator,
         scheduler_name=scheduler_name(settings), mixed_precision=accelerator.mixed_precision,
         model_name=model_name, model_hashes=model_identity(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
-        name=job.name, trigger_words=list(job.trigger_words), started_at=time.time(), batches_per_epoch=per_epoch,
+        name=job.name, trigger_words=list(job.trigger_words), started_at=_now(), batches_per_epoch=per_epoch,
         epochs=epochs, session_id=int(run[:8], 16))
+
+
+def _now() -> float:
+    """The time recorded in metadata: SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return float(fixed) if fixed.isdigit() else time.time()
 
 
 def _epochs(steps: int, world: int, per_epoch: int) -> int:
@@ -319,10 +324,8 @@ def _epochs(steps: int, world: int, per_epoch: int) -> int:
 
 
 def _write_lora(job: TrainRequest, network: Network, meta: dict, epochs: int) -> None:
-    from safetensors.torch import save_file
-
+    from charfw.lora.io import write_safetensors
     from charfw.lora.metadata import with_hashes
     tensors = network.kohya_state_dict(SAVE_DTYPES[job.settings.save_precision])
-    meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epochs, finished_at=time.time()))
-    with atomic_path(job.output) as tmp:
-        save_file(tensors, str(tmp), meta)
+    meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epochs, finished_at=_now()))
+    write_safetensors(job.output, tensors, meta)
