@@ -65,7 +65,10 @@ def cmd_train(args) -> int:
     if is_trained(req, cache) and not args.force:
         print(f"{req.output} is up to date (use --force to train again)")
         return 0
-    train(req, cache)
+    from charfw.interrupt import deferred_signals
+
+    with deferred_signals():
+        train(req, cache)
     print(f"wrote {req.output}")
     return 0
 

@@ -1,8 +1,11 @@
 """doit reruns exactly what changed, observed through doit's own output on a copy of the example."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # builds the example through doit
 
@@ -154,3 +157,83 @@ def test_clean_builds_are_byte_identical(tmp_path):
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in sorted((ws / "dist").glob("*.safetensors"))})
     assert len(digests[0]) == 5 and digests[0] == digests[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+RESUMABLE = "  steps: 40\n  network: lora\n  dim: 2\n  save_every_n_steps: 5"
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, sig):
+    """Killing `doit -n 2` mid-training leaves no process behind; the rerun resumes to the same LoRA."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    trainings = ["train:krnk", "train:tyank"]
+    spaces = {}
+    for run in ("whole", "killed"):
+        (tmp_path / run).mkdir()
+        ws = spaces[run] = copy_example(tmp_path / run)
+        text = (ws / "charfw.yaml").read_text()
+        (ws / "charfw.yaml").write_text(text.replace("  steps: 100", RESUMABLE))
+        run_doit(ws, "-n", "2", "dataset")
+    run_doit(spaces["whole"], "-n", "2", *trainings)
+
+    ws = spaces["killed"]
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", *trainings], cwd=ws,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    states = [ws / f"build/train/{name}.state/state.json" for name in ("krnk", "tyank")]
+    deadline = time.time() + 120
+    while not all(p.exists() for p in states):  # both are training
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    workers = _descendants(proc.pid)
+    assert workers
+    proc.send_signal(getattr(signal, sig))
+    proc.wait()
+    deadline = time.time() + 30
+    while _alive(workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(workers), "workers outlived the killed doit"
+    saved = [json.loads(p.read_text())["step"] for p in states]
+    assert all(5 <= s < 40 for s in saved)       # both saved where they stopped
+
+    rerun = run_doit(ws, "-n", "2", *trainings)  # same threads per training as the whole run
+    out = rerun.stdout + rerun.stderr
+    assert out.count("resuming") == 2, out
+    for name in ("krnk", "tyank"):
+        a = load_file(spaces["whole"] / f"build/train/{name}.safetensors")
+        b = load_file(ws / f"build/train/{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

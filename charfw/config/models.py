@@ -63,8 +63,10 @@ class TrainSettings(Strict):
     seed: int = setting(31337, effect="weights")
     noise_offset: float | None = setting(None, effect="weights", ge=0)
     min_snr_gamma: float | None = setting(None, effect="weights", gt=0)
-    save_every_n_steps: int = setting(200, effect="run", backend="embedded", ge=1,
+    save_every_n_steps: int = setting(200, effect="run", ge=1,
                                       description="resumable state for interrupted runs")
+    save_every_minutes: float = setting(5, effect="run", backend="embedded", gt=0,
+                                        description="also save the state this often (whichever comes first)")
     color_aug: bool = setting(True, effect="weights",
                               description="colour augmentation; off where sd-scripts caches latents")
     cache_latents: Literal["memory", "disk"] = setting("memory", effect="run")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
@@ -65,10 +67,20 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
 
 @reported
 def train(req: TrainRequest, build_dir: str) -> None:
+    """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
     from charfw.backends import train as run
+    from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
     from charfw.runkey import digest_cache
 
-    run(req, digest_cache(Path(build_dir)))
+    die_with_parent()
+    try:
+        with deferred_signals():
+            run(req, digest_cache(Path(build_dir)))
+    except Interrupted as exc:
+        if exc.signal == "SIGTERM":  # doit was killed or stopped us: nobody waits for a task result
+            print(f"charfw: {exc.message}", file=sys.stderr, flush=True)
+            os._exit(143)
+        raise
 
 
 def clean_training(req: TrainRequest) -> None:

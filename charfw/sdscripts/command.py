@@ -33,7 +33,10 @@ only appear for non-default settings:
   ``--gradient_checkpointing``. With colour augmentation on (the seed's default) nothing is
   cached, unless ``extra_args`` asks for it: the dataset config then says ``color_aug = false``
   (charfw.rules.training.dataset_color_aug) and the runner says so.
-* ``save_every_n_steps`` belongs to the embedded trainer and is not passed.
+* Resumability: ``--save_every_n_steps=<save_every_n_steps> --save_state
+  --save_last_n_steps_state=<the same>`` after ``--seed``, so sd-scripts keeps its newest
+  training state in the output folder; the runner adds ``--resume=<that state>`` when one is
+  there (charfw.sdscripts.runner).
 * ``extra_args`` come last, unchanged. When an extra argument names an option the generated
   command already has (same ``--name``, compared before any ``=``), the generated option
   (with its values, e.g. all of ``--network_args``) is dropped and the extra one wins.
@@ -178,6 +181,9 @@ def train_args(req: TrainRequest) -> list[str]:
         add([f"--noise_offset={number_text(s.noise_offset)}"])
     if s.min_snr_gamma is not None:
         add([f"--min_snr_gamma={number_text(s.min_snr_gamma)}"])
+    add([f"--save_every_n_steps={s.save_every_n_steps}"])
+    add(["--save_state"])
+    add([f"--save_last_n_steps_state={s.save_every_n_steps}"])
 
     overridden = {n for n in map(_option_name, s.extra_args) if n}
     args = [tok for group in groups if _option_name(group[0]) not in overridden for tok in group]

@@ -28,8 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from charfw.config.models import TrainSettings
+from charfw import interrupt
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
+from charfw.interrupt import Interrupted
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import extra_caches_latents
@@ -197,7 +199,8 @@ def _stream(cmd: list[str], cwd: Path, log_path: Path) -> tuple[int, str]:
     tail = ""
     with atomic_path(log_path) as tmp, open(tmp, "wb") as log:
         try:
-            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=interrupt.die_with_parent)  # never outlives charfw
         except OSError as exc:
             raise CharfwError(f"cannot start {cmd[0]}: {exc}", field="train.python") from None
         try:
@@ -206,6 +209,11 @@ def _stream(cmd: list[str], cwd: Path, log_path: Path) -> tuple[int, str]:
                 text = decoder.decode(chunk)
                 _echo(text)
                 tail = (tail + text)[-_TAIL_CHARS:]
+                if interrupt.requested():
+                    proc.terminate()
+                    proc.wait()
+                    raise Interrupted("interrupted: sd-scripts stopped; its newest saved state resumes on the "
+                                      "next doit")
             code = proc.wait()
         except BaseException:
             proc.kill()
@@ -267,6 +275,10 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
     work_dir = _abs(req.state_dir, root).absolute()
 
     out_name, cmd = sd_scripts_command(req, launcher=launcher, python=python)
+    state = latest_state(work_dir, out_name)
+    if state is not None:
+        print(f"charfw: resuming sd-scripts from {state.name}", flush=True)
+        cmd = [*cmd, f"--resume={state}"]
     extra_names = {n for n in map(_option_name, req.settings.extra_args) if n}
     want_bnb = req.settings.optimizer == "adamw8bit" and "--optimizer_type" not in extra_names
     has_bnb = _check_imports(python, sd_dir, cmd, launcher, want_bnb)
@@ -274,6 +286,8 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
         print("charfw: bitsandbytes is not importable in that python: training with plain AdamW "
               "instead of AdamW 8-bit", flush=True)
         out_name, cmd = sd_scripts_command(req.with_settings(optimizer="adamw"), launcher=launcher, python=python)
+        state = latest_state(work_dir, out_name)
+        cmd = [*cmd, f"--resume={state}"] if state is not None else cmd
 
     work_dir.mkdir(parents=True, exist_ok=True)
     if req.log_dir is not None:
@@ -301,6 +315,12 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
     with atomic_path(output) as tmp:
         shutil.copyfile(produced, tmp)
     return output
+
+
+def latest_state(work_dir: Path, out_name: str) -> Path | None:
+    """sd-scripts' newest saved training state for this output name (`<name>-step00000200-state`)."""
+    states = sorted(p for p in work_dir.glob(f"{out_name}-step*-state") if p.is_dir())
+    return states[-1] if states else None
 
 
 def _model_path(value: str, root: Path, field: str) -> str:

@@ -3,9 +3,10 @@
 One process, or several under `accelerate launch` (process r trains batch
 `step * world + r`; gradients are averaged across processes before each update).
 Mixed precision via accelerate's autocast on GPU (the frozen base is cast to
-fp16/bf16, adapters stay fp32); always fp32 on CPU. Every `save_every_n_steps` the
-state is saved to `state_dir`; a rerun of the same run resumes from it, and it is
-removed once the LoRA is written. Each step's noise and timesteps are drawn from a
+fp16/bf16, adapters stay fp32); always fp32 on CPU. Every `save_every_n_steps` steps or
+`save_every_minutes`, whichever comes first, and when a stop is requested (charfw.interrupt:
+Ctrl-C, SIGTERM, a killed `doit`), the state is saved to `state_dir`; a rerun of the same run
+resumes from it, and it is removed once the LoRA is written. Each step's noise and timesteps are drawn from a
 generator seeded by (seed, step, process), so a resumed run continues exactly.
 """
 
@@ -22,8 +23,10 @@ from typing import Callable
 
 import torch
 
+from charfw import interrupt
 from charfw.config.models import resume_fields
 from charfw.errors import CharfwError
+from charfw.interrupt import Interrupted
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
@@ -134,7 +137,12 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
                disable=not (job.progress and accelerator.is_local_main_process))
+    last_save = time.monotonic()
     for step in range(start, steps):
+        if interrupt.requested() and step == start:
+            bar.close()
+            raise Interrupted(f"interrupted: {job.name} stopped before step {step + 1}; rerun doit to "
+                              + ("resume" if step else "train it"))
         samples = plan[step * world + rank]
         captions = [datasets[s.dataset].images[s.image].caption for s in samples]
         ids = torch.cat([_tokens(tokens, sd.tokenizer, c) for c in captions]).to(device)
@@ -162,12 +170,18 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
             accelerator.log(scalars, step=step + 1)
         if on_step is not None:
             on_step(step + 1, value)
-        if (step + 1) % settings.save_every_n_steps == 0 and step + 1 < steps:
+        done, stop = step + 1, interrupt.requested()
+        due = done % settings.save_every_n_steps == 0 or time.monotonic() - last_save >= settings.save_every_minutes * 60
+        if done < steps and (due or stop):
             if accelerator.is_main_process:
-                save_state(job.state_dir, run, step + 1, network.kohya_state_dict(torch.float32),
+                save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
                            _optim_state(optimizer, lr_scheduler, accelerator))
-                log.info("saved training state at step %d", step + 1)
+                log.info("saved training state at step %d", done)
             accelerator.wait_for_everyone()
+            last_save = time.monotonic()
+            if stop:
+                bar.close()
+                raise Interrupted(f"interrupted: {job.name} saved at step {done}; rerun doit to resume")
     bar.close()
 
     if accelerator.is_main_process:

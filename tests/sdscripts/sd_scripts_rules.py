@@ -23,7 +23,8 @@ OPTIONS = {
     "clip_skip", "network_weights", "logging_dir", "log_prefix", "xformers", "sdpa", "save_model_as",
     "mixed_precision", "save_precision", "gradient_checkpointing", "persistent_data_loader_workers", "seed",
     "noise_offset", "min_snr_gamma", "cache_latents", "cache_latents_to_disk", "max_data_loader_n_workers",
-    "save_state", "resume", "save_every_n_steps", "adaptive_noise_scale", "network_train_unet_only",
+    "save_state", "resume", "save_every_n_steps", "save_last_n_steps_state", "adaptive_noise_scale",
+    "network_train_unet_only",
 }
 MULTI_VALUE = {"network_args", "optimizer_args"}
 

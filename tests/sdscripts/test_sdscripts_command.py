@@ -46,12 +46,16 @@ def request(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **ov
     return TrainRequest(name=name, settings=settings, steps=steps, **kw)
 
 
+# What charfw adds after the seed's line so sd-scripts runs resume (README: resumability).
+RESUME = ["--save_every_n_steps=200", "--save_state", "--save_last_n_steps_state=200"]
+
+
 def args_for(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **over) -> list[str]:
     return train_args(request(settings, steps, name, **over))
 
 
 def test_default_is_the_spec_line():
-    expected = shlex.split(SPEC_LINE)[3:]
+    expected = shlex.split(SPEC_LINE)[3:] + RESUME
     assert args_for(TrainSettings()) == expected
     assert logic_name(TrainSettings()) == "Lora3x3A50p-AdamW8"
 
@@ -111,7 +115,7 @@ def test_seed_logic_command(logic):
         f"--save_model_as=safetensors --mixed_precision=fp16 --save_precision=fp16 "
         f"--gradient_checkpointing --persistent_data_loader_workers --seed=31337"
     )
-    assert args_for(settings) == shlex.split(expected)
+    assert args_for(settings) == shlex.split(expected) + RESUME
 
 
 def test_seed_example_names():
@@ -192,8 +196,10 @@ def test_optional_switches():
     assert a.index("--clip_skip=1") + 1 == a.index("--network_weights=/ws/face.safetensors")
     assert a.index("--network_weights=/ws/face.safetensors") + 1 == a.index("--logging_dir=/ws/build/logs")
     assert "--mixed_precision=bf16" in a and "--save_precision=float" in a
-    assert a[-3:] == ["--seed=7", "--noise_offset=0.05", "--min_snr_gamma=5"]
+    assert a[-6:-3] == ["--seed=7", "--noise_offset=0.05", "--min_snr_gamma=5"] and a[-3:] == RESUME
     assert not any("cache_latents" in x for x in a)  # incompatible with the dataset's color_aug
+    cached = args_for(s.model_copy(update={"color_aug": False}))
+    assert cached[cached.index("--persistent_data_loader_workers") - 1] == "--cache_latents"
     none = args_for(TrainSettings(attention="none"))
     assert "--xformers" not in none and "--sdpa" not in none
 

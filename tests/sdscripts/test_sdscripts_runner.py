@@ -70,6 +70,7 @@ def expected_argv(ws: Path, name: str, optimizer: str = "AdamW8bit", extra=()) -
         *extra, f"--logging_dir={ws / 'build/logs'}", f"--log_prefix={name}", "--xformers",
         "--save_model_as=safetensors", "--mixed_precision=fp16", "--save_precision=fp16",
         "--gradient_checkpointing", "--persistent_data_loader_workers", "--seed=31337",
+        "--save_every_n_steps=200", "--save_state", "--save_last_n_steps_state=200",
     ]
 
 
@@ -124,6 +125,15 @@ def test_adamw8bit_falls_back_to_adamw_without_bitsandbytes(tmp_path, ws, capsys
     argv = recorded(ws)["argv"]
     assert argv == expected_argv(ws, "krnk-Lora3x3A50p-AdamW-128-100-1000", optimizer="AdamW")
     assert "plain AdamW" in capsys.readouterr().out
+
+
+def test_a_saved_sd_scripts_state_is_resumed(ws):
+    name = "krnk-Lora3x3A50p-AdamW-128-100-1000"
+    work = ws / "build/krnk/face/sd-scripts"
+    for step in (200, 400):
+        (work / f"{name}-step{step:08d}-state").mkdir(parents=True)
+    run(ws, settings(optimizer="adamw"))
+    assert recorded(ws)["argv"][-1] == f"--resume={work / f'{name}-step00000400-state'}"
 
 
 def test_failure_reports_last_lines(ws, monkeypatch):
