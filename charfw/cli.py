@@ -51,7 +51,10 @@ def cmd_train(args) -> int:
     from charfw.layout import Layout
     from charfw.runkey import digest_cache, is_trained
 
+    from charfw import lock
+
     layout = Layout(load_project(Path(args.workspace).resolve()))
+    lock.acquire(layout.build_dir, wait=args.wait, command=f"charfw train {args.target}")
     target = layout.project.targets.get(args.target)
     if target is None or target.lora is not None:
         trainable = [t.name for t in layout.project.trained_targets()]
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one target now, outside doit (its dataset must be built)")
     p.add_argument("target")
     p.add_argument("--force", action="store_true", help="train even if the LoRA is up to date")
+    p.add_argument("--wait", action="store_true", help="wait for a build running in this workspace to finish")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_train)
 

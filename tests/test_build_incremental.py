@@ -237,3 +237,30 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
         a = load_file(spaces["whole"] / f"build/train/{name}.safetensors")
         b = load_file(ws / f"build/train/{name}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_second_build_of_the_same_workspace_says_who_holds_it(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "w").mkdir()
+    ws = copy_example(tmp_path / "w")
+    text = (ws / "charfw.yaml").read_text()
+    (ws / "charfw.yaml").write_text(text.replace("  steps: 100", RESUMABLE))
+    run_doit(ws, "dataset")
+    first = subprocess.Popen([sys.executable, "-m", "doit", "train:krnk"], cwd=ws,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while "pid" not in ((ws / "build/.lock").read_text() if (ws / "build/.lock").exists() else ""):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        second = run_doit(ws, "train:krnk", check=False)
+        assert second.returncode == 2 and "train:krnk" not in second.stdout
+        assert f"being built by PID {first.pid} (doit train:krnk) since" in second.stderr
+        assert "dataset:krnk" in run_doit(ws, "list", "--all").stdout     # reading goes on meanwhile
+    finally:
+        first.wait()
+    assert first.returncode == 0
+    assert executed(run_doit(ws, "train:krnk")) == set()   # the lock went with its process

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from charfw.errors import CharfwError
+
+# doit commands that only read: they run while a build holds the workspace lock
+READ_ONLY = {"list", "info", "help", "dumpdb", "tabcompletion"}
+DOIT_COMMANDS = READ_ONLY | {"run", "clean", "forget", "ignore", "reset-dep", "strace", "auto"}
+
+
+def doit_command(argv: list[str]) -> str:
+    """doit's subcommand in its argument list ('run' when none is named)."""
+    return next((a for a in argv if a in DOIT_COMMANDS), "run")
 
 
 def load_tasks(root: str | Path) -> dict:
@@ -22,4 +32,14 @@ def load_tasks(root: str | Path) -> dict:
         print(f"charfw: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     layout.build_dir.mkdir(parents=True, exist_ok=True)
+    command = doit_command(sys.argv[1:])
+    if command not in READ_ONLY:
+        from charfw import lock
+
+        try:
+            lock.acquire(layout.build_dir, wait=os.environ.get("CHARFW_WAIT") == "1",
+                         command="doit " + " ".join(sys.argv[1:]))
+        except CharfwError as exc:
+            print(f"charfw: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     return task_names(layout)
