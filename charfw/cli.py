@@ -45,6 +45,13 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from charfw.plan import status
+
+    print(status(Path(args.workspace).resolve(), args.target))
+    return 0
+
+
 def cmd_train(args) -> int:
     from charfw.backends import train
     from charfw.config.workspace import load_project
@@ -95,10 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("plan", help="show what the build would do next and each training's command line")
+    p = sub.add_parser("plan", help="every task the next doit runs, in order and why, and each training's command line")
     p.add_argument("target", nargs="?", help="only this target (and its image sets)")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("status", help="each task of one target: up to date, or why it will run")
+    p.add_argument("target")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("train", help="train one target now, outside doit (its dataset must be built)")
     p.add_argument("target")

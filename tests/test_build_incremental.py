@@ -55,6 +55,23 @@ def test_editing_a_character_tag_reruns_only_its_captions_and_datasets(built):
     assert caption.startswith("krnk, choker, white background")
 
 
+def test_plan_shows_the_whole_consequence_of_an_edit(built):
+    """After a tag edit, `charfw plan` lists every task `doit` then runs, trainings included, with reasons."""
+    from wsutil import run_charfw
+
+    manifest = built / "characters/krnk/character.yaml"
+    manifest.write_text(manifest.read_text() + "tags: [choker]\n")
+    out = run_charfw(built, "plan").stdout
+    planned = {line.split()[0] for line in out.split("\n\n")[0].splitlines()[1:]}
+    assert "2 trainings, 4 steps in all:" in out     # QUICK_TRAINING: 2 steps each
+    train = next(line for line in out.splitlines() if line.strip().startswith("train:krnk "))
+    assert "inputs rebuilt by" in train and "captions:krnk/face" in train
+    assert "caption text of each image" in next(line for line in out.splitlines() if "captions:krnk/face" in line)
+    status = run_charfw(built, "status", "tyank").stdout
+    assert all(line.endswith("up to date") for line in status.splitlines()) and "train:tyank" in status
+    assert executed(run_doit(built)) == planned
+
+
 def test_adding_an_image_reruns_only_its_set(built):
     src = built / "characters/tyank/ps"
     shutil.copy(sorted(src.glob("b00*.png"))[0], src / "b00-extra.png")
