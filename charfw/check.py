@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from charfw.config.workspace import load_project
+from charfw.config.workspace import WORKSPACE_FILE, load_project
+from charfw.config.yamlfile import load_yaml
+from charfw.errors import CharfwError
 from charfw.dataset.images import flatten
 from charfw.filecache import file_cache
 from charfw.layout import Layout
+from charfw.models.family import checkpoint_problem, lora_problem, safetensors_header
 from charfw.project import Project
+from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import required_yaws
 
 CHECKED_FILE = ".checked.json"
@@ -23,8 +27,18 @@ def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)
     warnings: list[str] = []
+    check_models(project)
+    for target in project.targets.values():
+        if target.lora is not None:
+            check_lora(target.lora, target.manifest)
     checked = file_cache(project.build_dir, CHECKED_FILE)
-    Layout(project)  # plans every set: sizes, size classes
+    layout = Layout(project)  # plans every set: sizes, size classes
+    for sid, s in project.sets.items():
+        used = {item.source.path for item in layout.plans[sid]}
+        for src in s.sources:
+            if src.path not in used:
+                warnings.append(f"{src.path}: smaller than every size of its set ({', '.join(map(str, s.sizes))} "
+                                "px, longer side): it is not trained on (images are never upscaled)")
     for s in project.sets.values():
         if decode:
             for src in s.sources:  # a truncated file fails here, not mid-build
@@ -37,3 +51,58 @@ def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str
                             f"{min(wanted)}-{max(wanted)})")
     checked.save()
     return project, warnings
+
+
+def check_models(project: Project) -> None:
+    """The base model and VAE exist and are what they claim, from their headers (pickles: tensors only)."""
+    ws_file = project.root / WORKSPACE_FILE
+    lines = load_yaml(ws_file)[1]
+    for field, value in (("model", project.config.model), ("vae", project.config.vae)):
+        if value is None:
+            continue
+        where = dict(file=ws_file, line=lines.get((field,)), field=field)
+        if is_builtin(value):
+            if builtin_name(value) not in BUILTIN_MODELS:
+                known = ", ".join(BUILTIN_PREFIX + b for b in BUILTIN_MODELS)
+                raise CharfwError(f"unknown built-in model {value!r}; built-in: {known}", **where)
+            continue
+        path = Path(resolve_model_ref(value, project.root))
+        if not path.is_file():
+            raise CharfwError(f"{field} file not found: {path}", **where)
+        keys = _tensor_names(path, field, where)
+        problem = checkpoint_problem(keys) if field == "model" else _vae_problem(keys)
+        if problem:
+            raise CharfwError(f"{path.name} is not an SD1.5 {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
+                              **where)
+
+
+def _tensor_names(path: Path, field: str, where: dict) -> list[str]:
+    if path.suffix.lower() == ".safetensors":
+        try:
+            return [k for k in safetensors_header(path) if k != "__metadata__"]
+        except CharfwError as exc:
+            raise CharfwError(f"{path.name}: {exc.message}", **where) from None
+    from charfw.models.checkpoint import open_tensors  # a pickle: read with weights_only=True
+
+    try:
+        with open_tensors(path, field) as src:
+            return list(src.keys())
+    except CharfwError as exc:
+        raise CharfwError(f"{path.name}: {exc.message}", **where) from None
+
+
+def _vae_problem(keys: list[str]) -> str | None:
+    if any(".encoder.down" in "." + k or k.startswith("encoder.down") for k in keys):
+        return None
+    return "it has no VAE encoder tensors (encoder.down.* or encoder.down_blocks.*)"
+
+
+def check_lora(path: Path, manifest: Path) -> None:
+    """A declared `lora:` file is a readable LoRA (its header only)."""
+    try:
+        header = safetensors_header(path)
+    except CharfwError as exc:
+        raise CharfwError(f"lora: {path.name}: {exc.message}", file=manifest, field="lora") from None
+    problem = lora_problem(k for k in header if k != "__metadata__")
+    if problem:
+        raise CharfwError(f"lora: {path.name} is not a LoRA: {problem}", file=manifest, field="lora")

@@ -82,6 +82,11 @@ def test_mixed_size_classes_in_one_folder(workspace):
     Image.new("RGBA", (768, 300)).save(workspace / "characters/krnk/face/f03.png")
     msg = error_of(workspace)
     assert "characters/krnk/face/f03.png" in msg and "size class" in msg
+    (workspace / "characters/krnk/face/f00.png").unlink()     # the odd image first in the folder:
+    Image.new("RGBA", (768, 300)).save(workspace / "characters/krnk/face/f00.png")
+    (workspace / "characters/krnk/face/f03.png").unlink()
+    msg = error_of(workspace)                                 # still named, not the first good one
+    assert "characters/krnk/face/f00.png" in msg and "of the set's" in msg
 
 
 def test_unknown_field_with_line(workspace):
@@ -166,3 +171,61 @@ def test_the_model_must_be_chosen(workspace):
     assert "charfw.yaml" in msg and "model: required field is missing" in msg and "model: models/" in msg
     path.unlink()
     assert "no charfw.yaml here" in error_of(workspace)
+
+
+def set_model(ws, value):
+    path = ws / "charfw.yaml"
+    path.write_text(path.read_text().replace("model: builtin:tiny-sd15", f"model: {value}"))
+
+
+def test_check_catches_what_would_fail_later(workspace, tmp_path):
+    import argparse
+
+    import torch
+    from safetensors.torch import save_file
+
+    set_model(workspace, "builtin:tiny-sd16")
+    msg = error_of(workspace)
+    assert "charfw.yaml:" in msg and "model: unknown built-in model 'builtin:tiny-sd16'" in msg
+    set_model_text = (workspace / "charfw.yaml").read_text()
+    (workspace / "models").mkdir()
+    for name, make, expected in [
+        ("gone.safetensors", None, "model file not found"),
+        ("xl.safetensors", lambda p: save_file({"conditioner.embedders.0.transformer.w": torch.zeros(1),
+                                               "model.diffusion_model.x": torch.zeros(1)}, str(p)),
+         "xl.safetensors is not an SD1.5 checkpoint: it is an SDXL checkpoint"),
+        ("evil.ckpt", lambda p: torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)},
+                                            "args": argparse.Namespace(a=1)}, p), "evil.ckpt"),
+    ]:
+        if make:
+            make(workspace / "models" / name)
+        (workspace / "charfw.yaml").write_text(set_model_text.replace("builtin:tiny-sd16", f"models/{name}"))
+        msg = error_of(workspace)
+        assert expected in msg and "field" not in msg and "model:" in msg, msg
+    (workspace / "charfw.yaml").write_text(set_model_text.replace("builtin:tiny-sd16", "builtin:tiny-sd15"))
+    (workspace / "characters/lora/krnksf_tyankps.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    msg = error_of(workspace)
+    assert "groups.yaml" in msg and "lora: krnksf_tyankps.safetensors: not a readable safetensors file" in msg
+
+
+def test_background_out_of_range(workspace):
+    path = workspace / "characters/krnk/character.yaml"
+    path.write_text(path.read_text().replace("background: black", "background: [300, 0, 0]"))
+    msg = error_of(workspace)
+    assert "character.yaml:" in msg and "background" in msg and "300" in msg
+
+
+def test_image_too_small_for_every_size_is_named(workspace):
+    from PIL import Image
+
+    Image.new("RGB", (60, 90)).save(workspace / "characters/krnk/face/f00-tiny.png")
+    project, warnings = check_project(workspace)
+    assert any("f00-tiny.png: smaller than every size of its set (128, 192 px" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.5", "merge.weights: expected a name or a list or a mapping (got 0.5)"),
+    ('[1, "x", 1]', "merge.weights.1: Input should be a valid number, unable to parse string as a number (got 'x')")])
+def test_bad_weights_point_at_the_value(workspace, value, expected):
+    append(workspace / "characters/krnk/character.yaml", f"merge:\n  weights: {value}\n")
+    assert expected in error_of(workspace)

@@ -7,7 +7,7 @@ every level; a lower level overrides only the fields it sets.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
@@ -18,6 +18,7 @@ from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule
 from charfw.rules.sizeclass import BATCH_PROFILES, CLASS_PAIRS
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+Channel = Annotated[int, Field(ge=0, le=255)]
 DEFAULT_SIZES = [128, 192, 256, 384, 512, 768]
 
 
@@ -204,7 +205,7 @@ class Character(Stages):
     class_word: str = Field("girl", alias="class")
     tags: list[str] = Field(default_factory=list, description="extra tags after the keyword")
     symmetric: bool = True
-    background: Literal["black", "white"] | tuple[int, int, int] = "black"
+    background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
     face: FaceSet = Field(default_factory=FaceSet)
     outfits: dict[str, Outfit] = Field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +72,57 @@ def line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
     return None
 
 
+_UNION_TAG = re.compile(r"^(literal\[|tuple\[|list\[|dict\[|function-|lax-or-strict|json-or-python|"
+                        r"(str|int|float|bool|none)$)")
+_TAG_WORDS = [("literal[", "one of {}"), ("tuple[", "a list [r, g, b]"), ("list[", "a list"), ("dict[", "a mapping"),
+              ("str", "a name"), ("float", "a number"), ("int", "a whole number")]
+
+
+def _describe(tag: str) -> str:
+    for prefix, words in _TAG_WORDS:
+        if tag.startswith(prefix):
+            return words.format(tag[len("literal["):-1]) if prefix == "literal[" else words
+    return tag
+
+
+def _pick(errors: list[dict]) -> tuple[dict, tuple, list[str]]:
+    """The error to show: union members' tags taken out of its location, the most specific one
+    (the deepest location: a bad list item rather than "not a string"), and the union's options
+    when every member failed only on the type."""
+    def clean(err):
+        return tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+
+    best = max(errors, key=lambda e: len(clean(e)))
+    loc = clean(best)
+    tags = [p for e in errors if clean(e) == loc for p in e["loc"] if isinstance(p, str) and _UNION_TAG.match(p)]
+    same_depth = [e for e in errors if clean(e) == loc]
+    options = [_describe(t) for t in dict.fromkeys(tags)] if len(same_depth) > 1 else []
+    return best, loc, options
+
+
 def validate(model: type[BaseModel], data: Any, *, file: Path, lines: dict[Loc, int],
              prefix: Loc = (), context: dict | None = None):
-    """Validate with pydantic; turn the first error into a CharfwError naming file, line and field."""
+    """Validate with pydantic; turn the most telling error into a CharfwError naming file, line and field."""
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = exc.errors()
-        err = errors[0]
-        loc = prefix + tuple(p for p in err["loc"])
+        err, err_loc, options = _pick(errors)
+        loc = prefix + err_loc
         field = ".".join(str(p) for p in loc) or None
         msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(err["type"], err["msg"])
         msg = msg.removeprefix("Value error, ")
+        if options:
+            msg = "expected " + " or ".join(options)
         hint = _missing_hint(model, err) if err["type"] == "missing" else None
         if hint:
             msg += f": {hint}"
         value = err.get("input")
         if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, (dict, list)):
             msg += f" (got {value!r})"
-        if len(errors) > 1:
-            msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        others = len({tuple(e["loc"][:1]) for e in errors}) - 1  # problems in other fields
+        if others > 0:
+            msg += f" (and {others} more problem{'s' if others > 1 else ''})"
         raise CharfwError(msg, file=file, line=line_of(loc, lines), field=field) from None
 
 

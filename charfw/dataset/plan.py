@@ -6,6 +6,7 @@ larger than the source's longer side skips that source.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,20 +66,23 @@ def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None =
     sizes = {src.path: sizes_of[src.path] if sizes_of else image_size(src.path) for src in image_set.sources}
     for size in image_set.sizes:
         folder = folder_name(image_set.class_tokens, image_set.kind, size)
-        first: Prepared | None = None
-        for src in image_set.sources:
-            w, h = sizes[src.path]
-            dims = scaled_size(w, h, size)
-            if dims is None:
-                continue
-            item = Prepared(src, folder, size, *dims)
-            if first is None:
-                first = item
-            elif class_pair(*dims) != class_pair(first.width, first.height):
-                raise CharfwError(
-                    f"at size {size} this image is {dims[0]}x{dims[1]} ({class_pair(*dims)}) but "
-                    f"{first.source.path.name} is {first.width}x{first.height} "
-                    f"({class_pair(first.width, first.height)}); one folder must hold one size class: "
-                    "use the same aspect ratio for every image of a set", file=src.path)
-            out.append(item)
+        items = [Prepared(src, folder, size, *dims) for src in image_set.sources
+                 if (dims := scaled_size(*sizes[src.path], size)) is not None]
+        _one_size_class(items, size)
+        out += items
     return out
+
+
+def _one_size_class(items: list[Prepared], size: int) -> None:
+    """All of a folder in one size class; else the error names an image that differs from most of them."""
+    pairs = Counter(class_pair(i.width, i.height) for i in items)
+    if len(pairs) < 2:
+        return
+    usual = pairs.most_common(1)[0][0]
+    odd = next(i for i in items if class_pair(i.width, i.height) != usual)
+    like = next(i for i in items if class_pair(i.width, i.height) == usual)
+    raise CharfwError(
+        f"at size {size} this image is {odd.width}x{odd.height} ({class_pair(odd.width, odd.height)}) but "
+        f"{pairs[usual]} of the set's {len(items)} images are {usual} (e.g. {like.source.path.name}, "
+        f"{like.width}x{like.height}); one folder must hold one size class: use the same aspect ratio for "
+        "every image of a set", file=odd.source.path)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
+from charfw.models.family import UNET_PREFIX, VAE_PREFIX  # noqa: F401  (one spelling)
 TE_PREFIX = "cond_stage_model.transformer."
 
 # Sub-module renames inside one residual block (diffusers -> LDM).

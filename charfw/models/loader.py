@@ -11,6 +11,7 @@ import torch
 
 from charfw.errors import CharfwError
 from charfw.models import keymap
+from charfw.models.family import checkpoint_problem
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
 from charfw.rules.modelref import builtin_name, is_builtin
@@ -119,25 +120,9 @@ def _has(src: TensorFile, prefix: str) -> bool:
 
 def _check_family(src: TensorFile, arch: str) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
-    label = ARCH_LABEL[arch]
-    a = ARTICLE[arch]
-    path = src.path
-    if _has(src, "conditioner.embedders."):
-        raise CharfwError(f"not {a} {label} checkpoint: it is an SDXL checkpoint (conditioner.embedders.* tensors)",
-                          file=path)
-    if _has(src, "cond_stage_model.model."):
-        raise CharfwError(f"not {a} {label} checkpoint: it is an SD 2.x checkpoint (OpenCLIP text encoder)",
-                          file=path)
-    if _has(src, "lora_unet_") or _has(src, "lora_te"):
-        raise CharfwError(f"not {a} {label} checkpoint: it is a LoRA file", file=path)
-    if not _has(src, keymap.UNET_PREFIX):
-        if _has(src, "encoder.") or _has(src, keymap.VAE_PREFIX):
-            hint = "it looks like a VAE; give it as the VAE, not as the model"
-        elif _has(src, "down_blocks.") or _has(src, "text_model."):
-            hint = "it looks like one component in diffusers layout; give the single-file checkpoint"
-        else:
-            hint = f"it has no U-Net tensors ({keymap.UNET_PREFIX}*)"
-        raise CharfwError(f"not {a} {label} checkpoint: {hint}", file=path)
+    problem = checkpoint_problem(src.keys())
+    if problem:
+        raise CharfwError(f"not {ARTICLE[arch]} {ARCH_LABEL[arch]} checkpoint: {problem}", file=src.path)
 
 
 def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:

@@ -22,10 +22,10 @@ from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
 from charfw.models.build import empty_models, ldm_names
 from charfw.models.configs import default_cache_dir
-from charfw.rules.modelref import BUILTIN_PREFIX
+from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX
 
 TINY = "tiny-sd15"
-BUILTINS = (TINY,)
+BUILTINS = BUILTIN_MODELS
 GENERATOR_VERSION = 1   # bump when the drawn values change: the cache file name changes with it
 DEFAULT_SEED = 0
 
