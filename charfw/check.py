@@ -26,7 +26,8 @@ CHECKED_FILE = ".checked.json"
 def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str]]:
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)
-    warnings: list[str] = []
+    warnings: list[str] = [f"{name} is left out of the build until it has images ({skipped.reason})"
+                           for name, skipped in project.skipped.items()]
     check_models(project)
     for target in project.targets.values():
         if target.lora is not None:

@@ -75,12 +75,21 @@ class Target:
 
 
 @dataclass
+class Skipped:
+    """A character (or a group needing it) left out of the build until its images are there."""
+
+    reason: str          # file: field: what is missing
+    keywords: set[str]   # its targets' names
+
+
+@dataclass
 class Project:
     root: Path
     config: Workspace
     sets: dict[str, ImageSet] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     characters: dict[str, Character] = field(default_factory=dict)
+    skipped: dict[str, Skipped] = field(default_factory=dict)   # unfinished characters and their groups
 
     @property
     def build_dir(self) -> Path:

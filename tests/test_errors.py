@@ -50,11 +50,26 @@ def test_missing_folder(workspace):
     assert "characters/tyank/character.yaml" in msg and "outfits.ps.folder" in msg and "not found" in msg
 
 
-def test_empty_folder(workspace):
+def test_empty_folder_leaves_the_character_out_with_a_warning(workspace):
     for p in (workspace / "characters/krnk/face").iterdir():
         p.unlink()
-    msg = error_of(workspace)
-    assert "characters/krnk/character.yaml" in msg and "face.folder" in msg and "empty" in msg
+    project, warnings = check_project(workspace)
+    assert set(project.targets) == {"tyank", "tyankps"}            # krnk and the group needing it wait
+    [char, group] = warnings
+    assert "characters/krnk/character.yaml" in char and "face.folder" in char and "empty" in char
+    assert group.startswith("krnksf_tyankps is left out") and "member krnksf belongs to krnk" in group
+
+
+def test_a_new_character_does_not_block_the_others(workspace):
+    assert run_charfw(workspace, "new", "newbie", "--outfit", "sc").returncode == 0
+    listing = run_doit(workspace, "list", "--all")
+    assert listing.returncode == 0 and "left out until it has images" in listing.stderr
+    assert "blocked:newbie" in listing.stdout and "dataset:krnk" in listing.stdout
+    stages = [line.split()[0] for line in run_doit(workspace, "list").stdout.splitlines()]
+    assert stages == ["images", "captions", "dataset", "train", "merge", "compress", "blocked"]
+    assert run_doit(workspace, "dataset:tyank").returncode == 0
+    blocked = run_doit(workspace, "blocked:newbie", check=False)
+    assert blocked.returncode != 0 and "characters/newbie/face" in blocked.stdout + blocked.stderr
 
 
 def test_corrupt_image(workspace):
@@ -154,7 +169,8 @@ def test_new_scaffolds_a_character(workspace):
     folder = workspace / "characters/mike"
     assert (folder / "face/VIEW_CODES.md").exists() and (folder / "gym").is_dir()
     # empty folders are reported until images arrive; then the character validates
-    assert "face.folder" in error_of(workspace)
+    project, warnings = check_project(workspace)
+    assert "mike" not in project.characters and any("face.folder" in w for w in warnings)
     for y in range(8):
         shutil.copy(workspace / "characters/tyank/face/f00.png", folder / f"face/f0{y}.png")
     for y in range(8):

@@ -16,7 +16,7 @@ from charfw.config.models import (Character, CompressSettings, Group, MergeSetti
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
-from charfw.project import ARCH, ImageSet, Project, Source, Subset, Target, TargetKind
+from charfw.project import ARCH, ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
 from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
@@ -63,7 +63,10 @@ def load_project(root: str | Path) -> Project:
         raise CharfwError("characters folder not found", file=chars_dir, field="characters")
 
     for manifest in sorted(chars_dir.glob(f"*/{CHARACTER_FILE}")):
-        _load_character(project, manifest, ws_layers)
+        try:
+            _load_character(project, manifest, ws_layers)
+        except EmptySet as exc:  # a character still being set up: the others build
+            _drop_character(project, manifest, str(exc))
     groups_file = chars_dir / GROUPS_FILE
     if groups_file.exists():
         _load_groups(project, groups_file, ws_layers)
@@ -114,10 +117,27 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
             **_settings("outfit", ws_layers + [char_layer, _Layer(outfit, manifest, lines, ("outfits", oname))], cfg)))
 
 
+def _drop_character(project: Project, manifest: Path, reason: str) -> None:
+    """Leave out a character whose images are not there yet, remembering which keywords it has."""
+    name = manifest.parent.name
+    char = project.characters.pop(name)
+    for sid in [sid for sid in project.sets if sid.startswith(name + "/")]:
+        del project.sets[sid]
+    for tname in [t.name for t in project.targets.values() if t.manifest == manifest]:
+        del project.targets[tname]
+    project.skipped[name] = Skipped(reason, {char.keyword, *(o.keyword for o in char.outfits.values())})
+
+
 def _load_groups(project: Project, groups_file: Path, ws_layers: list[_Layer]) -> None:
     data, lines = load_yaml(groups_file)
     groups = validate(_Groups, data or {}, file=groups_file, lines=lines, context=PARTIAL).root
     for gname, group in groups.items():
+        waiting = next(((m, c) for m in group.members for c, skip in project.skipped.items() if m in skip.keywords),
+                       None)
+        if waiting is not None:
+            project.skipped[gname] = Skipped(f"{groups_file}: {gname}: member {waiting[0]} belongs to "
+                                             f"{waiting[1]}, which has no images yet", {gname})
+            continue
         subsets: list[Subset] = []
         words: list[str] = []
         repeats = group.repeats or project.config.repeats.group
@@ -204,8 +224,12 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
             raise CharfwError(f"duplicate view code {path.stem!r}: also {sources[path.stem].path.name}", file=path)
         sources[path.stem] = Source(path, view)
     if not sources:
-        raise CharfwError(f"image folder is empty: {folder}", file=manifest, line=line, field=field_name)
+        raise EmptySet(f"image folder is empty: {folder}", file=manifest, line=line, field=field_name)
     return list(sources.values())
+
+
+class EmptySet(CharfwError):
+    """A set folder without images: its character is skipped (with a warning), not an error."""
 
 
 def _check_finishing(project: Project) -> None:

@@ -93,3 +93,7 @@ def clean_training(req: TrainRequest) -> None:
 @reported
 def text_file(path: str, text: str) -> None:
     write_text(path, text)
+
+
+def blocked(reason: str) -> TaskFailed:
+    return TaskFailed(f"not built yet: {reason}")

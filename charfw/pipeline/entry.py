@@ -32,6 +32,8 @@ def load_tasks(root: str | Path) -> dict:
         print(f"charfw: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     layout.build_dir.mkdir(parents=True, exist_ok=True)
+    for name, skipped in layout.project.skipped.items():
+        print(f"charfw: warning: {name} is left out until it has images ({skipped.reason})", file=sys.stderr)
     command = doit_command(sys.argv[1:])
     if command not in READ_ONLY:
         from charfw import lock

@@ -158,8 +158,16 @@ def task_compress(layout: Layout):
         }
 
 
+def task_blocked(layout: Layout):
+    """Characters left out until their images are there (not run by default; running one says why)."""
+    for name, skipped in layout.project.skipped.items():
+        yield {"name": name, "doc": f"waiting for images: {skipped.reason}",
+               "actions": [(actions.blocked, [skipped.reason])], "uptodate": [False]}
+
+
 TASKS = {"images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
-         "merge": task_merge, "compress": task_compress}
+         "merge": task_merge, "compress": task_compress,
+         "blocked": task_blocked}
 
 
 def task_names(layout: Layout) -> dict:
@@ -169,9 +177,10 @@ def task_names(layout: Layout) -> dict:
             "dep_file": str(layout.build_dir / ".doit.db"),
             "default_tasks": list(STAGES),
             "verbosity": 1,
+            "sort": "definition",  # `doit list` in pipeline order
         },
     }
-    for stage in STAGES:
+    for stage in TASKS:
         names[f"task_{stage}"] = _bound(TASKS[stage], layout)
     return names
 
@@ -182,4 +191,7 @@ def _bound(func, layout: Layout):
         return func(layout)
     generate.__doc__ = func.__doc__
     generate.__name__ = func.__name__
+    # doit orders stages by the line their generator is defined on: the stage function's own
+    # line, so `doit list` shows the pipeline order of this file, not the alphabet
+    generate.__code__ = generate.__code__.replace(co_firstlineno=func.__code__.co_firstlineno)
     return generate
