@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from charfw.errors import CharfwError
+from charfw.errors import CharfwError, os_error_message
 
 
 def cmd_new(args) -> int:
@@ -85,6 +85,7 @@ def cmd_train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charfw", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("new", help="scaffold a character (manifest, image folders, view-code note)")
@@ -131,11 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     process.setup()
+    if args.debug:
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except CharfwError as exc:
         print(f"charfw: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"charfw: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("charfw: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -27,3 +27,16 @@ class CharfwError(Exception):
         if self.field:
             where += f"{self.field}: "
         return where + self.message
+
+
+_ADVICE = {13: "check the permissions of that folder", 1: "check the permissions of that folder",
+           28: "the disk is full: free some space and rerun", 122: "the disk quota is full: free some space and rerun",
+           2: "a file or folder is missing", 30: "the file system is read-only"}
+
+
+def os_error_message(exc: OSError) -> str:
+    """An operating-system failure as one line naming the path and what to do."""
+    path = exc.filename if exc.filename is not None else "?"
+    what = exc.strerror or str(exc)
+    advice = _ADVICE.get(exc.errno or 0)
+    return f"{path}: {what}" + (f" ({advice})" if advice else "")

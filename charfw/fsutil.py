@@ -21,14 +21,21 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hi
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:  # name the file the user asked for, not a temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)  # writers may have recreated the file with their own mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename not in (str(tmp_path), str(path)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

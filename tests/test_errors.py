@@ -245,3 +245,22 @@ def test_image_too_small_for_every_size_is_named(workspace):
 def test_bad_weights_point_at_the_value(workspace, value, expected):
     append(workspace / "characters/krnk/character.yaml", f"merge:\n  weights: {value}\n")
     assert expected in error_of(workspace)
+
+
+def test_os_errors_are_one_line_naming_the_path(workspace):
+    (workspace / "build").write_text("a file where the build folder should be")
+    proc = run_doit(workspace, "list", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "charfw: error:" in proc.stderr and "build" in proc.stderr
+    (workspace / "build").unlink()
+    (workspace / "build/datasets").mkdir(parents=True)
+    (workspace / "build/datasets/krnk.toml").mkdir()        # the TOML's place is taken by a folder
+    proc = run_doit(workspace, "dataset:krnk", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "build/datasets/krnk.toml: Is a directory" in proc.stdout + proc.stderr
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "charfw.cli", "lora", "inspect", str(workspace / "none.safetensors")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

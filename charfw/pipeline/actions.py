@@ -13,19 +13,26 @@ from doit.exceptions import TaskFailed
 from charfw.config.models import CompressSettings
 from charfw.dataset.images import remove_stale, write_set
 from charfw.dataset.plan import Prepared
-from charfw.errors import CharfwError
+from charfw.errors import CharfwError, os_error_message
 from charfw.fsutil import atomic_path, write_text
 from charfw.request import TrainRequest
 
 
 def reported(func):
-    """Turn CharfwError into doit's TaskFailed: one clear line instead of a traceback."""
+    """Turn CharfwError and OS failures into doit's TaskFailed: one clear line instead of a traceback.
+
+    CHARFW_DEBUG=1 lets them through as they are, traceback and all.
+    """
     @functools.wraps(func)
     def run(*args, **kwargs):
+        if os.environ.get("CHARFW_DEBUG") == "1":
+            return func(*args, **kwargs)
         try:
             func(*args, **kwargs)
         except CharfwError as exc:
             return TaskFailed(str(exc))
+        except OSError as exc:
+            return TaskFailed(os_error_message(exc))
         return None
     return run
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from charfw.errors import CharfwError
+from charfw.errors import CharfwError, os_error_message
 
 # doit commands that only read: they run while a build holds the workspace lock
 READ_ONLY = {"list", "info", "help", "dumpdb", "tabcompletion"}
@@ -28,10 +28,13 @@ def load_tasks(root: str | Path) -> dict:
     process.setup(process.doit_workers(sys.argv[1:]))
     try:
         layout = Layout(load_project(Path(root)))
+        layout.build_dir.mkdir(parents=True, exist_ok=True)
     except CharfwError as exc:
         print(f"charfw: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    layout.build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"charfw: error: {os_error_message(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     for name, skipped in layout.project.skipped.items():
         print(f"charfw: warning: {name} is left out until it has images ({skipped.reason})", file=sys.stderr)
     command = doit_command(sys.argv[1:])
