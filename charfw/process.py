@@ -30,14 +30,26 @@ def doit_workers(argv: list[str]) -> int:
 
 
 def threads_per_worker(workers: int, cpus: int | None = None, env: dict | None = None) -> int:
-    """CPU threads for each of `workers` parallel tasks: CHARFW_THREADS, else an equal share of the cores.
+    """CPU threads for each of `workers` parallel tasks: CHARFW_THREADS, else an equal share of all cores
+    but one.
 
-    Oversubscribed CPU training runs many times slower (every worker spawning a thread per core).
+    Oversubscription is what hurts: `bench/train.py --case tiny-128` on 2 cores ran 1.41 steps/s
+    with 1 thread and 0.13 with 2 while one other 2-thread process ran, against 1.79-1.87 vs
+    1.91-2.07 on the quiet machine. Leaving one core free costs at most ~10% when the machine
+    is quiet and avoids the 11x collapse when it is not.
     """
     env = os.environ if env is None else env
     if env.get(THREADS_ENV, "").isdigit() and int(env[THREADS_ENV]) > 0:
         return int(env[THREADS_ENV])
-    return max(1, (cpus or os.cpu_count() or 1) // workers)
+    return max(1, ((cpus or os.cpu_count() or 1) - 1) // workers)
+
+
+def worker_slot() -> int:
+    """0 in the main process; k-1 in the k-th worker process of `doit -n N` (a progress-bar line)."""
+    import multiprocessing
+
+    ident = multiprocessing.current_process()._identity
+    return ident[0] - 1 if ident else 0
 
 
 def set_threads(n: int) -> None:

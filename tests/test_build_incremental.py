@@ -101,6 +101,16 @@ def test_editing_merge_weights_reruns_only_merge_and_compress_of_that_target(bui
     assert executed(run_doit(built)) == set()
 
 
+def test_a_failed_merge_removes_the_outdated_finished_files(built):
+    manifest = built / "characters/krnk/character.yaml"
+    manifest.write_text(manifest.read_text() + "face:\n  merge:\n    weights: NONE\n")  # drops every module
+    assert (built / "dist/krnk.safetensors").exists()
+    proc = run_doit(built, "merge:krnk", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "drop every module" in out and "removed the outdated" in out
+    assert not (built / "dist/krnk.safetensors").exists() and not (built / "build/merged/krnk.safetensors").exists()
+
+
 def test_editing_compress_settings_reruns_only_compress(built):
     path = built / "characters/groups.yaml"
     path.write_text(path.read_text() + "  compress:\n    value: 4\n")

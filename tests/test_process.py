@@ -12,7 +12,8 @@ def test_doit_workers_from_the_command_line(argv, n):
 
 
 def test_threads_per_worker():
-    assert threads_per_worker(1, cpus=8, env={}) == 8
+    assert threads_per_worker(1, cpus=8, env={}) == 7         # one core left for everything else
     assert threads_per_worker(3, cpus=8, env={}) == 2
+    assert threads_per_worker(1, cpus=2, env={}) == 1
     assert threads_per_worker(16, cpus=8, env={}) == 1
     assert threads_per_worker(3, cpus=8, env={"CHARFW_THREADS": "5"}) == 5

@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
@@ -52,11 +53,28 @@ def captions(out_dir: str, texts: dict[str, str]) -> None:
     remove_stale(root, {tuple(rel.split("/")) for rel in texts}, ".txt")
 
 
+@contextmanager
+def outdated_on_failure(*outputs: str):
+    """When a finishing step fails, its old outputs (and what was made from them) no longer match the
+    settings: remove them and say so, rather than leave a stale file in dist/ that looks finished."""
+    try:
+        yield
+    except (CharfwError, OSError) as exc:
+        removed = [p for p in outputs if Path(p).exists()]
+        if not removed:
+            raise
+        for p in removed:
+            Path(p).unlink()
+        text = str(exc) if isinstance(exc, CharfwError) else os_error_message(exc)
+        raise CharfwError(f"{text} (removed the outdated {', '.join(removed)})") from None
+
+
 @reported
-def merge(src: str, dst: str, weights: dict[str, float]) -> None:
+def merge(src: str, dst: str, weights: dict[str, float], downstream: tuple[str, ...] = ()) -> None:
     from charfw.lora.merge import merge_file
 
-    merge_file(src, dst, weights)
+    with outdated_on_failure(dst, *downstream):
+        merge_file(src, dst, weights)
 
 
 @reported
@@ -64,12 +82,13 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
     from charfw.lora.compress import compress_file
     from charfw.process import cpu_threads
 
-    if not settings.enabled:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-        return
-    with cpu_threads(1):
-        compress_file(src, dst, settings, progress=True)
+    with outdated_on_failure(dst):
+        if not settings.enabled:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            return
+        with cpu_threads(1):
+            compress_file(src, dst, settings, progress=True)
 
 
 @reported

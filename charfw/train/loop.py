@@ -27,6 +27,7 @@ from charfw import interrupt
 from charfw.config.models import resume_fields
 from charfw.errors import CharfwError
 from charfw.interrupt import Interrupted
+from charfw.process import worker_slot
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
@@ -74,11 +75,31 @@ def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, 
         raise CharfwError("steps must be at least 1", field="steps")
     if req.init_weights is not None and req.init_weights.suffix != ".safetensors":
         raise CharfwError("init weights must be a .safetensors LoRA", file=req.init_weights, field="init_weights")
-    settings = req.settings
+    logs_before = _event_files(req)
     accelerator = _accelerator(req)
-    device = accelerator.device
-    datasets = load_datasets(req.dataset_toml)
+    steps_done = [0]
 
+    def counted(step: int, loss: float) -> None:
+        steps_done[0] += 1
+        if on_step is not None:
+            on_step(step, loss)
+
+    try:
+        return _prepare_and_train(req, accelerator, models, counted)
+    except BaseException:
+        if not steps_done[0]:  # a run that failed before its first step leaves no empty TensorBoard log
+            accelerator.end_training()
+            for path in _event_files(req) - logs_before:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        accelerator.end_training()
+
+
+def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
+    """Load data and model, inject the adapters, train; the adapters are removed again afterwards."""
+    settings, device = req.settings, accelerator.device
+    datasets = load_datasets(req.dataset_toml)
     if models is None:
         from charfw.models import load_sd15
         models = load_sd15(req.model, req.vae, dtype=torch.float32, device="cpu")
@@ -103,7 +124,6 @@ def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, 
         return _train(req, accelerator, datasets, sd, network, on_step)
     finally:
         network.restore()
-        accelerator.end_training()
 
 
 def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step) -> Path:
@@ -136,6 +156,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
+               position=worker_slot(),  # under `doit -n N`: one line per worker, not one overwritten line
                disable=not (job.progress and accelerator.is_local_main_process))
     last_save = time.monotonic()
     for step in range(start, steps):
@@ -244,6 +265,10 @@ def _accelerator(job: TrainRequest):
     if tensorboard:
         accelerator.init_trackers(job.name)
     return accelerator
+
+
+def _event_files(req: TrainRequest) -> set[Path]:
+    return set((req.log_dir / req.name).glob("events.out.tfevents.*")) if req.log_dir is not None else set()
 
 
 def _tokens(cache: dict, tokenizer, caption: str) -> torch.Tensor:

@@ -370,3 +370,12 @@ def test_block_weights_bake_exactly_into_trained_fp16_files(trained, dataset_tom
             want = w * delta_matrix(m, torch.float64)
             got = delta_matrix(after.modules[name], torch.float64)
             assert torch.linalg.norm(got - want) <= 2e-3 * torch.linalg.norm(want), (src.name, name)
+
+
+def test_a_run_that_fails_before_training_leaves_no_empty_log(dataset_toml, tmp_path):
+    bad = tmp_path / "face.safetensors"
+    bad.write_bytes(b"not a lora")
+    with pytest.raises(CharfwError):
+        run(job(dataset_toml, tmp_path, TrainSettings(network="lora", **FAST), 2, log_dir=tmp_path / "logs",
+                init_weights=bad))
+    assert not list((tmp_path / "logs").rglob("events.out.tfevents.*"))
