@@ -8,16 +8,19 @@ from charfw.runkey import DigestCache, record, run_key
 
 def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
     """Train with the configured backend, then record the run key (after the LoRA is in place)."""
-    key = run_key(req, cache)
+    cpu = False
     if req.settings.trainer == "sd-scripts":
+        key = run_key(req, cache)
         from charfw.sdscripts.runner import run_sd_scripts
 
         run_sd_scripts(req)
     else:
-        from charfw.train import train_lora
+        from charfw.train import train_lora, training_device
 
+        cpu = training_device(req) == "cpu"
+        key = run_key(req, cache, cpu)
         train_lora(req)
-    record(req, key)
+    record(req, key, cpu)
 
 
 def command_line(req: TrainRequest) -> list[str]:

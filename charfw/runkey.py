@@ -67,10 +67,19 @@ def model_identity(model: str | None) -> str | None:
         return f"{path.name}:missing"
 
 
-def run_config(req: TrainRequest) -> dict:
-    """Every value the chosen trainer reads that changes its result, JSON-ready."""
+CPU_PREFIX = "cpu:"  # a key file "cpu:<key>": trained on a CPU, where mixed precision is not used
+
+
+def run_config(req: TrainRequest, cpu: bool = False) -> dict:
+    """Every value the chosen trainer reads that changes its result, JSON-ready.
+
+    `cpu`: the embedded trainer ran on a CPU, always in fp32, so `mixed_precision` did not matter.
+    """
+    fields = set(run_key_fields(req.settings.trainer))
+    if cpu and req.settings.trainer == "embedded":
+        fields.discard("mixed_precision")
     return {
-        "settings": req.settings.model_dump(include=set(run_key_fields(req.settings.trainer))),
+        "settings": req.settings.model_dump(include=fields),
         "steps": req.steps,
         "model": model_identity(req.model),
         "vae": model_identity(req.vae),
@@ -79,10 +88,10 @@ def run_config(req: TrainRequest) -> dict:
     }
 
 
-def run_key(req: TrainRequest, cache: DigestCache | None = None) -> str | None:
+def run_key(req: TrainRequest, cache: DigestCache | None = None, cpu: bool = False) -> str | None:
     """Hash of config + input contents; None while an input is missing (not built yet)."""
     cache = cache or DigestCache()
-    h = hashlib.sha256(json.dumps(run_config(req), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(run_config(req, cpu), sort_keys=True).encode())
     root = str(req.root) + os.sep
     for path in sorted(req.inputs, key=str):
         digest = cache.digest(path)
@@ -95,14 +104,16 @@ def run_key(req: TrainRequest, cache: DigestCache | None = None) -> str | None:
 
 
 def is_trained(req: TrainRequest, cache: DigestCache | None = None) -> bool:
-    key = run_key(req, cache)
     try:
-        return key is not None and req.output.is_file() and req.key_file.read_text().strip() == key
+        stored = req.key_file.read_text().strip()
     except OSError:
         return False
+    cpu = stored.startswith(CPU_PREFIX)
+    key = run_key(req, cache, cpu)
+    return key is not None and req.output.is_file() and stored == (CPU_PREFIX if cpu else "") + key
 
 
-def record(req: TrainRequest, key: str | None) -> None:
-    """Mark the LoRA finished (after it is in place)."""
+def record(req: TrainRequest, key: str | None, cpu: bool = False) -> None:
+    """Mark the LoRA finished (after it is in place); `key` computed with the same `cpu`."""
     if key is not None:
-        write_text(req.key_file, key + "\n")
+        write_text(req.key_file, (CPU_PREFIX if cpu else "") + key + "\n")

@@ -47,3 +47,17 @@ def test_run_key_changes_only_with_what_changes_the_weights(tmp_path):
     assert run_key(request(tmp_path), cache) != base
     (tmp_path / "f00.png").unlink()
     assert run_key(request(tmp_path), cache) is None        # an input not built yet
+
+
+def test_a_cpu_trained_lora_ignores_mixed_precision(tmp_path):
+    from charfw.runkey import is_trained, record
+
+    (tmp_path / "a.toml").write_text("x")
+    (tmp_path / "f00.png").write_bytes(b"png")
+    req = request(tmp_path)
+    req.output.write_bytes(b"lora")
+    record(req, run_key(req, cpu=True), cpu=True)
+    assert is_trained(req) and is_trained(request(tmp_path, mixed_precision="bf16"))
+    assert not is_trained(request(tmp_path, lr=3e-4))
+    record(req, run_key(req))                                # trained on a GPU: mixed precision mattered
+    assert is_trained(req) and not is_trained(request(tmp_path, mixed_precision="bf16"))

@@ -12,6 +12,6 @@ objective (loss), optim (optimizer/schedule), state (resume), metadata (ss_*/mod
 loop (the loop).
 """
 
-from charfw.train.loop import train_lora
+from charfw.train.loop import train_lora, training_device
 
-__all__ = ["train_lora"]
+__all__ = ["train_lora", "training_device"]

@@ -56,6 +56,11 @@ def train_lora(req: TrainRequest) -> Path:
     return run(req)
 
 
+def training_device(req: TrainRequest) -> str:
+    """'cpu' or 'cuda': where `run` trains this request."""
+    return "cpu" if req.device == "cpu" or (req.device is None and not torch.cuda.is_available()) else "cuda"
+
+
 def reset_accelerate() -> None:
     """accelerate keeps process-wide singletons; a new single-process training starts from none."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -255,7 +260,7 @@ def _accelerator(job: TrainRequest):
     from accelerate import Accelerator
     from accelerate.utils import is_tensorboard_available
 
-    cpu = job.device == "cpu" or (job.device is None and not torch.cuda.is_available())
+    cpu = training_device(job) == "cpu"
     mixed = "no" if cpu else job.settings.mixed_precision
     tensorboard = job.log_dir is not None and is_tensorboard_available()
     if job.log_dir is not None and not tensorboard:
