@@ -281,8 +281,8 @@ def test_a_second_build_of_the_same_workspace_says_who_holds_it(tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while "pid" not in ((ws / "build/.lock").read_text() if (ws / "build/.lock").exists() else ""):
-            assert time.time() < deadline
+        while f'"pid": {first.pid},' not in (ws / "build/.lock").read_text():   # the first build holds it
+            assert time.time() < deadline and first.poll() is None
             time.sleep(0.1)
         second = run_doit(ws, "train:krnk", check=False)
         assert second.returncode == 2 and "train:krnk" not in second.stdout
