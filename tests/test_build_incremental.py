@@ -219,9 +219,10 @@ def _alive(pids: set[int]) -> set[int]:
 RESUMABLE = "  steps: 40\n  network: lora\n  dim: 2\n  save_every_n_steps: 5"
 
 
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, sig):
     """Killing `doit -n 2` mid-training leaves no process behind; the rerun resumes to the same LoRA."""
+    import os
     import signal
     import subprocess
     import sys
@@ -240,7 +241,7 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
     run_doit(spaces["whole"], "-n", "2", *trainings)
 
     ws = spaces["killed"]
-    proc = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", *trainings], cwd=ws,
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", *trainings], cwd=ws, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     states = [ws / f"build/train/{name}.state/state.json" for name in ("krnk", "tyank")]
     deadline = time.time() + 120
@@ -249,8 +250,13 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
         time.sleep(0.2)
     workers = _descendants(proc.pid)
     assert workers
-    proc.send_signal(getattr(signal, sig))
-    proc.wait()
+    if sig == "SIGINT":   # Ctrl-C: the terminal signals the whole process group
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(getattr(signal, sig))
+    output = proc.communicate(timeout=60)[0]
+    if sig == "SIGINT":
+        assert "Traceback" not in output and output.count("saved at step") == 2, output
     deadline = time.time() + 30
     while _alive(workers) and time.time() < deadline:
         time.sleep(0.2)

@@ -103,9 +103,13 @@ def train(req: TrainRequest, build_dir: str) -> None:
         with deferred_signals():
             run(req, digest_cache(Path(build_dir)))
     except Interrupted as exc:
-        if exc.signal == "SIGTERM":  # doit was killed or stopped us: nobody waits for a task result
+        import multiprocessing
+
+        if exc.signal == "SIGTERM" or multiprocessing.parent_process() is not None:
+            # doit was killed, or is stopping its `-n` workers: nobody waits for this task's result,
+            # and a worker that went back to doit's job queue would wait there forever
             print(f"charfw: {exc.message}", file=sys.stderr, flush=True)
-            os._exit(143)
+            os._exit(143 if exc.signal == "SIGTERM" else 130)
         raise
 
 

@@ -18,6 +18,14 @@ def doit_command(argv: list[str]) -> str:
     return next((a for a in argv if a in DOIT_COMMANDS), "run")
 
 
+def _quiet_interrupt(exc_type, exc, tb) -> None:
+    """Ctrl-C: each training has said where it stopped; no traceback of doit's own loop."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        print("charfw: interrupted; rerun doit to continue", file=sys.stderr)
+        return
+    sys.__excepthook__(exc_type, exc, tb)
+
+
 def load_tasks(root: str | Path) -> dict:
     """The names a dodo.py exposes to doit, for the workspace at `root`."""
     from charfw import process
@@ -26,6 +34,7 @@ def load_tasks(root: str | Path) -> dict:
     from charfw.pipeline.tasks import task_names
 
     process.setup(process.doit_workers(sys.argv[1:]))
+    sys.excepthook = _quiet_interrupt
     try:
         layout = Layout(load_project(Path(root)))
         layout.build_dir.mkdir(parents=True, exist_ok=True)
