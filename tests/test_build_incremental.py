@@ -298,3 +298,16 @@ def test_a_second_build_of_the_same_workspace_says_who_holds_it(tmp_path):
         first.wait()
     assert first.returncode == 0
     assert executed(run_doit(ws, "train:krnk")) == set()   # the lock went with its process
+
+
+def test_charfw_train_outside_doit(built):
+    from wsutil import run_charfw
+
+    proc = run_charfw(built, "train", "krnk")
+    assert proc.returncode == 0 and "is up to date" in proc.stdout
+    before = (built / "build/train/krnk.safetensors.key").read_text()
+    proc = run_charfw(built, "train", "krnk", "--force")
+    assert proc.returncode == 0 and "wrote" in proc.stdout, proc.stderr
+    assert (built / "build/train/krnk.safetensors.key").read_text() == before   # same run, same key
+    ran = executed(run_doit(built))   # the rewritten file (new timestamps) feeds what is made from it
+    assert "train:krnk" not in ran and "merge:krnk" in ran
