@@ -200,7 +200,7 @@ def _stream(cmd: list[str], cwd: Path, log_path: Path) -> tuple[int, str]:
     with atomic_path(log_path) as tmp, open(tmp, "wb") as log:
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=interrupt.die_with_parent)  # never outlives charfw
+                                    **_dies_with_us())
         except OSError as exc:
             raise CharfwError(f"cannot start {cmd[0]}: {exc}", field="train.python") from None
         try:
@@ -222,6 +222,11 @@ def _stream(cmd: list[str], cwd: Path, log_path: Path) -> tuple[int, str]:
         finally:
             proc.stdout.close()
     return code, tail + decoder.decode(b"", final=True)
+
+
+def _dies_with_us() -> dict:
+    """Popen options so sd-scripts never outlives charfw (Linux: SIGTERM when we die; preexec_fn is POSIX-only)."""
+    return {"preexec_fn": interrupt.die_with_parent} if os.name == "posix" else {}
 
 
 def _check_lora(path: Path) -> None:
