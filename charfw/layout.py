@@ -57,12 +57,6 @@ class Layout:
     def set_dir(self, set_id: str) -> Path:
         return self.images_root / set_id
 
-    def image_path(self, set_id: str, item: Prepared) -> Path:
-        return self.images_root / set_id / item.folder / item.name
-
-    def caption_path(self, set_id: str, item: Prepared) -> Path:
-        return self.image_path(set_id, item).with_suffix(".txt")
-
     def image_rel(self, set_id: str, item: Prepared) -> str:
         return f"{self._images_rel}/{set_id}/{item.folder}/{item.name}"
 

@@ -50,8 +50,8 @@ def _doit_status(layout: Layout) -> dict[str, TaskState]:
         def _execute(self):
             tasks = {t.name: t for t in self.task_list}
             for task in self.task_list:
-                if ":" not in task.name:
-                    continue  # the stage groups
+                if task.name.split(":", 1)[0] not in STAGES or ":" not in task.name:
+                    continue  # the stage groups, and `blocked:` tasks that doit never runs by default
                 st = self.dep_manager.get_status(task, tasks, get_log=True)
                 found[task.name] = TaskState(task.name, task.name.split(":", 1)[0], runs=st.status != "up-to-date",
                                              reasons=_reasons(st.reasons), inputs=set(task.file_dep),
@@ -97,9 +97,8 @@ def _reasons(reasons: dict) -> list[str]:
 
 
 def consequences(layout: Layout) -> list[TaskState]:
-    """Every task the next `doit` will run, in pipeline order, with why."""
+    """Every task in pipeline order, `runs` set for each the next `doit` will run, with why."""
     states = _doit_status(layout)
-    producer = {path: name for name, st in states.items() for path in st.outputs}
     readers: dict[str, list[str]] = {}
     for name, st in states.items():
         for path in st.inputs:
@@ -116,8 +115,8 @@ def consequences(layout: Layout) -> list[TaskState]:
                     st.runs = True
                     todo.append(reader)
     order = {stage: i for i, stage in enumerate(STAGES)}
-    names = list(states)
-    return sorted((st for st in states.values() if st.runs), key=lambda s: (order[s.stage], names.index(s.name)))
+    position = {name: i for i, name in enumerate(states)}  # doit's order within a stage
+    return sorted(states.values(), key=lambda s: (order[s.stage], position[s.name]))
 
 
 def why(st: TaskState) -> str:
@@ -139,7 +138,8 @@ def plan(root: Path, target: str | None = None) -> str:
     targets = layout.project.targets
     if target is not None and target not in targets:
         raise CharfwError(f"unknown target {target!r}; targets: {', '.join(targets)}")
-    steps = [st for st in consequences(layout) if target is None or st.name.split(":", 1)[1] in _related(layout, target)]
+    related = None if target is None else _related(layout, target)
+    steps = [st for st in consequences(layout) if st.runs and (related is None or st.name.split(":", 1)[1] in related)]
     if not steps:
         return "nothing to do: everything is up to date"
     width = max(len(st.name) for st in steps)
@@ -168,13 +168,6 @@ def status(root: Path, target: str) -> str:
     if target not in layout.project.targets:
         raise CharfwError(f"unknown target {target!r}; targets: {', '.join(layout.project.targets)}")
     related = _related(layout, target)
-    running = {st.name: st for st in consequences(layout)}
-    names = [name for name in task_names_in_order(layout) if name.split(":", 1)[1] in related]
-    width = max(len(n) for n in names)
-    return "\n".join(f"{n:<{width}}  " + (why(running[n]) if n in running else "up to date") for n in names)
-
-
-def task_names_in_order(layout: Layout) -> list[str]:
-    names = task_names(layout)
-    return [t["name"] if ":" in t["name"] else f"{stage}:{t['name']}"
-            for stage in STAGES for t in names[f"task_{stage}"]()]
+    states = [st for st in consequences(layout) if st.name.split(":", 1)[1] in related]
+    width = max(len(st.name) for st in states)
+    return "\n".join(f"{st.name:<{width}}  " + (why(st) if st.runs else "up to date") for st in states)

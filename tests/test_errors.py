@@ -68,6 +68,8 @@ def test_a_new_character_does_not_block_the_others(workspace):
     stages = [line.split()[0] for line in run_doit(workspace, "list").stdout.splitlines()]
     assert stages == ["images", "captions", "dataset", "train", "merge", "compress", "blocked"]
     assert run_doit(workspace, "dataset:tyank").returncode == 0
+    plan = run_charfw(workspace, "plan")
+    assert plan.returncode == 0 and "dataset:krnk" in plan.stdout and "blocked:" not in plan.stdout, plan.stderr
     blocked = run_doit(workspace, "blocked:newbie", check=False)
     assert blocked.returncode != 0 and "characters/newbie/face" in blocked.stdout + blocked.stderr
 
