@@ -15,7 +15,7 @@ from charfw.errors import CharfwError
 from charfw.dataset.images import flatten
 from charfw.filecache import file_cache
 from charfw.layout import Layout
-from charfw.models.family import checkpoint_problem, lora_problem, safetensors_header
+from charfw.models.family import checkpoint_problem, lora_problem, safetensors_header, vae_problem
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import required_yaws
@@ -40,9 +40,7 @@ def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str
             if src.path not in used:
                 warnings.append(f"{src.path}: smaller than every size of its set ({', '.join(map(str, s.sizes))} "
                                 "px, longer side): it is not trained on (images are never upscaled)")
-    for s in project.sets.values():
-        if decode:
-            for src in s.sources:  # a truncated file fails here, not mid-build
+            if decode:  # a truncated file fails here, not mid-build
                 checked.get(src.path, lambda p, bg=s.background: flatten(p, bg) is not None)
         wanted = required_yaws(s.symmetric)
         missing = sorted(set(wanted) - {src.view.yaw for src in s.sources})
@@ -71,7 +69,7 @@ def check_models(project: Project) -> None:
         if not path.is_file():
             raise CharfwError(f"{field} file not found: {path}", **where)
         keys = _tensor_names(path, field, where)
-        problem = checkpoint_problem(keys) if field == "model" else _vae_problem(keys)
+        problem = checkpoint_problem(keys) if field == "model" else vae_problem(keys)
         if problem:
             raise CharfwError(f"{path.name} is not an SD1.5 {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
                               **where)
@@ -90,12 +88,6 @@ def _tensor_names(path: Path, field: str, where: dict) -> list[str]:
             return list(src.keys())
     except CharfwError as exc:
         raise CharfwError(f"{path.name}: {exc.message}", **where) from None
-
-
-def _vae_problem(keys: list[str]) -> str | None:
-    if any(".encoder.down" in "." + k or k.startswith("encoder.down") for k in keys):
-        return None
-    return "it has no VAE encoder tensors (encoder.down.* or encoder.down_blocks.*)"
 
 
 def check_lora(path: Path, manifest: Path) -> None:

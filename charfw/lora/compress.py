@@ -38,7 +38,6 @@ build) made a tall QR 7x and an r×r SVD 80x slower (measured: 168 vs 25 ms, 194
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ from charfw.lora.io import LoraReader, save_lora
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.metadata import record_compress
 from charfw.lora.options import CompressOptions
-from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
+from charfw.lora.modules import Module, balanced_factors, delta_matrix, layer_shape, lora_factors
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _EPS = 1e-9      # relative slack so a criterion met exactly on paper is met in floats
@@ -192,11 +191,7 @@ def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[i
     """A LoRA module for ΔW = scale · up · down, the scale folded into the factors and no alpha
     tensor (alpha = rank for every loader, so all apply the same ΔW; see modules.folded)."""
     k = up.shape[1]
-    if s_on_up:
-        up = up * scale
-    else:
-        root = math.sqrt(abs(scale))
-        up, down = up * math.copysign(root, scale), down * root
+    up, down = (up * scale, down) if s_on_up else balanced_factors(up, down, scale)
     if len(shape) == 4:
         up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
     tensors = {"lora_down.weight": down.to("cpu", out_dtype).contiguous(),

@@ -41,6 +41,14 @@ def checkpoint_problem(keys: Iterable[str]) -> str | None:
     return None
 
 
+def vae_problem(keys: Iterable[str]) -> str | None:
+    """Why these tensors are not a VAE in any layout the loader reads (LDM with or without a prefix,
+    diffusers), or None."""
+    if any(k.startswith("encoder.down") or ".encoder.down" in k for k in keys):
+        return None
+    return "it has no VAE encoder tensors (encoder.down.* or encoder.down_blocks.*)"
+
+
 def lora_problem(keys: Iterable[str]) -> str | None:
     """Why these tensors are not a kohya/LyCORIS LoRA, or None."""
     keys = list(keys)

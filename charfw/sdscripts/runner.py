@@ -280,10 +280,6 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
     work_dir = _abs(req.state_dir, root).absolute()
 
     out_name, cmd = sd_scripts_command(req, launcher=launcher, python=python)
-    state = latest_state(work_dir, out_name)
-    if state is not None:
-        print(f"charfw: resuming sd-scripts from {state.name}", flush=True)
-        cmd = [*cmd, f"--resume={state}"]
     extra_names = {n for n in map(_option_name, req.settings.extra_args) if n}
     want_bnb = req.settings.optimizer == "adamw8bit" and "--optimizer_type" not in extra_names
     has_bnb = _check_imports(python, sd_dir, cmd, launcher, want_bnb)
@@ -291,8 +287,10 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
         print("charfw: bitsandbytes is not importable in that python: training with plain AdamW "
               "instead of AdamW 8-bit", flush=True)
         out_name, cmd = sd_scripts_command(req.with_settings(optimizer="adamw"), launcher=launcher, python=python)
-        state = latest_state(work_dir, out_name)
-        cmd = [*cmd, f"--resume={state}"] if state is not None else cmd
+    state = latest_state(work_dir, out_name)
+    if state is not None:
+        print(f"charfw: resuming sd-scripts from {state.name}", flush=True)
+        cmd = [*cmd, f"--resume={state}"]
 
     work_dir.mkdir(parents=True, exist_ok=True)
     if req.log_dir is not None:
