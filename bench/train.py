@@ -68,11 +68,12 @@ def random_sd15():
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    from charfw.models import Sd15
+    from charfw.models import Sd
     from charfw.models.build import empty_models
     from charfw.models.configs import TOKENIZER_DIR, scheduler_config
 
-    unet, vae, te = empty_models("sd15")   # parameters on the meta device, buffers real
+    parts = empty_models("sd15")   # parameters on the meta device, buffers real
+    unet, vae, te = parts["unet"], parts["vae"], parts["text_encoder"]
     gen = torch.Generator().manual_seed(0)
     for model in (unet, vae, te):
         weights = {}
@@ -86,7 +87,7 @@ def random_sd15():
         assert not any(p.is_meta for p in model.parameters())
         model.eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
-    return Sd15(unet=unet, vae=vae, text_encoder=te, tokenizer=tokenizer,
+    return Sd(unet=unet, vae=vae, text_encoder=te, tokenizer=tokenizer,
                 noise_scheduler=DDPMScheduler.from_config(scheduler_config()), name="random:sd15")
 
 

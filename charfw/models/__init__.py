@@ -1,7 +1,8 @@
-"""Offline SD1.5 model loading (single-file LDM checkpoints) and the builtin tiny model.
+"""Offline SD1.5 and SDXL model loading (single-file checkpoints) and the builtin tiny models.
 
-    from charfw.models import load_sd15, Sd15
-    sd = load_sd15("model.safetensors", vae="vae.ckpt")   # or load_sd15("builtin:tiny-sd15")
+    from charfw.models import load_model, Sd
+    sd = load_model("model.safetensors", vae="vae.ckpt")   # or load_model("builtin:tiny-sdxl")
+    sd.family                                              # "sd15" or "sdxl", from the file
     pipe = sd.pipeline()
 
 Nothing is ever downloaded: architecture configs, the noise schedule and the CLIP
@@ -12,8 +13,8 @@ import importlib
 
 # Lazy, so the build's up-to-date checks (model hashes) do not pay for importing torch.
 _EXPORTS = {"default_cache_dir": "configs", "model_hash": "hashing", "model_sha256": "hashing",
-            "Sd15": "loader", "load_sd15": "loader", "BUILTINS": "tiny", "builtin_path": "tiny",
-            "write_tiny_sd15": "tiny"}
+            "Sd": "loader", "load_model": "loader", "load_sd15": "loader", "load_sdxl": "loader",
+            "BUILTINS": "tiny", "builtin_path": "tiny", "write_random": "tiny", "write_tiny_sd15": "tiny"}
 __all__ = list(_EXPORTS)
 
 

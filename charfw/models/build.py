@@ -1,4 +1,4 @@
-"""Empty (meta-device) SD1.5-topology models from the shipped configs, and their LDM names."""
+"""Empty (meta-device) models of a shipped architecture, and their single-file checkpoint names."""
 
 from __future__ import annotations
 
@@ -6,21 +6,30 @@ from math import prod
 
 import torch
 
-from charfw.models import keymap
-from charfw.models.configs import arch_config
+from charfw.models import keymap, openclip
+from charfw.models.configs import FAMILY, arch_config, parts
 
 
-def empty_models(arch: str):
-    """(unet, vae, text_encoder) with parameters on the meta device: shapes and names only, no memory."""
+def empty_models(arch: str) -> dict:
+    """part name -> model with parameters on the meta device (shapes and names only, no memory).
+
+    Parts: unet (UNet2DConditionModel), vae (AutoencoderKL), text_encoder (CLIPTextModel) and,
+    for SDXL, text_encoder_2 (CLIPTextModelWithProjection).
+    """
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(arch_config(arch, "unet"))
-        vae = AutoencoderKL.from_config(arch_config(arch, "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(arch_config(arch, "text_encoder")))
-    return unet, vae, text_encoder
+        models = {
+            "unet": UNet2DConditionModel.from_config(arch_config(arch, "unet")),
+            "vae": AutoencoderKL.from_config(arch_config(arch, "vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(arch_config(arch, "text_encoder"))),
+        }
+        if "text_encoder_2" in parts(arch):
+            models["text_encoder_2"] = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_dict(arch_config(arch, "text_encoder_2")))
+    return models
 
 
 def te_is_flat(text_encoder) -> bool:
@@ -29,13 +38,38 @@ def te_is_flat(text_encoder) -> bool:
     return "text_model" not in dict(text_encoder.named_children())
 
 
-def ldm_names(unet, vae, text_encoder, vae_prefix: str = keymap.VAE_PREFIX) -> tuple[dict, dict, dict]:
-    """Per model: its state-dict key -> the key of the same tensor in a single-file LDM checkpoint."""
-    return (
-        keymap.unet_to_ldm(unet.state_dict().keys(), unet.config),
-        keymap.vae_to_ldm(vae.state_dict().keys(), vae.config, vae_prefix),
-        keymap.te_to_ldm(text_encoder.state_dict().keys(), te_is_flat(text_encoder)),
-    )
+def ldm_names(models: dict, arch: str, vae_prefix: str = keymap.VAE_PREFIX) -> dict[str, dict[str, str]]:
+    """Per part: its state-dict key -> the key of the same tensor in a single-file checkpoint.
+
+    Not for text_encoder_2, whose tensors are reshaped on the way (charfw.models.openclip).
+    """
+    unet, vae, te = models["unet"], models["vae"], models["text_encoder"]
+    return {
+        "unet": keymap.unet_to_ldm(unet.state_dict().keys(), unet.config),
+        "vae": keymap.vae_to_ldm(vae.state_dict().keys(), vae.config, vae_prefix),
+        "text_encoder": keymap.te_to_ldm(te.state_dict().keys(), te_is_flat(te), keymap.TE_PREFIXES[FAMILY[arch]]),
+    }
+
+
+def te2_canonical(key: str) -> str:
+    """CLIPTextModelWithProjection key as charfw.models.openclip spells it (`text_model.*`, `text_projection.*`)."""
+    return key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key
+
+
+def checkpoint_tensors(models: dict[str, dict[str, torch.Tensor]], arch: str,
+                       names: dict[str, dict[str, str]]) -> dict[str, torch.Tensor]:
+    """Per-part state dicts -> one single-file checkpoint's tensors (LDM/OpenCLIP layout)."""
+    out: dict[str, torch.Tensor] = {}
+    for part in ("unet", "vae", "text_encoder"):
+        for key, t in models[part].items():
+            ldm = names[part][key]
+            if part == "vae" and ".mid.attn_1." in ldm and t.dim() == 2:
+                t = t[:, :, None, None]    # LDM stores the VAE attention projections as 1x1 convs
+            out[ldm] = t
+    if "text_encoder_2" in models:
+        layers = arch_config(arch, "text_encoder_2")["num_hidden_layers"]
+        out.update(openclip.to_openclip({te2_canonical(k): v for k, v in models["text_encoder_2"].items()}, layers))
+    return out
 
 
 def fit(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -19,15 +19,35 @@ LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".hada_w1_a", ".hada_w2
                  ".lokr_w2", ".lokr_w2_a")
 
 
-def checkpoint_problem(keys: Iterable[str]) -> str | None:
-    """Why these tensors are not an SD1.5-layout single-file checkpoint, or None."""
+FAMILIES = ("sd15", "sdxl")
+FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL"}
+_EVIDENCE = {"sd15": "cond_stage_model.transformer.* tensors", "sdxl": "conditioner.embedders.* tensors"}
+
+
+def checkpoint_family(keys: Iterable[str]) -> str | None:
+    """'sdxl' or 'sd15' for a single-file Stable Diffusion checkpoint, None for anything else."""
+    keys = list(keys)
+    if not any(k.startswith(UNET_PREFIX) for k in keys):
+        return None
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return None  # SD 2.x
+    return "sd15"
+
+
+def checkpoint_problem(keys: Iterable[str], family: str = "sd15") -> str | None:
+    """Why these tensors are not a `family` single-file checkpoint, or None."""
     keys = list(keys)
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    if has("conditioner.embedders."):
-        return "it is an SDXL checkpoint (conditioner.embedders.* tensors)"
+    found = checkpoint_family(keys)
+    if found is not None and found != family:
+        return f"it is an {FAMILY_LABEL[found]} checkpoint ({_EVIDENCE[found]})"
+    if found == family:
+        return None
     if has("cond_stage_model.model."):
         return "it is an SD 2.x checkpoint (OpenCLIP text encoder)"
     if has("lora_unet_") or has("lora_te"):

@@ -1,10 +1,14 @@
-"""The LDM (CompVis) <-> diffusers tensor-name table for SD1.5-topology models.
+"""The LDM (CompVis) <-> diffusers tensor-name table for SD1.5- and SDXL-topology models.
 
 A single-file SD1.5 checkpoint stores three networks under three prefixes:
 
     model.diffusion_model.*        U-Net           (LDM names)
     first_stage_model.*            VAE             (LDM names)
     cond_stage_model.transformer.* CLIP text model (transformers names)
+
+SDXL keeps the U-Net and VAE prefixes (its U-Net adds `label_emb`, the size/pooled-text
+embedding), stores CLIP ViT-L under `conditioner.embedders.0.transformer.` and OpenCLIP
+bigG under `conditioner.embedders.1.model.` (charfw.models.openclip: not a pure rename).
 
 The tables below are built from the architecture (block types and layers per
 block of the shipped config), not from whatever a library version happens to
@@ -22,6 +26,7 @@ from typing import Iterable, Mapping
 
 from charfw.models.family import UNET_PREFIX, VAE_PREFIX  # noqa: F401  (one spelling)
 TE_PREFIX = "cond_stage_model.transformer."
+TE_PREFIXES = {"sd15": TE_PREFIX, "sdxl": "conditioner.embedders.0.transformer."}
 
 # Sub-module renames inside one residual block (diffusers -> LDM).
 _UNET_RESNET = {
@@ -57,6 +62,9 @@ def unet_modules(config: Mapping) -> dict[str, tuple[str, dict[str, str]]]:
         "mid_block.attentions.0": ("middle_block.1", _SAME),
         "mid_block.resnets.1": ("middle_block.2", _UNET_RESNET),
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text + size ids -> time embedding
+        table["add_embedding.linear_1"] = ("label_emb.0.0", _SAME)
+        table["add_embedding.linear_2"] = ("label_emb.0.2", _SAME)
     # input_blocks: 0 is conv_in; then per down block `per` (resnet[, attention]) slots
     # followed by one downsampler slot (none after the last block).
     for i, kind in enumerate(down):
@@ -147,12 +155,12 @@ def te_canonical(key: str, flattened: bool) -> str:
     return "text_model." + key if flattened else key
 
 
-def te_to_ldm(keys: Iterable[str], flattened: bool) -> dict[str, str]:
-    """CLIPTextModel state-dict key -> LDM checkpoint key."""
-    return {k: TE_PREFIX + te_canonical(k, flattened) for k in keys}
+def te_to_ldm(keys: Iterable[str], flattened: bool, prefix: str = TE_PREFIX) -> dict[str, str]:
+    """CLIPTextModel state-dict key -> checkpoint key (SD1.5's CLIP, or SDXL's first encoder)."""
+    return {k: prefix + te_canonical(k, flattened) for k in keys}
 
 
-def te_legacy_ldm(ldm_key: str) -> str:
+def te_legacy_ldm(ldm_key: str, prefix: str = TE_PREFIX) -> str:
     """The same tensor as very old checkpoints name it (transformers < 4.?, no `text_model.` level)."""
-    assert ldm_key.startswith(TE_PREFIX + "text_model.")
-    return TE_PREFIX + ldm_key[len(TE_PREFIX + "text_model."):]
+    assert ldm_key.startswith(prefix + "text_model.")
+    return prefix + ldm_key[len(prefix + "text_model."):]

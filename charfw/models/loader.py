@@ -1,4 +1,4 @@
-"""load_sd15: an SD1.5-family single-file checkpoint (or builtin:tiny-sd15) as diffusers models, offline."""
+"""load_model: an SD1.5- or SDXL-family single-file checkpoint (or a builtin) as diffusers models, offline."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ from typing import Any
 import torch
 
 from charfw.errors import CharfwError
-from charfw.models import keymap
-from charfw.models.family import checkpoint_problem
+from charfw.models import keymap, openclip
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
+from charfw.models.configs import ARCH_LABEL, ARCHS, ARTICLE, FAMILY, TOKENIZER_DIR, arch_config, scheduler_config
+from charfw.models.family import FAMILY_LABEL, checkpoint_family, checkpoint_problem
 from charfw.rules.modelref import builtin_name, is_builtin
-from charfw.models.configs import ARCH_LABEL, ARCHS, ARTICLE, TOKENIZER_DIR, arch_config, scheduler_config
 
 
 
 @dataclass
-class Sd15:
-    """The parts of an SD1.5 model a trainer needs; weights frozen (requires_grad=False), eval mode."""
+class Sd:
+    """The parts of a Stable Diffusion model a trainer needs; weights frozen (requires_grad=False), eval mode.
+
+    SDXL models also have `text_encoder_2` (OpenCLIP bigG, with projection) and `tokenizer_2`.
+    """
 
     unet: Any            # diffusers.UNet2DConditionModel
     vae: Any             # diffusers.AutoencoderKL
@@ -29,31 +32,57 @@ class Sd15:
     tokenizer: Any       # transformers.CLIPTokenizer
     noise_scheduler: Any  # diffusers.DDPMScheduler (training schedule)
     name: str            # file stem, or 'builtin:tiny-sd15'
-    arch: str = "sd15"   # 'sd15' or 'tiny-sd15' (which shipped config set)
+    arch: str = "sd15"   # which shipped config set: 'sd15', 'tiny-sd15', 'sdxl', 'tiny-sdxl'
     path: Path | None = None      # the weights file actually read (for builtins: the cached file)
     vae_path: Path | None = None  # the separate VAE file, if one was given
+    text_encoder_2: Any = None    # SDXL: transformers.CLIPTextModelWithProjection
+    tokenizer_2: Any = None       # SDXL: CLIPTokenizer padding with "!" (id 0), as OpenCLIP and sd-scripts
+
+    @property
+    def family(self) -> str:
+        return FAMILY[self.arch]
+
+    @property
+    def text_encoders(self) -> list:
+        return [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
 
     def pipeline(self, scheduler=None):
-        """A diffusers StableDiffusionPipeline over these (shared, not copied) modules.
+        """A diffusers StableDiffusion(XL)Pipeline over these (shared, not copied) modules.
 
         Default scheduler: DDIM built from the training schedule. No safety checker.
         diffusers 0.42's `clip_skip` argument reads `text_encoder.text_model`, which transformers 5
         removed; pass no clip_skip (a `text_model` alias would break `load_lora_weights` instead).
         """
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+        scheduler = scheduler or DDIMScheduler.from_config(self.noise_scheduler.config)
+        if self.family == "sdxl":
+            return StableDiffusionXLPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=scheduler)
         return StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=scheduler or DDIMScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
 
 
-def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> Sd15:
-    """Load an SD1.5 checkpoint (`.safetensors`, or tensor-only `.ckpt`/`.pt`) or 'builtin:tiny-sd15'.
+def load_sd15(model: str | Path, vae: str | Path | None = None, **kwargs) -> Sd:
+    """load_model for an SD1.5-family checkpoint: any other family is a CharfwError."""
+    return load_model(model, vae, family="sd15", **kwargs)
 
-    `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
+
+def load_sdxl(model: str | Path, vae: str | Path | None = None, **kwargs) -> Sd:
+    """load_model for an SDXL-family checkpoint (SDXL base, Illustrious, NoobAI, Pony...)."""
+    return load_model(model, vae, family="sdxl", **kwargs)
+
+
+def load_model(model: str | Path, vae: str | Path | None = None, *, family: str | None = None,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               cache_dir: str | Path | None = None) -> Sd:
+    """Load a single-file checkpoint (`.safetensors`, or tensor-only `.ckpt`/`.pt`) or a builtin model.
+
+    The family (SD1.5 or SDXL) is read from the file's tensor names; `family`, when given, must
+    match it. `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
     `first_stage_model.` prefix, or diffusers layout). Nothing is downloaded.
     """
     if is_builtin(model):
@@ -69,18 +98,23 @@ def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.
         # The VAE file first: a wrong VAE path fails before seconds of checkpoint reading.
         vsrc = stack.enter_context(open_tensors(vae_path, "VAE")) if vae_path is not None else None
         src = stack.enter_context(open_tensors(path, "checkpoint"))
-        arch = _arch_of(src)
-        _check_family(src, arch)
-        unet, vae_model, text_encoder = empty_models(arch)
-        unet_names, vae_names, te_names = ldm_names(unet, vae_model, text_encoder)
-        _assign(unet, _gather(src, {k: [v] for k, v in unet_names.items()}, unet, dtype, arch, "checkpoint"))
-        te_sources = {k: [v, keymap.te_legacy_ldm(v)] for k, v in te_names.items()}
-        _assign(text_encoder, _gather(src, te_sources, text_encoder, dtype, arch, "checkpoint"))
+        arch = _arch_of(src, family)
+        _check_family(src, arch, family)
+        models = empty_models(arch)
+        names = ldm_names(models, arch)
+        prefix = keymap.TE_PREFIXES[FAMILY[arch]]
+        _assign(models["unet"], _gather(src, {k: [v] for k, v in names["unet"].items()}, models["unet"], dtype, arch,
+                                        "checkpoint"))
+        te_sources = {k: [v, keymap.te_legacy_ldm(v, prefix)] for k, v in names["text_encoder"].items()}
+        _assign(models["text_encoder"], _gather(src, te_sources, models["text_encoder"], dtype, arch, "checkpoint"))
+        if "text_encoder_2" in models:
+            _assign(models["text_encoder_2"], _gather_openclip(src, models["text_encoder_2"], dtype, arch))
         if vsrc is not None:
-            _assign(vae_model, _gather(vsrc, _vae_sources(vsrc, vae_model, arch), vae_model, dtype, arch, "VAE"))
+            _assign(models["vae"], _gather(vsrc, _vae_sources(vsrc, models["vae"], arch), models["vae"], dtype, arch,
+                                           "VAE"))
         elif _has(src, keymap.VAE_PREFIX):
-            _assign(vae_model, _gather(src, {k: [v] for k, v in vae_names.items()}, vae_model, dtype, arch,
-                                       "checkpoint"))
+            _assign(models["vae"], _gather(src, {k: [v] for k, v in names["vae"].items()}, models["vae"], dtype,
+                                           arch, "checkpoint"))
         else:
             raise CharfwError(f"the checkpoint has no VAE ({keymap.VAE_PREFIX}* tensors); give a separate VAE file",
                               file=path)
@@ -88,41 +122,72 @@ def load_sd15(model: str | Path, vae: str | Path | None = None, *, dtype: torch.
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    for m in (unet, vae_model, text_encoder):
+    for m in models.values():
         m.to(device)  # tensors already have `dtype` (passing it here makes diffusers warn)
         m.eval()
         m.requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+    tokenizer_2 = None
+    if "text_encoder_2" in models:  # the same BPE; OpenCLIP pads with "!" (id 0), not <|endoftext|>
+        tokenizer_2 = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True, pad_token="!")
     scheduler = DDPMScheduler.from_config(scheduler_config())
-    return Sd15(unet=unet, vae=vae_model, text_encoder=text_encoder, tokenizer=tokenizer,
-                noise_scheduler=scheduler, name=name, arch=arch, path=path, vae_path=vae_path)
+    return Sd(unet=models["unet"], vae=models["vae"], text_encoder=models["text_encoder"], tokenizer=tokenizer,
+              noise_scheduler=scheduler, name=name, arch=arch, path=path, vae_path=vae_path,
+              text_encoder_2=models.get("text_encoder_2"), tokenizer_2=tokenizer_2)
 
 
 _PROBE = keymap.UNET_PREFIX + "input_blocks.0.0.weight"  # conv_in: its width tells the config apart
 
 
-def _arch_of(src: TensorFile) -> str:
-    """Which shipped config set the file needs: its `charfw_arch` marker, else by conv_in width, else SD1.5."""
+def _arch_of(src: TensorFile, family: str | None) -> str:
+    """Which shipped config set the file needs: its `charfw_arch` marker, else its family (from the
+    tensor names, else `family`, else SD1.5) and the conv_in width."""
     marked = src.metadata.get("charfw_arch")
     if marked in ARCHS:
         return marked
+    found = checkpoint_family(src.keys()) or family or "sd15"
     if _PROBE in src:
         width = src.shape(_PROBE)[0]
         for arch in ARCHS:
-            if arch_config(arch, "unet")["block_out_channels"][0] == width:
+            if FAMILY[arch] == found and arch_config(arch, "unet")["block_out_channels"][0] == width:
                 return arch
-    return "sd15"
+    return found
 
 
 def _has(src: TensorFile, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in src.keys())
 
 
-def _check_family(src: TensorFile, arch: str) -> None:
+def _check_family(src: TensorFile, arch: str, family: str | None) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
-    problem = checkpoint_problem(src.keys())
+    want = family or FAMILY[arch]
+    problem = checkpoint_problem(src.keys(), want)
     if problem:
-        raise CharfwError(f"not {ARTICLE[arch]} {ARCH_LABEL[arch]} checkpoint: {problem}", file=src.path)
+        raise CharfwError(f"not {ARTICLE[want]} {FAMILY_LABEL[want]} checkpoint: {problem}", file=src.path)
+
+
+def _gather_openclip(src: TensorFile, module, dtype: torch.dtype, arch: str) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder from its OpenCLIP-layout tensors."""
+    layers = module.config.num_hidden_layers
+    missing = [k for k in openclip.checkpoint_keys(layers) if k not in src]
+    if missing:
+        raise CharfwError(f"incomplete {ARCH_LABEL[arch]} checkpoint: {len(missing)} tensors of the second text "
+                          f"encoder (OpenCLIP bigG) are missing, e.g. {missing[0]}", file=src.path)
+    state = openclip.from_openclip(src.get, layers)
+    own = module.state_dict()
+    flat = {k if k in own else k[len("text_model."):]: v for k, v in state.items()}
+    sources = {k: [k] for k in own}
+    return _gather(_Mapping(src.path, flat), sources, module, dtype, arch, "checkpoint")
+
+
+class _Mapping(TensorFile):
+    """Tensors already in memory, read like a file (for shape checks and messages naming the file)."""
+
+    def __init__(self, path: Path, tensors: dict[str, torch.Tensor]):
+        super().__init__(path, tensors=tensors)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
 
 
 def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:

@@ -1,13 +1,15 @@
-"""builtin:tiny-sd15 - a random-weight model with SD1.5's exact topology and module names, tiny widths.
+"""Random-weight models: the builtins (tiny-sd15, tiny-sdxl) and full-size random checkpoints.
 
-It is written once per cache dir as an ordinary single-file LDM-layout
-`.safetensors` checkpoint and then read by the same loader as a user's model,
-so tests and dry runs exercise the real loading path. Widths keep SD1.5's
-ratios (U-Net 1:2:4:4, VAE 1:2:4:4) so that exactly the same layers exist
-(e.g. which residual blocks have a shortcut conv); see data/tiny-sd15/.
+`builtin:tiny-sd15` and `builtin:tiny-sdxl` have their family's exact topology and tensor
+names at tiny widths (same levels, layers per block, transformer depths and text-encoder
+depths, so exactly the same layers and LoRA modules exist; see data/tiny-*/). Each is
+written once per cache dir as an ordinary single-file `.safetensors` checkpoint and then
+read by the same loader as a user's model, so tests and dry runs exercise the real path.
+`charfw model random sd15|sdxl` writes the full-size architectures the same way, for
+benchmarks and for checking that other tools load charfw's files.
 
-Every tensor is drawn from its own generator seeded by (seed, tensor name), so
-the file's bytes depend only on the seed and the tensor names and shapes.
+Every tensor is drawn from its own generator seeded by (seed, tensor name), so a file's
+bytes depend only on the seed and the tensor names and shapes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import torch
 
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
-from charfw.models.build import empty_models, ldm_names
-from charfw.models.configs import default_cache_dir
+from charfw.models.build import checkpoint_tensors, empty_models, ldm_names
+from charfw.models.configs import ARCHS, default_cache_dir
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX
 
-TINY = "tiny-sd15"
 BUILTINS = BUILTIN_MODELS
 GENERATOR_VERSION = 1   # bump when the drawn values change: the cache file name changes with it
 DEFAULT_SEED = 0
@@ -37,7 +38,7 @@ def builtin_path(name: str, cache_dir: str | Path | None = None) -> Path:
                           field="model")
     path = default_cache_dir(cache_dir) / "models" / f"{name}-g{GENERATOR_VERSION}-s{DEFAULT_SEED}.safetensors"
     if not path.is_file():
-        write_tiny_sd15(path, seed=DEFAULT_SEED)
+        write_random(path, name, seed=DEFAULT_SEED)
     return path
 
 
@@ -47,7 +48,7 @@ def _draw(name: str, shape: tuple[int, ...], live_key: str, seed: int) -> torch.
     x = torch.randn(shape, generator=gen, dtype=torch.float32)
     module = live_key.rsplit(".", 2)[-2] if live_key.count(".") >= 1 else ""
     if len(shape) == 1:
-        if "norm" in module and live_key.endswith(".weight"):
+        if ("norm" in module or "ln_" in module) and live_key.endswith(".weight"):
             return 1.0 + 0.05 * x          # norm scales near 1
         return 0.05 * x                    # biases, norm shifts
     if "embedding" in module:
@@ -55,29 +56,41 @@ def _draw(name: str, shape: tuple[int, ...], live_key: str, seed: int) -> torch.
     return x / math.sqrt(math.prod(shape[1:]))  # ~unit-variance activations
 
 
-def tiny_state_dict(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
-    """The tiny model's tensors under their single-file LDM checkpoint names."""
-    unet, vae, text_encoder = empty_models(TINY)
-    tensors: dict[str, torch.Tensor] = {}
-    for model, names in zip((unet, vae, text_encoder), ldm_names(unet, vae, text_encoder)):
+def random_state_dict(arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = torch.float32
+                      ) -> dict[str, torch.Tensor]:
+    """A random-weight model of `arch` under its single-file checkpoint names."""
+    if arch not in ARCHS:
+        raise CharfwError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    models = empty_models(arch)
+    names = ldm_names(models, arch)
+    drawn: dict[str, dict[str, torch.Tensor]] = {}
+    for part, model in models.items():
+        drawn[part] = {}
         for key, param in model.state_dict().items():
-            ldm = names[key]
-            t = _draw(ldm, tuple(param.shape), key, seed)
-            if model is vae and ".mid.attn_1." in ldm and t.dim() == 2:
-                t = t[:, :, None, None]    # LDM stores the VAE attention projections as 1x1 convs
-            tensors[ldm] = t.contiguous()
-    return tensors
+            # name the draw by the checkpoint key where it is 1:1, else by the part and key
+            name = names[part][key] if part in names else f"{part}/{key}"
+            drawn[part][key] = _draw(name, tuple(param.shape), key, seed).to(dtype)
+    return {k: v.contiguous() for k, v in checkpoint_tensors(drawn, arch, names).items()}
 
 
-def write_tiny_sd15(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
-    """Write the tiny model as one LDM-layout .safetensors file (atomically); return its path."""
+def tiny_state_dict(seed: int = DEFAULT_SEED, arch: str = "tiny-sd15") -> dict[str, torch.Tensor]:
+    """The tiny model's tensors under their single-file checkpoint names."""
+    return random_state_dict(arch, seed)
+
+
+def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random-weight `arch` model as one single-file .safetensors checkpoint (atomically)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     # One key only: safetensors writes metadata in hash-map order, so several keys would make
     # the file's bytes vary from run to run. (Seed and generator version are in the file name.)
-    metadata = {"charfw_arch": TINY}
-    tensors = tiny_state_dict(seed)
+    metadata = {"charfw_arch": arch}
+    tensors = random_state_dict(arch, seed, dtype)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def write_tiny_sd15(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    return write_random(path, "tiny-sd15", seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("tiny-sd15",)  # charfw.models.tiny writes them
+BUILTIN_MODELS = ("tiny-sd15", "tiny-sdxl")  # charfw.models.tiny writes them
 
 
 def is_builtin(ref: str | Path | None) -> bool:

@@ -73,7 +73,7 @@ def reset_accelerate() -> None:
 def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, models=None) -> Path:
     """The training itself, with a hook called after every step with (step number from 1, loss).
 
-    `models`: an already loaded charfw.models.Sd15 to train on instead of loading `req.model`
+    `models`: an already loaded charfw.models.Sd to train on instead of loading `req.model`
     (benchmarks use random-weight SD1.5 models that exist only in memory).
     """
     if req.steps < 1:

@@ -43,3 +43,21 @@ def tiny_tensors(tiny_path):
 def tiny(cache_dir, tiny_path):
     from charfw.models import load_sd15
     return load_sd15("builtin:tiny-sd15", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_path(cache_dir):
+    from charfw.models import builtin_path
+    return builtin_path("tiny-sdxl", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_tensors(tiny_xl_path):
+    from safetensors.torch import load_file
+    return load_file(str(tiny_xl_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_xl(tiny_xl_path):
+    from charfw.models import load_sdxl
+    return load_sdxl(tiny_xl_path)

@@ -44,10 +44,10 @@ def test_file_is_single_file_ldm_layout(tiny_tensors):
 
 
 def test_loaded_tensors_equal_file_tensors(tiny, tiny_tensors):
-    names = ldm_names(tiny.unet, tiny.vae, tiny.text_encoder)
-    for model, table in zip((tiny.unet, tiny.vae, tiny.text_encoder), names):
+    names = ldm_names({"unet": tiny.unet, "vae": tiny.vae, "text_encoder": tiny.text_encoder}, "tiny-sd15")
+    for model, part in ((tiny.unet, "unet"), (tiny.vae, "vae"), (tiny.text_encoder, "text_encoder")):
         for key, value in model.state_dict().items():
-            assert torch.equal(value, tiny_tensors[table[key]].reshape(value.shape)), key
+            assert torch.equal(value, tiny_tensors[names[part][key]].reshape(value.shape)), key
     assert tiny.name == "builtin:tiny-sd15" and tiny.arch == "tiny-sd15"
     assert not any(p.requires_grad for p in tiny.unet.parameters())
 

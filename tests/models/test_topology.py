@@ -8,7 +8,8 @@ from charfw.models.build import empty_models, ldm_names
 
 @pytest.fixture(scope="module")
 def full():
-    return empty_models("sd15")  # meta device: no memory
+    m = empty_models("sd15")  # meta device: no memory
+    return m["unet"], m["vae"], m["text_encoder"]
 
 
 def _types(model):
@@ -46,7 +47,7 @@ def test_sd15_table_matches_diffusers_converter(full):
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     unet, vae, te = full
-    u_names, v_names, t_names = ldm_names(unet, vae, te)
+    u_names, v_names, t_names = ldm_names({"unet": unet, "vae": vae, "text_encoder": te}, "sd15").values()
     # the real SD1.5 single-file key counts (1131 with the TE position_ids buffer)
     assert (len(u_names), len(v_names), len(t_names)) == (686, 248, 196)
     usd = unet.state_dict()
@@ -78,7 +79,7 @@ def test_sd15_loads_strictly_from_ldm_names(full):
     from charfw.models.loader import _assign, _gather
 
     unet, vae, te = full
-    u_names, _, _ = ldm_names(unet, vae, te)
+    u_names, _, _ = ldm_names({"unet": unet, "vae": vae, "text_encoder": te}, "sd15").values()
     usd = unet.state_dict()
     src = TensorFile(path=__import__("pathlib").Path("fake.safetensors"),
                      tensors={u_names[k]: torch.empty(v.shape, device="meta", dtype=torch.float16)
