@@ -15,7 +15,7 @@ from charfw.errors import CharfwError
 from charfw.dataset.images import flatten
 from charfw.filecache import file_cache
 from charfw.layout import Layout
-from charfw.models.family import checkpoint_problem, lora_problem, safetensors_header, vae_problem
+from charfw.models.family import FAMILY_LABEL, checkpoint_problem, lora_problem, safetensors_header, vae_problem
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import required_yaws
@@ -69,9 +69,10 @@ def check_models(project: Project) -> None:
         if not path.is_file():
             raise CharfwError(f"{field} file not found: {path}", **where)
         keys = _tensor_names(path, field, where)
-        problem = checkpoint_problem(keys) if field == "model" else vae_problem(keys)
+        problem = checkpoint_problem(keys, project.family) if field == "model" else vae_problem(keys)
         if problem:
-            raise CharfwError(f"{path.name} is not an SD1.5 {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
+            label = FAMILY_LABEL[project.family]
+            raise CharfwError(f"{path.name} is not an {label} {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
                               **where)
 
 

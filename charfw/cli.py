@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     from charfw.lora.cli import register as register_lora
+    from charfw.models.cli import register as register_model
 
     register_lora(sub)
+    register_model(sub)
     return parser
 
 

@@ -40,7 +40,7 @@ class Layout:
         sizes = {src.path: tuple(cache.get(src.path, lambda p: list(image_size(p))))
                  for s in self.project.sets.values() for src in s.sources}
         cache.save()
-        return {sid: plan_set(s, sizes) for sid, s in self.project.sets.items()}
+        return {sid: plan_set(s, sizes, self.project.family) for sid, s in self.project.sets.items()}
 
     def rel(self, path: Path | str) -> str:
         """A path as doit's database stores it: relative to the workspace, with '/'."""

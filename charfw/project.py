@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from charfw.config.models import Character, CompressSettings, MergeSettings, TrainSettings, Workspace
+from charfw.rules.sizeclass import batch_table
 from charfw.rules.training import DEFAULT_STEPS
 from charfw.rules.viewcode import ViewCode
-
-ARCH = "sd15"  # the trainer and block maps of this workspace: SD1.5-family checkpoints
 
 TargetKind = Literal["face", "outfit", "group"]
 
@@ -90,6 +89,11 @@ class Project:
     targets: dict[str, Target] = field(default_factory=dict)
     characters: dict[str, Character] = field(default_factory=dict)
     skipped: dict[str, Skipped] = field(default_factory=dict)   # unfinished characters and their groups
+    family: str = "sd15"   # "sd15" or "sdxl": the base model's, which decides sizes, trainer and block maps
+
+    @property
+    def batch_table(self) -> dict[str, int]:
+        return batch_table(self.config.batch_profile, self.family)
 
     @property
     def build_dir(self) -> Path:

@@ -182,6 +182,27 @@ def test_new_scaffolds_a_character(workspace):
     assert project.sets["mike/face"].symmetric is False
 
 
+def test_a_family_setting_must_agree_with_the_model(workspace):
+    """The family is read from the file; a contradicting `family:` line is one clear error naming it."""
+    import torch
+    from safetensors.torch import save_file
+
+    (workspace / "models").mkdir()
+    save_file({"conditioner.embedders.0.transformer.w": torch.zeros(1), "model.diffusion_model.x": torch.zeros(1)},
+              str(workspace / "models/xl.safetensors"))
+    set_model(workspace, "models/xl.safetensors")
+    assert load_project(workspace).family == "sdxl"
+    append(workspace / "charfw.yaml", "family: sd15\n")
+    line = len((workspace / "charfw.yaml").read_text().splitlines())
+    msg = error_of(workspace)
+    assert f"charfw.yaml:{line}: family: the model is an SDXL checkpoint but `family: sd15` is set" in msg, msg
+    set_model(workspace, "builtin:tiny-sd15")
+    path = workspace / "charfw.yaml"
+    path.write_text(path.read_text().replace("model: models/xl.safetensors", "model: builtin:tiny-sd15")
+                    .replace("family: sd15", "family: sdxl"))
+    assert "the model is an SD1.5 checkpoint but `family: sdxl` is set" in error_of(workspace)
+
+
 def test_the_model_must_be_chosen(workspace):
     path = workspace / "charfw.yaml"
     path.write_text("\n".join(l for l in path.read_text().splitlines() if not l.startswith("model:")) + "\n")
@@ -209,9 +230,8 @@ def test_check_catches_what_would_fail_later(workspace, tmp_path):
     (workspace / "models").mkdir()
     for name, make, expected in [
         ("gone.safetensors", None, "model file not found"),
-        ("xl.safetensors", lambda p: save_file({"conditioner.embedders.0.transformer.w": torch.zeros(1),
-                                               "model.diffusion_model.x": torch.zeros(1)}, str(p)),
-         "xl.safetensors is not an SD1.5 checkpoint: it is an SDXL checkpoint"),
+        ("lora.safetensors", lambda p: save_file({"lora_unet_x.lora_down.weight": torch.zeros(1)}, str(p)),
+         "lora.safetensors is not an SD1.5 checkpoint: it is a LoRA file"),
         ("evil.ckpt", lambda p: torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)},
                                             "args": argparse.Namespace(a=1)}, p), "evil.ckpt"),
     ]:

@@ -15,11 +15,10 @@ from pydantic_core import PydanticUndefined
 from charfw.lora.options import CompressOptions
 
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule
-from charfw.rules.sizeclass import BATCH_PROFILES, CLASS_PAIRS
+from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Channel = Annotated[int, Field(ge=0, le=255)]
-DEFAULT_SIZES = [128, 192, 256, 384, 512, 768]
 
 
 class Strict(BaseModel):
@@ -123,12 +122,16 @@ class Stages(Strict):
 
 
 class Sizes(Strict):
-    face: list[int] = Field(default_factory=lambda: list(DEFAULT_SIZES), min_length=1)
-    body: list[int] = Field(default_factory=lambda: list(DEFAULT_SIZES), min_length=1)
+    """Sizes (longest side) each set is prepared at; None = the family's defaults (rules.sizeclass)."""
+
+    face: list[int] | None = Field(None, min_length=1)
+    body: list[int] | None = Field(None, min_length=1)
 
     @field_validator("face", "body")
     @classmethod
-    def _positive_sorted(cls, v: list[int]) -> list[int]:
+    def _positive_sorted(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
         if any(s < 64 for s in v):
             raise ValueError("sizes must be at least 64 pixels")
         return sorted(set(v))
@@ -150,13 +153,15 @@ class Workspace(Stages):
     characters: str = "characters"
     build: str = "build"
     dist: str = "dist"
-    model: str = Field(description="base SD1.5 checkpoint for training", json_schema_extra={
-        "missing": "set it to your SD1.5 checkpoint, e.g. `model: models/animefull-final.safetensors` "
+    model: str = Field(description="base checkpoint for training (SD1.5 or SDXL family)", json_schema_extra={
+        "missing": "set it to your SD1.5 or SDXL checkpoint, e.g. `model: models/animefull-final.safetensors` "
                    "(or `model: builtin:tiny-sd15` for a quick test run)"})
     vae: str | None = None
+    family: Literal["sd15", "sdxl"] | None = Field(
+        None, description="model family; None = read from the model file (it must agree when set)")
     sizes: Sizes = Field(default_factory=Sizes)
     repeats: Repeats = Field(default_factory=Repeats)
-    batch_profile: Literal["default", "12gb"] | dict[str, int] = "default"
+    batch_profile: Literal[PROFILES] | dict[str, int] = "default"
     captions: Captions = Field(default_factory=Captions)
     presets: dict[str, list[float]] = Field(default_factory=dict, description="user block-weight presets")
     face: Stages = Field(default_factory=Stages, description="defaults for face targets")
@@ -171,9 +176,6 @@ class Workspace(Stages):
             if unknown:
                 raise ValueError(f"unknown size-class pair {unknown[0]!r}; use one of {', '.join(CLASS_PAIRS)}")
         return v
-
-    def batch_table(self) -> dict[str, int]:
-        return self.batch_profile if isinstance(self.batch_profile, dict) else BATCH_PROFILES[self.batch_profile]
 
 
 LORA_FIELD = Field(None, description="use this trained LoRA (e.g. from sd-scripts) instead of training")

@@ -16,7 +16,9 @@ from charfw.config.models import (Character, CompressSettings, Group, MergeSetti
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
-from charfw.project import ARCH, ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
+from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
+from charfw.rules.modelref import BUILTIN_FAMILY, builtin_name, is_builtin, resolve_model_ref
+from charfw.rules.sizeclass import SIZE_CLASSES
 from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
@@ -56,7 +58,7 @@ def load_project(root: str | Path) -> Project:
                           "(`model: models/your-sd15-checkpoint.safetensors`)", file=ws_file)
     data, lines = load_yaml(ws_file)
     config = validate(Workspace, data or {}, file=ws_file, lines=lines, context=PARTIAL)
-    project = Project(root=root, config=config)
+    project = Project(root=root, config=config, family=_family(config, root, ws_file, lines))
     ws_layers = [_Layer(config, ws_file, lines, ())]
     chars_dir = root / config.characters
     if not chars_dir.is_dir():
@@ -74,6 +76,35 @@ def load_project(root: str | Path) -> Project:
     return project
 
 
+def _family(config: Workspace, root: Path, ws_file: Path, lines: dict) -> str:
+    """The base model's family: from a builtin's name or a safetensors header, checked against `family:`.
+
+    A file that cannot be read here (missing, or a pickle) leaves it to `family:` (default SD1.5);
+    `charfw check` and the loader still refuse a wrong file.
+    """
+    from charfw.models.family import FAMILY_LABEL, checkpoint_family, safetensors_header
+
+    found = None
+    if is_builtin(config.model):
+        found = BUILTIN_FAMILY.get(builtin_name(config.model))
+    else:
+        path = Path(resolve_model_ref(config.model, root))
+        if path.suffix.lower() == ".safetensors" and path.is_file():
+            try:
+                found = checkpoint_family(k for k in safetensors_header(path) if k != "__metadata__")
+            except CharfwError:
+                found = None  # unreadable: charfw check says why
+    if config.family and found and config.family != found:
+        raise CharfwError(f"the model is an {FAMILY_LABEL[found]} checkpoint but `family: {config.family}` is set; "
+                          f"set `family: {found}` or remove the line (it is read from the model)",
+                          file=ws_file, line=lines.get(("family",)), field="family")
+    return found or config.family or "sd15"
+
+
+def _default_sizes(project: Project) -> list[int]:
+    return list(SIZE_CLASSES[project.family].default_sizes)
+
+
 def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -> None:
     data, lines = load_yaml(manifest)
     char = validate(Character, data or {}, file=manifest, lines=lines, context=PARTIAL)
@@ -86,7 +117,7 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
     face = ImageSet(
         id=f"{name}/face", kind="f", folder=manifest.parent / char.face.folder,
         sources=[], class_tokens=f"{char.keyword} {char.class_word}",
-        keywords=[char.keyword, *char.tags], sizes=char.face.sizes or cfg.sizes.face,
+        keywords=[char.keyword, *char.tags], sizes=char.face.sizes or cfg.sizes.face or _default_sizes(project),
         background=background, symmetric=char.symmetric, manifest=manifest)
     face.sources = scan_sources(face.folder, "f", manifest, ("face", "folder"), lines)
     project.sets[face.id] = face
@@ -101,7 +132,7 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
         body = ImageSet(
             id=f"{name}/{oname}", kind="b", folder=manifest.parent / (outfit.folder or oname),
             sources=[], class_tokens=f"{outfit.keyword} {char.class_word}",
-            keywords=[outfit.keyword, char.keyword, *outfit.tags], sizes=outfit.sizes or cfg.sizes.body,
+            keywords=[outfit.keyword, char.keyword, *outfit.tags], sizes=outfit.sizes or cfg.sizes.body or _default_sizes(project),
             background=background, symmetric=char.symmetric, manifest=manifest)
         body.sources = scan_sources(body.folder, "b", manifest, ("outfits", oname, "folder"), lines)
         project.sets[body.id] = body
@@ -238,12 +269,12 @@ def _check_finishing(project: Project) -> None:
 
     for name, values in project.config.presets.items():
         try:
-            parse_weights(values, ARCH)
+            parse_weights(values, project.family)
         except CharfwError as exc:
             raise CharfwError(exc.message, file=project.root / WORKSPACE_FILE, field=f"presets.{name}") from None
     for target in project.targets.values():
         try:
-            target.block_weights = parse_weights(target.merge.weights, ARCH, project.config.presets)
+            target.block_weights = parse_weights(target.merge.weights, project.family, project.config.presets)
         except CharfwError as exc:
             file, line, field = target.weights_origin or (target.manifest, None, "merge.weights")
             raise CharfwError(exc.message, file=file, line=line, field=field) from None

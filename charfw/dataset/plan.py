@@ -12,7 +12,7 @@ from pathlib import Path
 
 from charfw.project import ImageSet, Source
 from charfw.errors import CharfwError
-from charfw.rules.sizeclass import class_pair
+from charfw.rules.sizeclass import class_pair as pair_of
 
 EXIF_ORIENTATION = 0x0112
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -60,7 +60,8 @@ def image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None = None) -> list[Prepared]:
+def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None = None,
+             family: str = "sd15") -> list[Prepared]:
     """Every prepared image of a set, checked so each folder falls in one size class."""
     out: list[Prepared] = []
     sizes = {src.path: sizes_of[src.path] if sizes_of else image_size(src.path) for src in image_set.sources}
@@ -68,13 +69,16 @@ def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None =
         folder = folder_name(image_set.class_tokens, image_set.kind, size)
         items = [Prepared(src, folder, size, *dims) for src in image_set.sources
                  if (dims := scaled_size(*sizes[src.path], size)) is not None]
-        _one_size_class(items, size)
+        _one_size_class(items, size, family)
         out += items
     return out
 
 
-def _one_size_class(items: list[Prepared], size: int) -> None:
+def _one_size_class(items: list[Prepared], size: int, family: str) -> None:
     """All of a folder in one size class; else the error names an image that differs from most of them."""
+    def class_pair(w: int, h: int) -> str:
+        return pair_of(w, h, family)
+
     pairs = Counter(class_pair(i.width, i.height) for i in items)
     if len(pairs) < 2:
         return

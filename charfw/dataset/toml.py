@@ -17,7 +17,7 @@ from charfw.rules.training import dataset_color_aug
 
 
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
-                   toml_dir: Path, batch_table: dict[str, int]) -> dict:
+                   toml_dir: Path, batch_table: dict[str, int], family: str = "sd15") -> dict:
     """The config as a dict: one dataset per (width class, height class), subsets in set/size order."""
     by_pair: dict[str, list[dict]] = {}
     for sub in target.subsets:
@@ -30,10 +30,10 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
             if sub.repeats != target.repeats:
                 subset["num_repeats"] = sub.repeats
             subset["flip_aug"] = sub.set.symmetric
-            by_pair.setdefault(class_pair(item.width, item.height), []).append(subset)
+            by_pair.setdefault(class_pair(item.width, item.height, family), []).append(subset)
     datasets = []
     for pair in sorted(by_pair, key=CLASS_PAIRS.index):
-        w, h = resolution(pair)
+        w, h = resolution(pair, family)
         datasets.append({"resolution": [w, h], "batch_size": batch_size(pair, batch_table),
                          "subsets": by_pair[pair]})
     s = target.train

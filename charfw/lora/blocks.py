@@ -25,7 +25,8 @@ ALL and ALL0.5 set the blocks the short list lacks (a C3Lier file's IN00, the sa
 IN03/IN06/IN09, IN10/IN11, OUT00..OUT02) to 0, exactly as LBW applies them. The SDXL
 versions (12 values) keep each preset's meaning (shallow = high-resolution levels, deep =
 low). charfw's own FULL and HALF are uniform over all 26/20 blocks: FULL leaves a file
-unchanged.
+unchanged. The seed's FACE and BODY on SDXL are its SD1.5 lists at the same resolution
+levels (`sd15_to_sdxl`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ for _arch in ARCH_NAMES:  # charfw's own: every block, including those LBW's sho
     PRESETS[_arch]["HALF"] = [0.5] * len(BLOCKS[_arch])
 PRESETS["sd15"]["FACE"] = [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
 PRESETS["sd15"]["BODY"] = [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,0,0,0,0,0,1,1,1,1,1,1,1,0,0,1".split(",")]
+
+
+def sd15_to_sdxl(values: Sequence[float]) -> list[float]:
+    """A 26-value SD1.5 list as the 20 SDXL blocks at the same resolution levels.
+
+    SDXL is SD1.5's U-Net without the lowest-resolution level (SD1.5's IN09..IN11 and
+    OUT00..OUT02); every other block keeps its place: IN00..IN08 and M00 as they are, SDXL
+    OUT00..OUT08 = SD1.5 OUT03..OUT11. The seed's FACE and BODY carry over to SDXL this way.
+    """
+    w = dict(zip(BLOCKS["sd15"], values))
+    outs = [w[f"OUT{i:02d}"] for i in range(3, 12)]
+    return [w["BASE"], *(w[f"IN{i:02d}"] for i in range(9)), w["M00"], *outs]
+
+
+for _name in ("FACE", "BODY"):
+    PRESETS["sdxl"][_name] = sd15_to_sdxl(PRESETS["sd15"][_name])
 
 
 # ---- module name -> block -------------------------------------------------------------
@@ -241,9 +258,6 @@ def _resolve_preset(name: str, arch: str, presets: Mapping[str, str | Sequence[f
     key = name.upper()
     if key in PRESETS[arch]:
         return expand(PRESETS[arch][key], arch)
-    others = [a for a in ARCH_NAMES if key in PRESETS[a]]
-    if others:
-        raise CharfwError(f"preset {name} is defined for {', '.join(others)} only, not {arch}")
     known = sorted({*presets, *PRESETS[arch]})
     raise CharfwError(f"unknown preset {name!r}; known: {', '.join(known)}")
 

@@ -20,7 +20,6 @@ from charfw.dataset.toml import dataset_config, render_toml
 from charfw.layout import Layout
 from charfw.lora.blocks import format_weights
 from charfw.pipeline import actions
-from charfw.project import ARCH
 from charfw.request import TrainRequest
 from charfw.rules.captions import caption
 from charfw.runkey import digest_cache, is_trained
@@ -90,10 +89,11 @@ def task_captions(layout: Layout):
 
 def task_dataset(layout: Layout):
     """Write each target's dataset TOML for sd-scripts' --dataset_config (SPEC §4)."""
-    table = layout.project.config.batch_table()
+    table = layout.project.batch_table
     for name, target in layout.project.targets.items():
         path = layout.toml_path(name)
-        text = render_toml(dataset_config(target, layout.plans, layout.images_root, path.parent, table))
+        text = render_toml(dataset_config(target, layout.plans, layout.images_root, path.parent, table,
+                                                 layout.project.family))
         yield {
             "name": name,
             "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
@@ -138,7 +138,7 @@ def task_merge(layout: Layout):
                          {"downstream": (str(layout.dist_path(target)),)})],
             "file_dep": [layout.rel(src)],
             "targets": [layout.rel(dst)],
-            "uptodate": [values_changed(format_weights(target.block_weights, ARCH), "block weights")],
+            "uptodate": [values_changed(format_weights(target.block_weights, layout.project.family), "block weights")],
             "clean": True,
         }
 

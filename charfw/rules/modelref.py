@@ -9,6 +9,7 @@ from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-sd15", "tiny-sdxl")  # charfw.models.tiny writes them
+BUILTIN_FAMILY = {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
 
 
 def is_builtin(ref: str | Path | None) -> bool:

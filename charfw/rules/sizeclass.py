@@ -1,37 +1,70 @@
-"""Size classes and batch sizes of the dataset config (SPEC §4).
+"""Size classes, batch sizes and default sizes of the dataset config (SPEC §4), per model family.
 
-Width and height are classed separately (LOW <= 512 < MID <= 768 < HIGH), so a
+Width and height are classed separately (LOW <= 512 < MID <= 768 < HIGH on SD1.5), so a
 tall 512x768 image trains at [512, 768] instead of being squeezed into 512x512.
+
+SDXL is trained at 1024, so its classes are the same rule at twice the size:
+LOW <= 1024 < MID <= 1536 < HIGH, trained at 1024 / 1536 / 2048, with the default sizes
+512, 768, 1024, 1536. At 1024x1024 SDXL fits a 12 GB card only at batch 1, so every SDXL
+class trains at batch 1 in both profiles (give a table of your own on a bigger card).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 CLASSES = ("LOW", "MID", "HIGH")
-RESOLUTION = {"LOW": 512, "MID": 768, "HIGH": 1024}
-
-BATCH_PROFILES: dict[str, dict[str, int]] = {
-    "default": {"LOW_LOW": 2},
-    "12gb": {"LOW_LOW": 4, "MID_LOW": 3, "LOW_MID": 3, "MID_MID": 2, "HIGH_LOW": 2, "LOW_HIGH": 2},
-}
 CLASS_PAIRS = tuple(f"{w}_{h}" for w in CLASSES for h in CLASSES)
+PROFILES = ("default", "12gb")
 
 
-def size_class(pixels: int) -> str:
-    if pixels <= 512:
+@dataclass(frozen=True)
+class SizeClasses:
+    low: int      # largest LOW side, and LOW's training resolution
+    mid: int      # largest MID side, and MID's training resolution
+    high: int     # HIGH's training resolution
+    batch_profiles: dict[str, dict[str, int]] = field(default_factory=dict)
+    default_sizes: tuple[int, ...] = ()
+
+    @property
+    def resolutions(self) -> dict[str, int]:
+        return {"LOW": self.low, "MID": self.mid, "HIGH": self.high}
+
+
+SIZE_CLASSES = {
+    "sd15": SizeClasses(512, 768, 1024, {
+        "default": {"LOW_LOW": 2},
+        "12gb": {"LOW_LOW": 4, "MID_LOW": 3, "LOW_MID": 3, "MID_MID": 2, "HIGH_LOW": 2, "LOW_HIGH": 2},
+    }, (128, 192, 256, 384, 512, 768)),
+    "sdxl": SizeClasses(1024, 1536, 2048, {"default": {"LOW_LOW": 1}, "12gb": {"LOW_LOW": 1}},
+                        (512, 768, 1024, 1536)),
+}
+BATCH_PROFILES = SIZE_CLASSES["sd15"].batch_profiles  # SD1.5's, as the seed defines them
+
+
+def size_class(pixels: int, family: str = "sd15") -> str:
+    c = SIZE_CLASSES[family]
+    if pixels <= c.low:
         return "LOW"
-    if pixels <= 768:
+    if pixels <= c.mid:
         return "MID"
     return "HIGH"
 
 
-def class_pair(width: int, height: int) -> str:
+def class_pair(width: int, height: int, family: str = "sd15") -> str:
     """`MID_LOW` = width class MID, height class LOW (the seed's table keys)."""
-    return f"{size_class(width)}_{size_class(height)}"
+    return f"{size_class(width, family)}_{size_class(height, family)}"
 
 
-def resolution(pair: str) -> tuple[int, int]:
+def resolution(pair: str, family: str = "sd15") -> tuple[int, int]:
     w, h = pair.split("_")
-    return RESOLUTION[w], RESOLUTION[h]
+    res = SIZE_CLASSES[family].resolutions
+    return res[w], res[h]
+
+
+def batch_table(profile: str | dict[str, int], family: str = "sd15") -> dict[str, int]:
+    """A named profile of the family, or the user's own table as it is."""
+    return profile if isinstance(profile, dict) else SIZE_CLASSES[family].batch_profiles[profile]
 
 
 def batch_size(pair: str, table: dict[str, int]) -> int:

@@ -110,8 +110,12 @@ def test_lbw_presets_match_the_extension():
 def test_face_preset_is_the_seed_list():
     w = parse_weights("FACE", "sd15")
     assert [w[b] for b in BLOCKS["sd15"]] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
-    with pytest.raises(CharfwError, match="sd15 only"):
-        parse_weights("FACE", "sdxl")
+    # SDXL: the same blocks at the same resolution levels; SD1.5's lowest level (IN09-11, OUT00-02) has no
+    # SDXL counterpart, and SDXL's OUT00-08 are SD1.5's OUT03-11
+    xl = parse_weights("FACE", "sdxl")
+    assert [xl[b] for b in BLOCKS["sdxl"]] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,1,1,0,1,1,1,0,0,1".split(",")]
+    body = parse_weights("BODY", "sdxl")
+    assert [body[b] for b in BLOCKS["sdxl"]] == [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,1,1,1,1,1,1,0,0,1".split(",")]
 
 
 def test_short_lists_expand_with_zero():

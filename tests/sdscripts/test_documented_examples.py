@@ -49,7 +49,7 @@ def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, var
         script = next(i for i, a in enumerate(argv) if a.endswith("train_network.py"))
         toml_path = layout.toml_path(target.name)
         dataset = tomllib.loads(render_toml(dataset_config(target, layout.plans, layout.images_root,
-                                                           toml_path.parent, layout.project.config.batch_table())))
+                                                           toml_path.parent, layout.project.batch_table)))
         assert problems(argv[script + 1:], dataset) == [], (target.name, argv)
         args = parse(argv[script + 1:])
         if "cache_latents" in args or "cache_latents_to_disk" in args:
