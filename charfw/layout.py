@@ -101,4 +101,4 @@ class Layout:
             model=resolve_model_ref(cfg.model, root), vae=resolve_model_ref(cfg.vae, root) if cfg.vae else None,
             output=self.trained_path(target), state_dir=self.state_dir(target), log_dir=self.log_dir,
             trigger_words=tuple(target.trigger_words), root=root, init_weights=init,
-            inputs=(toml, *files, *([init] if init else [])))
+            inputs=(toml, *files, *([init] if init else [])), family=self.project.family)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from charfw.config.models import TrainSettings
-from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr
+from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrainRequest:
     inputs: tuple[Path | str, ...] = ()  # every file whose content the run reads (for the run key)
     device: str | None = None           # None: CUDA when available (embedded trainer)
     progress: bool = True
+    family: str = "sd15"                # the base model's: "sd15" or "sdxl"
 
     @property
     def key_file(self) -> Path:
@@ -44,6 +45,10 @@ class TrainRequest:
     @property
     def alpha(self) -> float:
         return resolved_alpha(self.settings.alpha, self.dim)
+
+    @property
+    def train_text_encoder(self) -> bool:
+        return trains_text_encoder(self.family, self.settings.train_text_encoder)
 
     @property
     def text_encoder_lr(self) -> float:

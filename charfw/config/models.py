@@ -56,7 +56,10 @@ class TrainSettings(Strict):
     restarts: int = setting(1, effect="weights", ge=1)
     warmup_steps: int = setting(0, effect="weights", ge=0)
     steps: int | None = setting(None, effect="weights", ge=1, description="None = face 1000, outfit 1200, group 1600")
-    clip_skip: int = setting(2, effect="weights", ge=1, le=12)
+    train_text_encoder: bool | None = setting(
+        None, effect="weights", description="None = yes on SD1.5, no on SDXL (U-Net only, text encoders cached)")
+    clip_skip: int = setting(2, effect="weights", ge=1, le=12,
+                             description="SD1.5 only: SDXL always conditions on the penultimate layers")
     mixed_precision: Literal["fp16", "bf16", "no"] = setting("fp16", effect="weights")
     save_precision: Literal["fp16", "bf16", "float"] = setting("fp16", effect="file")
     gradient_checkpointing: bool = setting(True, effect="run")

@@ -164,3 +164,9 @@ def te_legacy_ldm(ldm_key: str, prefix: str = TE_PREFIX) -> str:
     """The same tensor as very old checkpoints name it (transformers < 4.?, no `text_model.` level)."""
     assert ldm_key.startswith(prefix + "text_model.")
     return prefix + ldm_key[len(prefix + "text_model."):]
+
+
+def unet_module_to_ldm(paths: Iterable[str], config: Mapping) -> dict[str, str]:
+    """diffusers U-Net module path -> LDM module path (kohya names SDXL LoRA modules by these)."""
+    modules = unet_modules(config)
+    return {p: _rename(p + ".weight", modules)[:-len(".weight")] for p in paths}

@@ -16,6 +16,12 @@ TE_LR_PERCENT = 44     # text encoder: floor(lr in 1e-6 x 44 / 100) x 1e-6
 DEFAULT_STEPS = {"face": 1000, "outfit": 1200, "group": 1600}
 
 
+def trains_text_encoder(family: str, setting: bool | None) -> bool:
+    """SD1.5 trains its text encoder (the seed's settings); SDXL by default trains the U-Net only, with
+    the text encoders' outputs cached, as sd-scripts recommends for SDXL LoRAs."""
+    return setting if setting is not None else family == "sd15"
+
+
 def resolved_dim(network: str, dim: int | None) -> int:
     """`dim`, or the default: 128, LoHa 32."""
     if dim is not None:

@@ -34,7 +34,8 @@ from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_identity, training_metadata
 from charfw.train.network import Network, network_spec
-from charfw.train.objective import diffusion_loss, draw_noise, encode_text, tokenize
+from charfw.train.conditioning import TextConditioner, size_ids
+from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
 from charfw.train.sampling import BatchPlan
 from charfw.train.state import clear_state, load_state, run_id, save_state
@@ -106,13 +107,13 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     settings, device = req.settings, accelerator.device
     datasets = load_datasets(req.dataset_toml)
     if models is None:
-        from charfw.models import load_sd15
-        models = load_sd15(req.model, req.vae, dtype=torch.float32, device="cpu")
+        from charfw.models import load_model
+        models = load_model(req.model, req.vae, family=req.family, dtype=torch.float32, device="cpu")
     sd = models
     base_dtype = torch.float32
     if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
         base_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
-    for part in (sd.unet, sd.text_encoder):
+    for part in (sd.unet, *sd.text_encoders):
         part.to(device)
         if base_dtype != torch.float32:
             part.to(base_dtype)
@@ -121,7 +122,7 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     spec = network_spec(settings)
     with torch.random.fork_rng(devices=[]):  # the adapters' random init follows the seed, as in sd-scripts
         torch.manual_seed(settings.seed)
-        network = Network(spec, sd.unet, sd.text_encoder)
+        network = Network(spec, sd, req.train_text_encoder)
     if req.init_weights is not None:
         _load_init(network, req.init_weights)
     network.apply_to()
@@ -137,7 +138,10 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     plan = BatchPlan(datasets, settings.seed)
     run = run_id(_run_parts(job, datasets, sd, world))
     if settings.gradient_checkpointing:
-        _enable_checkpointing(sd)
+        _enable_checkpointing(sd, job.train_text_encoder)
+    conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
+    if not job.train_text_encoder:
+        conditioner.precompute([im.caption for d in datasets for im in d.images], device, accelerator.autocast)
 
     unet_params, te_params = network.param_groups()
     params = unet_params + te_params
@@ -152,7 +156,6 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, epochs, run)
     disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
     latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
-    tokens: dict[str, torch.Tensor] = {}
     window = collections.deque(maxlen=max(1, plan.per_epoch))   # loss/average: over about one epoch
     log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
              "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
@@ -170,10 +173,10 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
             raise Interrupted(f"interrupted: {job.name} stopped before step {step + 1}; rerun doit to "
                               + ("resume" if step else "train it"))
         samples = plan[step * world + rank]
-        captions = [datasets[s.dataset].images[s.image].caption for s in samples]
-        ids = torch.cat([_tokens(tokens, sd.tokenizer, c) for c in captions]).to(device)
-        value = _step(sd, settings, accelerator, latents.batch(samples), ids,
-                      torch.Generator().manual_seed(_step_seed(settings.seed, step, rank)))
+        images = [datasets[s.dataset].images[s.image] for s in samples]
+        sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
+        value = _step(sd, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
+                      sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank)))
         if world > 1:
             _average_gradients(accelerator, params)
         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -218,28 +221,31 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     return job.output
 
 
-def _step(sd, settings, accelerator, x0: torch.Tensor, ids: torch.Tensor, gen: torch.Generator) -> float:
+def _step(sd, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
+          sizes: list[tuple[int, ...]], gen: torch.Generator) -> float:
     """Forward and backward of one batch; returns the loss."""
     device = accelerator.device
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
                                   settings.noise_offset)
     with accelerator.autocast():
-        context = encode_text(sd.text_encoder, ids, settings.clip_skip)
-        loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, context, noise.to(device), timesteps.to(device),
-                              settings.min_snr_gamma)
+        cond = conditioner(captions, device, sizes)
+        loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, noise.to(device), timesteps.to(device),
+                              settings.min_snr_gamma, **cond.unet_kwargs())
     accelerator.backward(loss)
     return float(loss.detach())
 
 
-def _enable_checkpointing(sd) -> None:
+def _enable_checkpointing(sd, text_encoders: bool) -> None:
     sd.unet.enable_gradient_checkpointing()
-    te = sd.text_encoder
-    if hasattr(te, "activation_checkpointing_enable"):
-        te.activation_checkpointing_enable()
-    else:
-        te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sd.unet.train()  # transformers checkpoints only in training mode; CLIP and the U-Net have no dropout
-    sd.text_encoder.train()
+    if not text_encoders:  # frozen encoders run once per caption, without gradients
+        return
+    for te in sd.text_encoders:
+        if hasattr(te, "activation_checkpointing_enable"):
+            te.activation_checkpointing_enable()
+        else:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        te.train()
 
 
 def _resume(job: TrainRequest, run: str, network: Network, optimizer, lr_scheduler, accelerator) -> int:
@@ -274,12 +280,6 @@ def _accelerator(job: TrainRequest):
 
 def _event_files(req: TrainRequest) -> set[Path]:
     return set((req.log_dir / req.name).glob("events.out.tfevents.*")) if req.log_dir is not None else set()
-
-
-def _tokens(cache: dict, tokenizer, caption: str) -> torch.Tensor:
-    if caption not in cache:
-        cache[caption] = tokenize(tokenizer, [caption])
-    return cache[caption]
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -353,7 +353,7 @@ def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator,
         model_name=model_name, model_hashes=model_identity(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
         name=job.name, trigger_words=list(job.trigger_words), started_at=_now(), batches_per_epoch=per_epoch,
-        epochs=epochs, session_id=int(run[:8], 16))
+        epochs=epochs, session_id=int(run[:8], 16), family=sd.family)
 
 
 def _now() -> float:

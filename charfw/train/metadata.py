@@ -63,9 +63,11 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
                       te_lr: float, optimizer_name: str, scheduler_name: str, mixed_precision: str,
                       model_name: str, model_hashes: tuple[str, str] | None, vae_name: str | None,
                       vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
-                      started_at: float, batches_per_epoch: int, epochs: int, session_id: int) -> dict[str, str]:
+                      started_at: float, batches_per_epoch: int, epochs: int, session_id: int,
+                      family: str = "sd15") -> dict[str, str]:
     """Everything known when training starts; `finish_metadata` adds the end."""
     adafactor = settings.optimizer == "adafactor"
+    sdxl = family == "sdxl"
     meta: dict[str, object] = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
@@ -90,8 +92,8 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_mixed_precision": mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": False,
-        "ss_base_model_version": "sd_v1",
-        "ss_clip_skip": settings.clip_skip,
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_clip_skip": None if sdxl else settings.clip_skip,   # SDXL: always the penultimate layers
         "ss_max_token_length": None,
         "ss_cache_latents": True,
         "ss_seed": settings.seed,
@@ -143,7 +145,8 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         if vae_hashes:
             meta["ss_vae_hash"], meta["ss_new_vae_hash"] = vae_hashes
     out = {k: str(v) for k, v in meta.items()}
-    out.update(modelspec(name, trigger_words, datasets[0].resolution, settings.clip_skip, started_at))
+    out.update(modelspec(name, trigger_words, datasets[0].resolution, None if sdxl else settings.clip_skip,
+                         started_at, family))
     return out
 
 
@@ -158,19 +161,25 @@ def _dataset_dirs(datasets: list[Dataset]) -> dict[str, dict]:
     return dirs
 
 
-def modelspec(title: str, trigger_words: list[str], resolution: tuple[int, int], clip_skip: int,
-              timestamp: float) -> dict[str, str]:
+ARCHITECTURE = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+# sd-scripts' sai_model_spec: SDXL LoRAs name Stability's reference implementation, SD1.5 ones diffusers
+IMPLEMENTATION_URL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+
+
+def modelspec(title: str, trigger_words: list[str], resolution: tuple[int, int], clip_skip: int | None,
+              timestamp: float, family: str = "sd15") -> dict[str, str]:
     meta = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": ARCHITECTURE[family],
+        "modelspec.implementation": IMPLEMENTATION_URL[family],
         "modelspec.implementation_version": IMPLEMENTATION,
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
         "modelspec.prediction_type": "epsilon",
-        "modelspec.encoder_layer": str(clip_skip),
     }
+    if clip_skip is not None:
+        meta["modelspec.encoder_layer"] = str(clip_skip)
     if trigger_words:
         meta["modelspec.trigger_phrase"] = ", ".join(trigger_words)
         meta["modelspec.usage_hint"] = "Put " + ", ".join(trigger_words) + " in the prompt."

@@ -1,12 +1,12 @@
 """The trainable network: low-rank adapters injected into the frozen U-Net and text encoder.
 
 Which layers get an adapter, and under which kohya name, comes from charfw.lora.keys
-(derived from the SD1.5 architecture), not from the module paths of whatever
+(derived from the SD1.5 / SDXL architecture), not from the module paths of whatever
 diffusers/transformers version is installed: each expected name is looked up among
 the model's Linear/Conv2d layers, and a model that lacks one is refused.
 
-- 'lora':   kohya LoRA, attention blocks (Linear + 1x1 conv) and text encoder: 264 modules.
-- 'c3lier': plus every resnet conv/time_emb_proj/shortcut and down/upsampler: 350 modules.
+- 'lora':   kohya LoRA, attention blocks (Linear + 1x1 conv) and text encoder: 264 modules on SD1.5.
+- 'c3lier': plus every resnet conv/time_emb_proj/shortcut and down/upsampler: 350 modules on SD1.5.
 - 'locon', 'loha', 'lokr': LyCORIS modules (its own classes) on the same 350 layers,
   saved in the LyCORIS/kohya key forms (`lora_down`/`hada_w1_a`/`lokr_w1`...).
 
@@ -126,29 +126,46 @@ def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float
         lycoris_log.setLevel(level)
 
 
-def target_layers(unet, text_encoder, conv3x3: bool) -> dict[str, nn.Module]:
-    """kohya name -> the model's layer, for every name charfw.lora.keys lists for SD1.5."""
-    specs = lora_module_specs("sd15", conv3x3)
+def target_layers(sd, conv3x3: bool, text_encoders: bool = True) -> dict[str, nn.Module]:
+    """kohya name -> the model's layer, for every name charfw.lora.keys lists for the model's family.
+
+    SD1.5's U-Net modules are named by their diffusers paths, SDXL's by their LDM paths (as
+    sd-scripts' own SDXL U-Net names them); text encoders are `lora_te_` (SD1.5) or
+    `lora_te1_`/`lora_te2_` (SDXL). Without `text_encoders` only the U-Net gets adapters
+    (sd-scripts' --network_train_unet_only).
+    """
+    from charfw.models.keymap import unet_module_to_ldm
+
+    family = sd.family
+    specs = {n: s for n, s in lora_module_specs(family, conv3x3).items()
+             if text_encoders or n.startswith("lora_unet_")}
+    roots = [("lora_unet_", sd.unet)]
+    if text_encoders:
+        roots += [("lora_te_", sd.text_encoder)] if family == "sd15" else \
+            [("lora_te1_", sd.text_encoder), ("lora_te2_", sd.text_encoder_2)]
     found: dict[str, nn.Module] = {}
-    for prefix, root, te in (("lora_unet_", unet, False), ("lora_te_", text_encoder, True)):
-        for path, module in root.named_modules():
-            if not isinstance(module, (nn.Linear, nn.Conv2d)):
-                continue
-            if te and not path.startswith("text_model."):  # transformers >= 5.6 dropped the wrapper
-                path = "text_model." + path
+    for prefix, root in roots:
+        layers = {p: m for p, m in root.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+        if root is sd.unet and family == "sdxl":
+            ldm = unet_module_to_ldm(layers, sd.unet.config)
+            layers = {ldm[p]: m for p, m in layers.items()}
+        for path, module in layers.items():
+            if prefix.startswith("lora_te") and not path.startswith(("text_model.", "text_projection")):
+                path = "text_model." + path  # transformers >= 5.6 dropped CLIPTextModel's wrapper
             name = prefix + path.replace(".", "_")
             if name in specs:
                 found[name] = module
+    label = "SD1.5" if family == "sd15" else "SDXL"
     missing = [n for n in specs if n not in found]
     if missing:
-        raise CharfwError(f"the base model lacks {len(missing)} SD1.5 layers a LoRA needs, e.g. {missing[0]}; "
-                          "is it an SD1.5 model?", field="model")
+        raise CharfwError(f"the base model lacks {len(missing)} {label} layers a LoRA needs, e.g. {missing[0]}; "
+                          f"is it an {label} model?", field="model")
     for name, spec in specs.items():
         layer = found[name]
         kernel = layer.kernel_size[0] if isinstance(layer, nn.Conv2d) else 1
         if spec.conv != isinstance(layer, nn.Conv2d) or spec.kernel != kernel:
             raise CharfwError(f"layer {name} is a {type(layer).__name__} (kernel {kernel}), "
-                              f"SD1.5 has a {'Conv2d' if spec.conv else 'Linear'} (kernel {spec.kernel})",
+                              f"{label} has a {'Conv2d' if spec.conv else 'Linear'} (kernel {spec.kernel})",
                               field="model")
     return {n: found[n] for n in specs}
 
@@ -156,11 +173,11 @@ def target_layers(unet, text_encoder, conv3x3: bool) -> dict[str, nn.Module]:
 class Network(nn.Module):
     """All adapters, registered under their kohya names so state_dict() is the kohya file layout."""
 
-    def __init__(self, spec: NetworkSpec, unet, text_encoder):
+    def __init__(self, spec: NetworkSpec, sd, text_encoders: bool = True):
         super().__init__()
         self.spec = spec
         self.names: list[str] = []
-        for name, layer in target_layers(unet, text_encoder, spec.conv3x3).items():
+        for name, layer in target_layers(sd, spec.conv3x3, text_encoders).items():
             spatial = isinstance(layer, nn.Conv2d) and layer.kernel_size[0] > 1
             dim, alpha = (spec.conv_dim, spec.conv_alpha) if spatial else (spec.dim, spec.alpha)
             if spec.algo in LYCORIS_ALGOS:
@@ -169,7 +186,7 @@ class Network(nn.Module):
                 module = LoRAModule(name, layer, dim, alpha)
             self.add_module(name, module)
             self.names.append(name)
-        self.to(next(unet.parameters()).device)
+        self.to(next(sd.unet.parameters()).device)
 
     def apply_to(self) -> None:
         for name in self.names:
@@ -183,7 +200,7 @@ class Network(nn.Module):
         """(U-Net params, text-encoder params): they train at different learning rates."""
         unet, te = [], []
         for name in self.names:
-            (te if name.startswith("lora_te_") else unet).extend(getattr(self, name).parameters())
+            (te if name.startswith("lora_te") else unet).extend(getattr(self, name).parameters())
         return unet, te
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

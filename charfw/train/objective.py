@@ -1,35 +1,15 @@
-"""The SD1.5 training objective, as sd-scripts computes it.
+"""The training objective SD1.5 and SDXL share, as sd-scripts computes it.
 
 DDPM forward process (scaled-linear betas 0.00085-0.012, 1000 steps, from the model's
-scheduler), uniform timesteps, epsilon-prediction MSE. Text conditioning with clip
-skip: hidden state `-clip_skip` passed through the encoder's final layer norm.
-Optional noise offset and min-SNR-gamma weighting. Random draws take an explicit
-generator so a step's noise depends only on (seed, step).
+scheduler), uniform timesteps, epsilon-prediction MSE. Optional noise offset and
+min-SNR-gamma weighting. Random draws take an explicit generator so a step's noise
+depends only on (seed, step). The conditioning lives in charfw.train.conditioning.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-MAX_TOKENS = 77  # CLIP's context: 75 tokens + BOS/EOS, what sd-scripts uses by default
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-def final_layer_norm(text_encoder):
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
-
-
-def encode_text(text_encoder, input_ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
-    """Cross-attention context: last layer (clip_skip 1) or hidden_states[-clip_skip] + final LN."""
-    out = text_encoder(input_ids, output_hidden_states=clip_skip > 1, return_dict=True)
-    if clip_skip <= 1:
-        return out.last_hidden_state
-    return final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
 
 
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator, num_timesteps: int = 1000,
@@ -50,10 +30,10 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
 
 
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
-    """Mean epsilon-MSE of the U-Net at the given noise and timesteps."""
+                   timesteps: torch.Tensor, min_snr_gamma: float | None = None, **unet_kwargs) -> torch.Tensor:
+    """Mean epsilon-MSE of the U-Net at the given noise and timesteps (`unet_kwargs`: SDXL's added condition)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    pred = unet(noisy, timesteps, context).sample
+    pred = unet(noisy, timesteps, context, **unet_kwargs).sample
     loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         loss = loss * min_snr_weights(scheduler, timesteps, min_snr_gamma)

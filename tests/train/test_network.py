@@ -29,7 +29,7 @@ def modules_of(state: dict) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("algo", ["lora", "c3lier", "locon", "loha", "lokr"])
 def test_module_sets_and_zero_init(tiny, algo):
-    net = Network(network_spec(TrainSettings(network=algo, dim=4)), tiny.unet, tiny.text_encoder)
+    net = Network(network_spec(TrainSettings(network=algo, dim=4)), tiny)
     mods = modules_of(net.kohya_state_dict())
     assert set(mods) == set(sd15_lora_module_names(conv3x3=algo != "lora"))
     assert len(mods) == (264 if algo == "lora" else 350)
@@ -52,7 +52,7 @@ def test_module_sets_and_zero_init(tiny, algo):
 
 
 def test_lora_scale_and_conv_geometry(tiny):
-    net = Network(network_spec(TrainSettings(network="c3lier", dim=8, alpha=2.0)), tiny.unet, tiny.text_encoder)
+    net = Network(network_spec(TrainSettings(network="c3lier", dim=8, alpha=2.0)), tiny)
     down = net.get_submodule("lora_unet_down_blocks_0_downsamplers_0_conv")
     assert down.lora_down.stride == (2, 2) and down.lora_down.kernel_size == (3, 3) and down.scale == 0.25
     layer = tiny.unet.down_blocks[0].downsamplers[0].conv
@@ -69,24 +69,23 @@ def test_lora_scale_and_conv_geometry(tiny):
 
 
 def test_init_weights_must_fit(tiny, tmp_path):
-    c3 = Network(network_spec(TrainSettings(network="c3lier", dim=4)), tiny.unet, tiny.text_encoder)
+    c3 = Network(network_spec(TrainSettings(network="c3lier", dim=4)), tiny)
     tensors = c3.kohya_state_dict()
-    plain = Network(network_spec(TrainSettings(network="lora", dim=4)), tiny.unet, tiny.text_encoder)
+    plain = Network(network_spec(TrainSettings(network="lora", dim=4)), tiny)
     with pytest.raises(CharfwError, match="unknown module lora_unet_.*resnets"):
         plain.load_kohya(tensors, tmp_path / "x.safetensors")
-    wide = Network(network_spec(TrainSettings(network="c3lier", dim=8)), tiny.unet, tiny.text_encoder)
+    wide = Network(network_spec(TrainSettings(network="c3lier", dim=8)), tiny)
     with pytest.raises(CharfwError, match="shape"):
         wide.load_kohya(tensors, "x")
-    other_alpha = Network(network_spec(TrainSettings(network="c3lier", dim=4, alpha="one")), tiny.unet,
-                          tiny.text_encoder)
+    other_alpha = Network(network_spec(TrainSettings(network="c3lier", dim=4, alpha="one")), tiny)
     with pytest.raises(CharfwError, match="alpha"):
         other_alpha.load_kohya(tensors, "x")
-    loha = Network(network_spec(TrainSettings(network="loha", dim=4)), tiny.unet, tiny.text_encoder)
+    loha = Network(network_spec(TrainSettings(network="loha", dim=4)), tiny)
     with pytest.raises(CharfwError, match="another algorithm"):
         loha.load_kohya(tensors, "x")
     partial = {k: v for k, v in tensors.items() if k.startswith("lora_te_")}
     partial["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] += 1
-    fresh = Network(network_spec(TrainSettings(network="c3lier", dim=4)), tiny.unet, tiny.text_encoder)
+    fresh = Network(network_spec(TrainSettings(network="c3lier", dim=4)), tiny)
     assert fresh.load_kohya(partial, "x") == 72  # modules absent from the file keep their fresh init
     assert torch.equal(fresh.kohya_state_dict()["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"],
                        partial["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"])

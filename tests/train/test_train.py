@@ -28,7 +28,8 @@ from charfw.train import loop
 from charfw.train.dataset import load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.network import Network, network_spec
-from charfw.train.objective import diffusion_loss, encode_text, tokenize
+from charfw.train.conditioning import encode_text, tokenize
+from charfw.train.objective import diffusion_loss
 from charfw.train.sampling import Sample
 
 pytestmark = pytest.mark.slow  # trains the tiny model
@@ -99,7 +100,7 @@ def test_loss_falls_when_overfitting(trained, tiny, dataset_toml):
     j, settings, losses = trained
     assert len(losses) == 30 and all(l == l for l in losses)
     before = eval_loss(tiny, None, dataset_toml)
-    net = Network(network_spec(settings), tiny.unet, tiny.text_encoder)
+    net = Network(network_spec(settings), tiny)
     net.load_kohya(load_file(str(j.output)), j.output)
     after = eval_loss(tiny, net, dataset_toml)
     assert after < 0.85 * before, (before, after)
