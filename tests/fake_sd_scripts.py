@@ -64,6 +64,7 @@ def make_sd_scripts(folder: Path, *, train_util: str = "MARKER = 'fake sd-script
     for name in fake_modules:
         (folder / f"{name}.py").write_text("")
     (folder / "train_network.py").write_text(FAKE_TRAIN_NETWORK)
+    (folder / "sdxl_train_network.py").write_text(FAKE_TRAIN_NETWORK)
     return folder
 
 

@@ -12,6 +12,11 @@ An independent statement of the rules (not its code): `problems(argv, dataset)` 
 - `--network_args` values are `key=value`;
 - dataset keys only at the levels its schema allows them (charfw.dataset.schema is tested
   against sd-scripts separately).
+
+`sdxl_train_network.py` (``sdxl=True``) adds `--cache_text_encoder_outputs(_to_disk)`; it
+refuses to cache text-encoder outputs while training a text-encoder network (needs
+`--network_train_unet_only`), warns that `--clip_skip` "will be unexpected", and needs
+bucket steps that are multiples of 32.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ OPTIONS = {
     "mixed_precision", "save_precision", "gradient_checkpointing", "persistent_data_loader_workers", "seed",
     "noise_offset", "min_snr_gamma", "cache_latents", "cache_latents_to_disk", "max_data_loader_n_workers",
     "save_state", "resume", "save_every_n_steps", "save_last_n_steps_state", "adaptive_noise_scale",
-    "network_train_unet_only",
+    "network_train_unet_only", "no_half_vae",
 }
+SDXL_OPTIONS = OPTIONS | {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"}
 MULTI_VALUE = {"network_args", "optimizer_args"}
 
 
@@ -43,9 +49,20 @@ def parse(argv: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def problems(argv: list[str], dataset: dict) -> list[str]:
+def problems(argv: list[str], dataset: dict, sdxl: bool = False) -> list[str]:
     args = parse(argv)
-    found = [f"unknown option --{k}" for k in args if k not in OPTIONS]
+    found = [f"unknown option --{k}" for k in args if k not in (SDXL_OPTIONS if sdxl else OPTIONS)]
+    if sdxl:
+        if "clip_skip" in args:
+            found.append("clip_skip will be unexpected in SDXL training")
+        if "cache_text_encoder_outputs_to_disk" in args:
+            args["cache_text_encoder_outputs"] = []
+        if "cache_text_encoder_outputs" in args and "network_train_unet_only" not in args:
+            found.append("network for Text Encoder cannot be trained with caching Text Encoder outputs")
+        for d, ds in enumerate(dataset.get("datasets", [])):
+            steps = ds.get("bucket_reso_steps", dataset.get("general", {}).get("bucket_reso_steps", 64))
+            if steps % 32:
+                found.append(f"datasets[{d}]: bucket_reso_steps {steps} is not divisible by 32")
     found += [f"--{k} takes one value" for k, v in args.items() if k not in MULTI_VALUE and len(v) > 1]
     found += [f"--network_args {v} is not key=value" for v in args.get("network_args", []) if "=" not in v]
     if "adaptive_noise_scale" in args and "noise_offset" not in args:

@@ -31,12 +31,21 @@ VARIANTS = [{}, {"color_aug": False}, {"color_aug": False, "cache_latents": "dis
             {"noise_offset": 0.05, "min_snr_gamma": 5, "restarts": 3, "warmup_steps": 10}]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={v[k]}" for k in v) or "as documented")
+SDXL_VARIANTS = [{"family": "sdxl"}, {"family": "sdxl", "train_text_encoder": True},
+                 {"family": "sdxl", "color_aug": False}, {"family": "sdxl", "network": "loha", "optimizer": "adafactor"},
+                 {"train_text_encoder": False}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS + SDXL_VARIANTS,
+                         ids=lambda v: ",".join(f"{k}={v[k]}" for k in v) or "as documented")
 def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, variant):
+    variant = dict(variant)
+    family = variant.pop("family", "sd15")
     make_sd_scripts(tmp_path / "sd-scripts")
     (workspace / "models").mkdir()
     (workspace / "models/base.safetensors").write_bytes(b"stands for a checkpoint")
-    text = (workspace / "charfw.yaml").read_text().replace("model: builtin:tiny-sd15", "model: models/base.safetensors")
+    text = (workspace / "charfw.yaml").read_text().replace("model: builtin:tiny-sd15",
+                                                           f"model: models/base.safetensors\nfamily: {family}")
     (workspace / "charfw.yaml").write_text(text)
     settings = {**readme_sd_scripts_example(), **variant,
                 "sd_scripts": str(tmp_path / "sd-scripts"), "python": sys.executable}
@@ -47,10 +56,11 @@ def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, var
     for target in trained:
         argv = command_line(layout.train_request(target))
         script = next(i for i, a in enumerate(argv) if a.endswith("train_network.py"))
+        assert argv[script].endswith("/sdxl_train_network.py" if family == "sdxl" else "/train_network.py")
         toml_path = layout.toml_path(target.name)
         dataset = tomllib.loads(render_toml(dataset_config(target, layout.plans, layout.images_root,
                                                            toml_path.parent, layout.project.batch_table)))
-        assert problems(argv[script + 1:], dataset) == [], (target.name, argv)
+        assert problems(argv[script + 1:], dataset, sdxl=family == "sdxl") == [], (target.name, argv)
         args = parse(argv[script + 1:])
         if "cache_latents" in args or "cache_latents_to_disk" in args:
             assert dataset["general"]["color_aug"] is False
@@ -64,3 +74,9 @@ def test_the_checker_catches_what_sd_scripts_refuses():
     assert problems(["--adaptive_noise_scale=1"], {}) == ["adaptive_noise_scale requires noise_offset"]
     assert problems(["--no_such_option"], {}) == ["unknown option --no_such_option"]
     assert "max_data_loader_n_workers" in OPTIONS
+    assert problems(["--cache_text_encoder_outputs"], {}) == ["unknown option --cache_text_encoder_outputs"]
+    assert problems(["--cache_text_encoder_outputs", "--clip_skip=2"], {}, sdxl=True) == [
+        "clip_skip will be unexpected in SDXL training",
+        "network for Text Encoder cannot be trained with caching Text Encoder outputs"]
+    assert problems([], {"datasets": [{"bucket_reso_steps": 48}]}, sdxl=True) == [
+        "datasets[0]: bucket_reso_steps 48 is not divisible by 32"]

@@ -263,3 +263,20 @@ def test_format_bat_quoting_edge_cases():
     assert text.split("\n")[1] == ' --output_dir="C:\\out dir\\\\"^'
     assert text.split("\n")[2] == ' --note="say \\"hi\\""^'
     assert format_bat(["python", "t.py"]) == "python t.py"
+
+
+def test_sdxl_is_the_spec_line_for_sdxl_train_network():
+    """SDXL: no --clip_skip, the VAE kept in fp32, U-Net only with cached text-encoder outputs (the
+    SDXL default), all in the seed line's order; the script is sdxl_train_network.py."""
+    base = shlex.split(SPEC_LINE)[3:]
+    gc = base.index("--gradient_checkpointing") + 1
+    expected = [a for a in base[:gc] if a != "--clip_skip=2"] + [
+        "--network_train_unet_only", "--cache_text_encoder_outputs", "--no_half_vae"] + base[gc:] + RESUME
+    assert args_for(TrainSettings(), family="sdxl") == expected
+    with_te = args_for(TrainSettings(train_text_encoder=True), family="sdxl")
+    assert "--network_train_unet_only" not in with_te and "--cache_text_encoder_outputs" not in with_te
+    assert "--no_half_vae" in with_te
+    sd15_unet_only = args_for(TrainSettings(train_text_encoder=False))
+    assert "--network_train_unet_only" in sd15_unet_only and "--cache_text_encoder_outputs" not in sd15_unet_only
+    assert launch_command("py", "/sd", ["--b"], launcher="python", family="sdxl") == [
+        "py", "/sd/sdxl_train_network.py", "--b"]
