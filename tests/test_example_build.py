@@ -47,3 +47,36 @@ def test_example_builds_end_to_end(tmp_path):
         meta = f.metadata()
     assert meta["modelspec.trigger_phrase"] == "krnksf, krnk" and meta["ss_network_dim"] == "Dynamic"
     assert executed(run_doit(ws)) == set()
+
+
+@pytest.mark.slow
+def test_sdxl_example_builds_end_to_end(tmp_path):
+    """examples/sdxl: the same characters (the root example's images) on builtin:tiny-sdxl, every stage."""
+    import shutil
+
+    from charfw.lora.keys import lora_module_specs
+
+    shutil.copytree(ROOT / "characters", tmp_path / "characters")           # the images its manifests point at
+    ws = tmp_path / "examples" / "sdxl"
+    shutil.copytree(ROOT / "examples" / "sdxl", ws, ignore=shutil.ignore_patterns("build", "dist", ".doit.db*"))
+    settings = ws / "charfw.yaml"
+    assert "  steps: 60" in settings.read_text()
+    settings.write_text(settings.read_text().replace("  steps: 60", "  steps: 2"))
+    groups = ws / "characters/groups.yaml"
+    groups.write_text(groups.read_text().replace("steps: 60", "steps: 2"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CHARFW_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "doit", "-n", "2"], cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in TARGETS:
+        assert (ws / "dist" / f"{name}.safetensors").is_file(), name
+    # U-Net only (SDXL's default): sd-scripts' 788 SDXL C3Lier modules, LDM-style names
+    unet = {n for n in lora_module_specs("sdxl", conv3x3=True) if n.startswith("lora_unet_")}
+    assert modules(ws / "build/train/krnk.safetensors") == unet and len(unet) == 788
+    assert modules(ws / "dist/krnk.safetensors") < unet
+    with safe_open(ws / "dist/krnksf_tyankps.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["charfw_arch"] == "sdxl"
+    tomls = list((ws / "build").rglob("*.toml"))   # 128/192 px images are SDXL's LOW class: trained at 1024
+    assert tomls and all("resolution = [1024, 1024]" in t.read_text() for t in tomls)
+    proc = subprocess.run([sys.executable, "-m", "doit"], cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and executed(proc) == set(), proc.stdout
