@@ -1,7 +1,8 @@
 """Benchmark: charfw's factor-based compression vs the dense-SVD resize sd-scripts does.
 
-Builds a synthetic 128-dim SD1.5 C3Lier LoRA (350 modules with the real SD1.5 shapes from
-charfw.lora.keys, fp16, ΔW with a decaying spectrum), writes it to a temporary file, then
+Builds a synthetic 128-dim C3Lier LoRA (SD1.5: 350 modules; `--arch sdxl`: 1,052 modules, the
+U-Net's 788 and both text encoders; the real shapes from charfw.lora.keys, fp16, ΔW with a
+decaying spectrum), writes it to a temporary file, then
 
 - runs charfw.lora.compress_file on it in a fresh process, default fp16 output (wall time
   of the call, and the process's peak RSS, which includes ~0.5 GB of torch itself);
@@ -18,7 +19,7 @@ on N modules spread over the file and extrapolates by the dense SVD cost m·n·m
 saying so in the output. charfw output is fp32 here so the error measures the algorithm,
 not fp16 rounding.
 
-    python bench/compress.py [--modules 40] [--method sv_ratio --param 16] [--rank 128]
+    python bench/compress.py [--arch sd15|sdxl] [--modules 40] [--method sv_ratio --param 16] [--rank 128]
                              [--baseline-threads 1]
 """
 
@@ -37,18 +38,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charfw.lora.compress import choose_rank  # noqa: E402
+from charfw.lora.compress import sd_scripts_rank  # noqa: E402
 from charfw.lora.keys import lora_module_specs  # noqa: E402
 
 
-def build_lora(path: Path, rank: int, seed: int) -> int:
+def build_lora(path: Path, rank: int, seed: int, arch: str = "sd15") -> int:
     """Write the synthetic LoRA; returns its size in bytes."""
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     decay = 0.97 ** torch.arange(rank, dtype=torch.float32)       # sv_ratio 16 keeps ~90 of 128
-    for s in lora_module_specs("sd15", conv3x3=True).values():
+    for s in lora_module_specs(arch, conv3x3=True).values():
         n = s.in_dim * s.kernel * s.kernel
         down = torch.randn(rank, n, generator=gen) / n ** 0.5
         up = torch.randn(s.out_dim, rank, generator=gen) * 0.05 * decay
@@ -61,17 +62,29 @@ def build_lora(path: Path, rank: int, seed: int) -> int:
     return path.stat().st_size
 
 
+def peak_rss() -> int:
+    """This process's peak RSS in bytes. VmHWM, not ru_maxrss: a spawned child inherits the parent's
+    ru_maxrss across fork and exec, which would count the parent's synthetic LoRA as charfw's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _charfw_child(src: str, dst: str, method: str, param: float, dtype: str, queue) -> None:
     from charfw.lora import compress_file
     from charfw.lora.options import CompressOptions
     from charfw.process import cpu_threads
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base_rss = peak_rss()
     t0 = time.perf_counter()
     with cpu_threads(1):  # as the CLI and the build run it
         report = compress_file(src, dst, CompressOptions.of(method=method, value=param, dtype=dtype))
     elapsed = time.perf_counter() - t0
-    queue.put({"seconds": elapsed, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    queue.put({"seconds": elapsed, "peak_rss": peak_rss(),
                "rss_after_imports": base_rss, "ranks": report["ranks"]})
 
 
@@ -104,7 +117,8 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=128)
     ap.add_argument("--method", default="sv_ratio")
     ap.add_argument("--param", type=float, default=16.0)
-    ap.add_argument("--modules", type=int, default=40, help="modules for the dense baseline (0 = all 350)")
+    ap.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    ap.add_argument("--modules", type=int, default=40, help="modules for the dense baseline (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline-threads", type=int, default=1)
     args = ap.parse_args()
@@ -112,14 +126,15 @@ def main() -> int:
     from safetensors import safe_open
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "sd15-c3lier-128.safetensors", Path(tmp) / "out.safetensors"
-        size = build_lora(src, args.rank, args.seed)
-        print(f"input: SD1.5 C3Lier LoRA, 350 modules, rank {args.rank}, fp16, {size / 2**20:.1f} MiB")
+        src, dst = Path(tmp) / f"{args.arch}-c3lier-128.safetensors", Path(tmp) / "out.safetensors"
+        size = build_lora(src, args.rank, args.seed, args.arch)
+        count = len(lora_module_specs(args.arch, conv3x3=True))
+        print(f"input: {args.arch} C3Lier LoRA, {count} modules, rank {args.rank}, fp16, {size / 2**20:.1f} MiB")
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
               f"method {args.method} {args.param:g}")
 
         ours = run_charfw(src, dst, args.method, args.param, "fp16")
-        print(f"charfw compress_file: {ours['seconds']:.2f} s for all 350 modules, fp16 output "
+        print(f"charfw compress_file: {ours['seconds']:.2f} s for all {count} modules, fp16 output "
               f"(incl. reading and writing)")
         exact = run_charfw(src, dst, args.method, args.param, "fp32")
         print(f"charfw compress_file: {exact['seconds']:.2f} s with fp32 output (used for the error below)")
@@ -131,7 +146,9 @@ def main() -> int:
             def factors(f, name):
                 up = f.get_tensor(f"{name}.lora_up.weight").float()
                 down = f.get_tensor(f"{name}.lora_down.weight").float()
-                scale = float(f.get_tensor(f"{name}.alpha")) / down.shape[0]
+                # charfw's outputs fold alpha/rank into the factors and store no alpha (read as alpha = rank)
+                alpha = f"{name}.alpha"
+                scale = float(f.get_tensor(alpha)) / down.shape[0] if alpha in f.keys() else 1.0
                 return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), scale
 
             shapes = {}
@@ -146,7 +163,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 delta = up @ down                                   # what sd-scripts does
                 u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-                k = choose_rank(s[: up.shape[1]], args.method, args.param, 128)
+                k = sd_scripts_rank(s, args.method, args.param, 128)   # charfw's default rank rule
                 new_up, new_down = u[:, :k] * s[:k], vh[:k]
                 dense_seconds += time.perf_counter() - t0
                 ref = (new_up @ new_down).double() * scale
@@ -160,9 +177,9 @@ def main() -> int:
         dense_total = dense_seconds * total_cost / subset_cost
         if len(subset) < len(names):
             print(f"dense SVD baseline: {dense_seconds:.2f} s for {len(subset)} of {len(names)} modules, "
-                  f"extrapolated by m*n*min(m,n) cost to {dense_total:.1f} s for all 350 (estimate)")
+                  f"extrapolated by m*n*min(m,n) cost to {dense_total:.1f} s for all {count} (estimate)")
         else:
-            print(f"dense SVD baseline: {dense_total:.2f} s for all 350 modules (compute only)")
+            print(f"dense SVD baseline: {dense_total:.2f} s for all {count} modules (compute only)")
         print(f"(baseline on {args.baseline_threads} thread(s); load average now {os.getloadavg()[0]:.1f})")
         print(f"speed-up: {dense_total / ours['seconds']:.0f}x")
         print(f"max relative error of ΔW vs dense SVD ({len(subset)} modules compared): {max_err:.2e}; "

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 
 from charfw.errors import CharfwError
-from charfw.fsutil import write_bytes
+from charfw.fsutil import atomic_path
 from charfw.lora.metadata import with_hashes
 from charfw.lora.modules import KNOWN_SUFFIXES, Module, make_module
 
@@ -129,5 +129,20 @@ def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Write a canonical safetensors file atomically."""
-    write_bytes(path, canonical_safetensors(tensors, metadata))
+    """Write a canonical safetensors file atomically, without a copy of the data in memory.
+
+    safetensors streams the tensors to the temporary file; then only its header is replaced by
+    the sorted one (the same JSON in another key order: the same length).
+    """
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(dict(tensors), str(tmp), dict(metadata))
+        with open(tmp, "r+b") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.dumps(json.loads(f.read(n)), sort_keys=True, separators=(",", ":")).encode()
+            header += b" " * (n - len(header))
+            if len(header) != n:  # not expected: fall back to writing the whole file anew
+                f.close()
+                tmp.write_bytes(canonical_safetensors(tensors, metadata))
+                return
+            f.seek(8)
+            f.write(header)

@@ -150,3 +150,18 @@ def test_sdxl_pipeline_renders(tiny_xl):
     out = pipe("krnk", num_inference_steps=2, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 64, 64, 3) and (out >= 0).all() and (out <= 1).all()
+
+
+def test_model_random_writes_a_loadable_single_file_checkpoint(tmp_path, tiny_xl_tensors):
+    from charfw.cli import main
+
+    out = tmp_path / "rand-xl.safetensors"
+    assert main(["model", "random", "tiny-sdxl", str(out), "--dtype", "fp32"]) == 0
+    sd = load_model(out)
+    assert sd.family == "sdxl" and sd.arch == "tiny-sdxl"
+    from safetensors.torch import load_file
+    written = load_file(str(out))
+    assert written.keys() == tiny_xl_tensors.keys()
+    assert all(torch.equal(written[k], tiny_xl_tensors[k]) for k in written)   # same seed, same bytes
+    assert main(["model", "random", "tiny-sd15", str(tmp_path / "half.safetensors"), "--seed", "3"]) == 0
+    assert load_file(str(tmp_path / "half.safetensors"))["model.diffusion_model.out.2.weight"].dtype == torch.float16
