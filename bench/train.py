@@ -14,9 +14,12 @@ as ordinary single-file checkpoints (`charfw model random`) that both trainers l
 - `sdxl-1024`: SDXL, 1024x1024, batch 1, fp16, C3Lier dim 128, U-Net only with cached
   text-encoder outputs, gradient checkpointing, AdamW 8-bit where bitsandbytes works.
 
-Steps/s is measured after `--warmup` steps (model load, first VAE encodes and allocator
-warm-up excluded); peak memory is the process's max RSS and, on GPU,
-torch.cuda.max_memory_allocated / max_memory_reserved. With `--sd-scripts`, each CUDA case
+After `--warmup` steps (model load, first VAE encodes, compilation and allocator warm-up
+excluded) a few steps run under torch.profiler: kernel launches per step and the share of the
+time the GPU is busy (on a CPU: aten ops dispatched per step, the same overhead measure). Then
+steps/s and images/s are timed over `--steps` steps (on a GPU both are rounded up to multiples
+of the trainer's loss-read interval, where the step hook fires); peak memory is the process's
+max RSS and, on GPU, torch.cuda.max_memory_allocated / max_memory_reserved. With `--sd-scripts`, each CUDA case
 also runs sd-scripts' train_network.py (sdxl_train_network.py) on the same images (colour
 augmentation off, latents cached, as sd-scripts requires for caching), the same checkpoint
 and the same settings; its steps/s comes from the wall times of its per-step TensorBoard
@@ -95,19 +98,27 @@ def settings_for(case: str):
     from charfw.config.models import TrainSettings
 
     spec = CASES[case]
-    return TrainSettings(network="c3lier", dim=128, mixed_precision="fp16", gradient_checkpointing=True,
-                         save_every_n_steps=10_000, optimizer="adamw8bit" if spec.get("family") == "sdxl" else "adamw")
+    cuda = spec["device"] == "cuda"   # the GPU cases: the seed's settings, checkpointing on as it sets it
+    return TrainSettings(network="c3lier", dim=128, mixed_precision="fp16",
+                         gradient_checkpointing=True if cuda else "auto", save_every_n_steps=10_000,
+                         optimizer="adamw8bit" if spec.get("family") == "sdxl" else "adamw")
 
 
 def one(case: str, steps: int, warmup: int, work: Path) -> dict:
     import torch
 
     from charfw.request import TrainRequest
-    from charfw.train.loop import reset_accelerate, run
+    from charfw.train.loop import LOSS_READ_EVERY, reset_accelerate, run
 
     spec = CASES[case]
     family = spec.get("family", "sd15")
-    times: list[float] = []
+    cuda = spec["device"] == "cuda"
+    if cuda:  # losses (and so this hook) come back LOSS_READ_EVERY steps at a time: measure on those bounds
+        round_up = lambda n: -(-n // LOSS_READ_EVERY) * LOSS_READ_EVERY  # noqa: E731
+        steps, warmup = round_up(steps), round_up(warmup)
+    window = LOSS_READ_EVERY if cuda else 2            # steps profiled (before the timed ones)
+    ticks: dict[int, float] = {}
+    profile: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         toml = draw_dataset(tmp / "data", spec["size"], resolution=1024 if family == "sdxl" else 512,
@@ -115,28 +126,47 @@ def one(case: str, steps: int, warmup: int, work: Path) -> dict:
         model = spec["model"]
         if model.startswith("random:"):
             model = str(random_checkpoint(model.split(":")[1], work))
-        job = TrainRequest(name="bench", settings=settings_for(case), steps=warmup + steps, dataset_toml=toml,
-                           model=model, output=tmp / "out.safetensors", state_dir=tmp / "state",
+        job = TrainRequest(name="bench", settings=settings_for(case), steps=warmup + window + steps,
+                           dataset_toml=toml, model=model, output=tmp / "out.safetensors", state_dir=tmp / "state",
                            trigger_words=("bench",), progress=False, device=spec["device"], family=family)
-        if spec["device"] == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
 
         def tick(step: int, loss: float) -> None:
-            if spec["device"] == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter())
+            ticks[step] = time.perf_counter()
+            if step == warmup:
+                profile["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+                    [torch.profiler.ProfilerActivity.CUDA] if cuda else []))
+                profile["prof"].__enter__()
+            elif step == warmup + window:
+                profile["prof"].__exit__(None, None, None)
+                profile.update(launches_and_busy(profile.pop("prof"), window, ticks[step] - ticks[warmup], cuda))
 
         reset_accelerate()
         run(job, on_step=tick)
-    measured = times[warmup:]
+    first, last = warmup + window, warmup + window + steps
     result = {"case": case, "steps": steps, "threads": torch.get_num_threads(),
-              "steps_per_s": (len(measured) - 1) / (measured[-1] - measured[0]),
-              "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if spec["device"] == "cuda":
+              "steps_per_s": steps / (ticks[last] - ticks[first]),
+              "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **profile}
+    result["images_per_s"] = result["steps_per_s"] * spec.get("batch", 2)
+    if cuda:
         result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
         result["gpu"] = torch.cuda.get_device_name()
     return result
+
+
+def launches_and_busy(prof, steps: int, seconds: float, cuda: bool) -> dict:
+    """Per step: kernel launches (CUDA) or aten ops dispatched (CPU), and the share of the time the GPU
+    ran kernels (profiled steps run slower than timed ones; the counts are what matters)."""
+    events = prof.events()
+    if not cuda:
+        return {"ops_per_step": sum(e.name.startswith("aten::") for e in events) / steps}
+    launches = sum(e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC") for e in events)
+    busy_us = sum(e.device_time_total for e in events if e.device_type.name == "CUDA")
+    return {"kernel_launches_per_step": launches / steps, "gpu_busy_share": busy_us / 1e6 / seconds}
 
 
 # --------------------------------------------------------------------------- sd-scripts side
@@ -237,7 +267,8 @@ def main() -> None:
         return
     import torch
     cases = [c for c, s in CASES.items() if s["device"] == "cpu" or torch.cuda.is_available()]
-    print(f"{'case':<16} {'steps/s':>8} {'s/step':>8} {'max RSS MiB':>12} {'CUDA MiB':>9} {'reserved':>9}")
+    print(f"{'case':<16} {'steps/s':>8} {'img/s':>7} {'max RSS MiB':>12} {'CUDA MiB':>9} {'reserved':>9} "
+          f"{'launches/step':>13} {'GPU busy':>8}")
     for case in cases:
         extra = ["--threads", str(args.threads)] if args.threads else []
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--steps", str(args.steps),
@@ -249,15 +280,18 @@ def main() -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         cuda = (f"{r['cuda_max_allocated_mib']:9.0f} {r['cuda_max_reserved_mib']:9.0f}"
                 if "cuda_max_allocated_mib" in r else f"{'-':>9} {'-':>9}")
-        print(f"{case:<16} {r['steps_per_s']:8.2f} {1 / r['steps_per_s']:8.2f} {r['max_rss_mib']:12.0f} {cuda}"
-              + (f"  ({r['gpu']})" if "gpu" in r else f"  ({r['threads']} threads)"), flush=True)
+        launches = r.get("kernel_launches_per_step", r.get("ops_per_step", 0))
+        busy = f"{r['gpu_busy_share']:8.0%}" if "gpu_busy_share" in r else f"{'-':>8}"
+        print(f"{case:<16} {r['steps_per_s']:8.2f} {r['images_per_s']:7.2f} {r['max_rss_mib']:12.0f} {cuda} "
+              f"{launches:13.0f} {busy}" + (f"  ({r['gpu']})" if "gpu" in r else
+                                            f"  ({r['threads']} threads; CPU: aten ops/step)"), flush=True)
         if args.sd_scripts and CASES[case]["device"] == "cuda":
             s = run_sd_scripts(case, args.sd_scripts.expanduser().resolve(), args.sd_scripts_python, args.steps,
                                args.warmup, args.work)
             if "error" in s:
                 print(f"{'  sd-scripts':<16} failed:\n{s['error']}")
             else:
-                print(f"{'  sd-scripts':<16} {s['steps_per_s']:8.2f} {1 / s['steps_per_s']:8.2f} "
+                print(f"{'  sd-scripts':<16} {s['steps_per_s']:8.2f} {'':>7} "
                       f"{'':>12} {s['nvidia_smi_peak_mib']:9.0f} (nvidia-smi)   charfw / sd-scripts: "
                       f"{r['steps_per_s'] / s['steps_per_s']:.2f}x", flush=True)
 

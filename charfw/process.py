@@ -87,3 +87,38 @@ def cpu_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (ids or UUIDs)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def worker_gpu(slot: int, gpus: list[int] | None, visible: list[str]) -> str | None:
+    """The one GPU `doit -n` worker `slot` trains on: round robin over `gpus` (indices into the
+    visible devices) or over every visible device; None without a GPU."""
+    pool = [visible[i] for i in gpus if 0 <= i < len(visible)] if gpus else visible
+    return pool[slot % len(pool)] if pool else None
+
+
+def claim_worker_gpu(gpus: list[int] | None) -> str | None:
+    """In a `doit -n` worker, before CUDA starts: see only this worker's GPU, so N targets train at once
+    on N GPUs. The main process (plain `doit`, `charfw train`) keeps every device."""
+    import multiprocessing
+
+    global _claimed
+    if multiprocessing.parent_process() is None:
+        return None
+    if _claimed is None:   # a worker chooses once: CUDA keeps the devices it saw at its first task
+        _claimed = (worker_gpu(worker_slot(), gpus, visible_gpus()),)
+        if _claimed[0] is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _claimed[0]
+    return _claimed[0]
+
+
+_claimed: tuple[str | None] | None = None

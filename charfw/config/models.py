@@ -62,7 +62,13 @@ class TrainSettings(Strict):
                              description="SD1.5 only: SDXL always conditions on the penultimate layers")
     mixed_precision: Literal["fp16", "bf16", "no"] = setting("fp16", effect="weights")
     save_precision: Literal["fp16", "bf16", "float"] = setting("fp16", effect="file")
-    gradient_checkpointing: bool = setting(True, effect="run")
+    gradient_checkpointing: bool | Literal["auto"] = setting(
+        "auto", effect="run", description="auto: off when the step fits in free memory without it (rules.memory)")
+    compile: Literal["auto", "on", "off"] = setting(
+        "auto", effect="run", backend="embedded",
+        description="torch.compile of the repeated transformer blocks; auto: on a GPU, for runs of 300+ steps")
+    gpus: list[int] | None = setting(
+        None, effect="run", description="under doit -n: the GPUs the workers take, one each (default all visible)")
     seed: int = setting(31337, effect="weights")
     noise_offset: float | None = setting(None, effect="weights", ge=0)
     min_snr_gamma: float | None = setting(None, effect="weights", gt=0)

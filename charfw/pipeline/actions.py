@@ -96,9 +96,13 @@ def train(req: TrainRequest, build_dir: str) -> None:
     """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
     from charfw.backends import train as run
     from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
+    from charfw.process import claim_worker_gpu
     from charfw.runkey import digest_cache
 
     die_with_parent()
+    gpu = claim_worker_gpu(req.settings.gpus)
+    if gpu is not None:
+        print(f"charfw: {req.name} trains on GPU {gpu} (CUDA_VISIBLE_DEVICES)", file=sys.stderr, flush=True)
     try:
         with deferred_signals():
             run(req, digest_cache(Path(build_dir)))

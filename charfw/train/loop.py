@@ -29,6 +29,7 @@ from charfw.errors import CharfwError
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
 from charfw.request import TrainRequest
+from charfw.rules.memory import use_checkpointing
 from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
@@ -42,8 +43,10 @@ from charfw.train.state import clear_state, load_state, run_id, save_state
 
 log = logging.getLogger("charfw.train")
 
-TRAINER_VERSION = 1   # bump when a change alters what the same inputs train to: old states are then discarded
+TRAINER_VERSION = 2   # bump when a change alters what the same inputs train to: old states are then discarded
 MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
+COMPILE_MIN_STEPS = 300
+LOSS_READ_EVERY = 16  # on a GPU, losses are read back (a sync) this many steps at a time
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
 
@@ -72,7 +75,8 @@ def reset_accelerate() -> None:
 
 
 def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, models=None) -> Path:
-    """The training itself, with a hook called after every step with (step number from 1, loss).
+    """The training itself, with a hook called with (step number from 1, loss) for every step (on a GPU
+    in groups of LOSS_READ_EVERY, when the losses are read back).
 
     `models`: an already loaded charfw.models.Sd to train on instead of loading `req.model`
     (benchmarks use random-weight SD1.5 models that exist only in memory).
@@ -110,6 +114,7 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
         from charfw.models import load_model
         models = load_model(req.model, req.vae, family=req.family, dtype=torch.float32, device="cpu")
     sd = models
+    free = free_memory(device)   # before the model moves there: rules.memory counts its weights
     base_dtype = torch.float32
     if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
         base_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
@@ -126,19 +131,29 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     if req.init_weights is not None:
         _load_init(network, req.init_weights)
     network.apply_to()
+    compiled = _compile_blocks(sd.unet) if use_compile(settings.compile, device, req.steps) else []
     try:
-        return _train(req, accelerator, datasets, sd, network, on_step)
+        return _train(req, accelerator, datasets, sd, network, on_step, free)
     finally:
+        _uncompile(compiled)
         network.restore()
 
 
-def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step) -> Path:
+def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step,
+           free: float | None = None) -> Path:
     settings, steps, device = job.settings, job.steps, accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     plan = BatchPlan(datasets, settings.seed)
     run = run_id(_run_parts(job, datasets, sd, world))
-    if settings.gradient_checkpointing:
+    checkpointing = use_checkpointing(
+        settings.gradient_checkpointing, free, sd.family, max(d.batch_size for d in datasets),
+        max(im.bucket[0] * im.bucket[1] for d in datasets for im in d.images),
+        sum(p.numel() for p in network.parameters()),
+        sum(p.numel() * p.element_size() for m in (sd.unet, *sd.text_encoders) for p in m.parameters()))
+    if checkpointing:
         _enable_checkpointing(sd, job.train_text_encoder)
+    if settings.gradient_checkpointing == "auto":
+        log.info("gradient checkpointing (auto): %s", "on" if checkpointing else "off")
     conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
     if not job.train_text_encoder:
         conditioner.precompute([im.caption for d in datasets for im in d.images], device, accelerator.autocast)
@@ -154,6 +169,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     meta = None
     if accelerator.is_main_process:
         meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, epochs, run)
+        meta["ss_gradient_checkpointing"] = str(checkpointing)
     disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
     latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
     window = collections.deque(maxlen=max(1, plan.per_epoch))   # loss/average: over about one epoch
@@ -167,6 +183,30 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
                position=worker_slot(),  # under `doit -n N`: one line per worker, not one overwritten line
                disable=not (job.progress and accelerator.is_local_main_process))
     last_save = time.monotonic()
+    pending: list[tuple[int, torch.Tensor, list[float]]] = []   # losses not read back yet
+
+    def flush() -> None:
+        """Read the pending losses in one transfer (on a GPU, the only sync besides saving), then report."""
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss, _ in pending]).float().cpu().tolist()
+        for (done, _, lrs), value in zip(pending, values):
+            if not math.isfinite(value) and accelerator.scaler is None:  # (the fp16 scaler skips such steps)
+                raise CharfwError(f"training diverged at step {done} (loss {value}); lower the learning rate",
+                                  field="lr")
+            window.append(value)
+            average = sum(window) / len(window)
+            if accelerator.trackers:
+                scalars = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
+                if len(lrs) > 1:
+                    scalars["lr/textencoder"] = lrs[1]
+                accelerator.log(scalars, step=done)
+            if on_step is not None:
+                on_step(done, value)
+        bar.set_postfix(loss=f"{average:.4f}", refresh=False)
+        pending.clear()
+
+    read_every = loss_read_every(device)
     for step in range(start, steps):
         if interrupt.requested() and step == start:
             bar.close()
@@ -183,24 +223,12 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(value) and accelerator.scaler is None:  # (the fp16 grad scaler skips such steps)
-            raise CharfwError(f"training diverged at step {step + 1} (loss {value}); lower the learning rate",
-                              field="lr")
-
-        window.append(value)
-        average = sum(window) / len(window)
+        pending.append((step + 1, value, lr_scheduler.get_last_lr()))
         bar.update(1)
-        bar.set_postfix(loss=f"{average:.4f}", refresh=False)
-        if accelerator.trackers:
-            lrs = lr_scheduler.get_last_lr()
-            scalars = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
-            if len(lrs) > 1:
-                scalars["lr/textencoder"] = lrs[1]
-            accelerator.log(scalars, step=step + 1)
-        if on_step is not None:
-            on_step(step + 1, value)
         done, stop = step + 1, interrupt.requested()
         due = done % settings.save_every_n_steps == 0 or time.monotonic() - last_save >= settings.save_every_minutes * 60
+        if len(pending) >= read_every or done == steps or due or stop:
+            flush()
         if done < steps and (due or stop):
             if accelerator.is_main_process:
                 save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
@@ -222,8 +250,8 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
 
 
 def _step(sd, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
-          sizes: list[tuple[int, ...]], gen: torch.Generator) -> float:
-    """Forward and backward of one batch; returns the loss."""
+          sizes: list[tuple[int, ...]], gen: torch.Generator) -> torch.Tensor:
+    """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
     device = accelerator.device
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
                                   settings.noise_offset)
@@ -232,7 +260,47 @@ def _step(sd, settings, accelerator, x0: torch.Tensor, conditioner: TextConditio
         loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, noise.to(device), timesteps.to(device),
                               settings.min_snr_gamma, **cond.unet_kwargs())
     accelerator.backward(loss)
-    return float(loss.detach())
+    return loss.detach()
+
+
+def use_compile(setting: str, device: torch.device, steps: int) -> bool:
+    """`compile: auto` compiles on a GPU for runs long enough to repay the compile time (seconds per
+    distinct block shape); never on a CPU, where it costs minutes."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" and steps >= COMPILE_MIN_STEPS
+
+
+def _compile_blocks(unet) -> list:
+    """Regional compilation: each repeated transformer block, not the whole U-Net (one compile per
+    block shape instead of minutes for the graph). Returns the blocks, for `_uncompile`."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    for block in blocks:
+        block.compile(dynamic=False)
+    log.info("compiled %d transformer blocks (torch.compile)", len(blocks))
+    return blocks
+
+
+def _uncompile(blocks: list) -> None:
+    for block in blocks:  # the base model may be trained again (tests, benchmarks) with other adapters
+        block._compiled_call_impl = None
+
+
+def loss_read_every(device: torch.device) -> int:
+    """Steps between loss reads: each read waits for the GPU; on a CPU it costs nothing."""
+    return 1 if device.type == "cpu" else LOSS_READ_EVERY
+
+
+def free_memory(device: torch.device) -> float | None:
+    """Free bytes where the training runs: the GPU's, or the machine's available RAM; None if unknown."""
+    try:
+        if device.type == "cuda":
+            return float(torch.cuda.mem_get_info(device)[0])
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
 
 
 def _enable_checkpointing(sd, text_encoders: bool) -> None:

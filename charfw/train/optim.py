@@ -61,7 +61,8 @@ def build_optimizer(settings, unet_params, te_params, device) -> tuple[torch.opt
         log.info("optimizer: torch AdamW (8-bit AdamW needs bitsandbytes on a supported GPU)")
     else:
         log.info("optimizer: torch AdamW")
-    opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
+    # One fused kernel for every parameter instead of several per parameter (the same maths)
+    opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY, fused=True)
     return opt, "torch.optim.adamw.AdamW"
 
 
