@@ -18,7 +18,7 @@ from charfw.layout import Layout
 from charfw.models.family import FAMILY_LABEL, checkpoint_problem, lora_problem, safetensors_header, vae_problem
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
-from charfw.rules.viewcode import required_yaws
+from charfw.rules.viewcode import missing_yaws, required_yaws
 
 CHECKED_FILE = ".checked.json"
 
@@ -26,30 +26,43 @@ CHECKED_FILE = ".checked.json"
 def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str]]:
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)
-    warnings: list[str] = [f"{name} is left out of the build until it has images ({skipped.reason})"
-                           for name, skipped in project.skipped.items()]
     check_models(project)
     for target in project.targets.values():
         if target.lora is not None:
             check_lora(target.lora, target.manifest)
-    checked = file_cache(project.build_dir, CHECKED_FILE)
     layout = Layout(project)  # plans every set: sizes, size classes
+    warnings = check_warnings(layout)
+    checked = file_cache(project.build_dir, CHECKED_FILE)
+    if decode:  # a truncated file fails here, not mid-build
+        for s in project.sets.values():
+            for src in s.sources:
+                checked.get(src.path, lambda p, bg=s.background: flatten(p, bg) is not None)
+    checked.save()
+    return project, warnings
+
+
+def check_warnings(layout: Layout) -> list[str]:
+    """What `charfw check` warns about, from the plans alone (no image decoded): the report's problems."""
+    project = layout.project
+    warnings = [f"{name} is left out of the build until it has images ({skipped.reason})"
+                for name, skipped in project.skipped.items()]
     for sid, s in project.sets.items():
         used = {item.source.path for item in layout.plans[sid]}
+        largest = max(s.sizes)
         for src in s.sources:
             if src.path not in used:
                 warnings.append(f"{src.path}: smaller than every size of its set ({', '.join(map(str, s.sizes))} "
                                 "px, longer side): it is not trained on (images are never upscaled)")
-            if decode:  # a truncated file fails here, not mid-build
-                checked.get(src.path, lambda p, bg=s.background: flatten(p, bg) is not None)
-        wanted = required_yaws(s.symmetric)
-        missing = sorted(set(wanted) - {src.view.yaw for src in s.sources})
+            elif not any(i.size == largest for i in layout.plans[sid] if i.source.path == src.path):
+                warnings.append(f"{src.path}: smaller than the set's largest size ({largest} px): it is missing "
+                                "from the larger size folders")
+        missing = missing_yaws((src.view.yaw for src in s.sources), s.symmetric)
         if missing:
+            wanted = required_yaws(s.symmetric)
             warnings.append(f"{s.folder}: no image for yaw {', '.join(map(str, missing))} "
                             f"({'symmetric' if s.symmetric else 'asymmetric'} characters need "
                             f"{min(wanted)}-{max(wanted)})")
-    checked.save()
-    return project, warnings
+    return warnings
 
 
 def check_models(project: Project) -> None:

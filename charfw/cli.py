@@ -52,6 +52,18 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from charfw.report.build import build_report
+
+    page = build_report(Path(args.workspace).resolve(), args.target, wait=args.wait)
+    print(page)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.as_uri())
+    return 0
+
+
 def cmd_train(args) -> int:
     from charfw.backends import train
     from charfw.config.workspace import load_project
@@ -112,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write build/report/ (contact sheets, per-character and per-target pages)")
+    p.add_argument("target", nargs="?", help="print (and open) this target's page instead of the overview")
+    p.add_argument("--open", action="store_true", help="open the page in the web browser")
+    p.add_argument("--wait", action="store_true", help="wait for a build running in this workspace to finish")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="train one target now, outside doit (its dataset must be built)")
     p.add_argument("target")

@@ -131,3 +131,35 @@ def text_file(path: str, text: str) -> None:
 
 def blocked(reason: str) -> TaskFailed:
     return TaskFailed(f"not built yet: {reason}")
+
+
+@reported
+def contact_sheet(rows, background: tuple[int, int, int], out: str) -> None:
+    from charfw.report.sheets import render_sheet
+
+    render_sheet(rows, background, Path(out))
+
+
+@reported
+def report_page(path: str, text: str, placeholders: tuple[str, ...] = ()) -> None:
+    """Write one page; images the charts stage writes after training get a placeholder until then,
+    so the page never links to a missing file and its text does not change when they arrive."""
+    from charfw.report.charts import render_curves
+
+    for image in placeholders:
+        if not Path(image).exists():
+            render_curves({}, [], "not trained yet", Path(image))
+    write_text(path, text)
+
+
+@reported
+def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[str, str]) -> None:
+    """Loss and learning-rate curves from the run's log; each LoRA file's per-block chart."""
+    from charfw.lora.inspect import inspect_file, plot_blocks
+    from charfw.report.charts import read_scalars, render_curves
+
+    scalars = read_scalars(Path(log_dir)) if Path(log_dir).is_dir() else {}
+    render_curves(scalars, ["loss/current", "loss/average"], f"{name}: loss", Path(outs["loss"]))
+    render_curves(scalars, ["lr/unet", "lr/textencoder"], f"{name}: learning rate", Path(outs["lr"]))
+    for which, path in loras.items():
+        plot_blocks(inspect_file(path), Path(outs[f"blocks-{which}"]))   # written atomically

@@ -8,6 +8,8 @@ what it would write changes.
     train     LoRA training                    (per target without a declared `lora:`)
     merge     block weights baked in           (per target)
     compress  SVD resize -> dist/<name>        (per target)
+    report    contact sheets and HTML pages    (per set, character, target; needs no training)
+    charts    loss/lr curves, block charts     (per target, after compress)
 
 Paths come from charfw.layout; what the actions do is in charfw.pipeline.actions.
 """
@@ -24,7 +26,7 @@ from charfw.request import TrainRequest
 from charfw.rules.captions import caption
 from charfw.runkey import digest_cache, is_trained
 
-STAGES = ("images", "captions", "dataset", "train", "merge", "compress")
+STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts")
 
 
 class values_changed(config_changed):
@@ -159,6 +161,74 @@ def task_compress(layout: Layout):
         }
 
 
+def task_report(layout: Layout):
+    """Write build/report/: contact sheets and pages per character and target (before training too)."""
+    from charfw.check import check_warnings
+    from charfw.report import pages
+    from charfw.report.grid import view_grid
+
+    out = pages.report_dir(layout)
+    for sid, s in layout.project.sets.items():
+        rows = view_grid(s)
+        yield {
+            "name": f"sheet-{sid}",
+            "doc": f"contact sheet of {sid}",
+            "actions": [(actions.contact_sheet, [rows, s.background, str(out / pages.sheet_rel(sid))])],
+            "file_dep": [layout.rel(src.path) for src in s.sources],
+            "targets": [layout.rel(out / pages.sheet_rel(sid))],
+            "uptodate": [values_changed({"cells": [[c.code, c.state, c.count, layout.rel(c.source) if c.source
+                                                     else None] for row in rows for c in row],
+                                         "background": list(s.background)}, "view grid, background")],
+            "clean": True,
+        }
+    warnings = check_warnings(layout)
+    texts = {"index.html": pages.index_page(layout, warnings)}
+    texts.update({f"characters/{name}.html": pages.character_page(layout, name, warnings)
+                  for name in pages.characters(layout)})
+    for rel, text in texts.items():
+        yield {
+            "name": rel.removesuffix(".html"),
+            "doc": f"report page {rel}",
+            "actions": [(actions.report_page, [str(out / rel), text])],
+            "targets": [layout.rel(out / rel)],
+            "uptodate": [values_changed(text, "page text")],
+            "clean": True,
+        }
+    for target in layout.project.targets.values():
+        rel = f"targets/{target.name}.html"
+        text = pages.target_page(layout, target)
+        charts = tuple(str(out / c) for c in pages.chart_rels(target.name).values())
+        yield {
+            "name": rel.removesuffix(".html"),
+            "doc": f"report page {rel}",
+            "actions": [(actions.report_page, [str(out / rel), text, charts])],
+            "targets": [layout.rel(out / rel)],
+            "uptodate": [values_changed(text, "page text")],
+            "clean": True,
+        }
+
+
+def task_charts(layout: Layout):
+    """Draw each finished target's loss and learning-rate curves and per-block charts into the report."""
+    from charfw.report import pages
+
+    out = pages.report_dir(layout)
+    for target in layout.project.targets.values():
+        loras = {"trained": layout.trained_path(target), "merged": layout.merged_path(target),
+                 "dist": layout.dist_path(target)}
+        charts = {k: str(out / v) for k, v in pages.chart_rels(target.name).items()}
+        yield {
+            "name": target.name,
+            "doc": f"loss/lr curves and block charts of {target.name}",
+            "actions": [(actions.training_charts, [target.name, str(layout.log_dir / target.name),
+                                                   {k: str(v) for k, v in loras.items()}, charts])],
+            "file_dep": [layout.rel(p) for p in loras.values()],
+            "task_dep": [f"report:targets/{target.name}"],
+            "targets": [layout.rel(p) for p in charts.values()],
+            "clean": True,
+        }
+
+
 def task_blocked(layout: Layout):
     """Characters left out until their images are there (not run by default; running one says why)."""
     for name, skipped in layout.project.skipped.items():
@@ -167,7 +237,7 @@ def task_blocked(layout: Layout):
 
 
 TASKS = {"images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
-         "merge": task_merge, "compress": task_compress,
+         "merge": task_merge, "compress": task_compress, "report": task_report, "charts": task_charts,
          "blocked": task_blocked}
 
 

@@ -42,6 +42,11 @@ def required_yaws(symmetric: bool) -> range:
     return SYMMETRIC_YAWS if symmetric else ALL_YAWS
 
 
+def missing_yaws(yaws, symmetric: bool) -> list[int]:
+    """Required yaws that none of `yaws` (a set's images, any pitch) covers."""
+    return sorted(set(required_yaws(symmetric)) - set(yaws))
+
+
 def mirror_yaw(yaw: int) -> int:
     """Yaw seen in a horizontally flipped image: 1<->7, 2<->6, 3<->5."""
     return (8 - yaw) % 8

@@ -12,6 +12,13 @@ objective (loss), optim (optimizer/schedule), state (resume), metadata (ss_*/mod
 loop (the loop).
 """
 
-from charfw.train.loop import train_lora, training_device
+import importlib
 
 __all__ = ["train_lora", "training_device"]
+
+
+def __getattr__(name: str):
+    # Lazy: the pure rules in this package (buckets) are used where torch must not be imported.
+    if name in __all__:
+        return getattr(importlib.import_module("charfw.train.loop"), name)
+    raise AttributeError(name)

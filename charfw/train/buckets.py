@@ -91,3 +91,9 @@ def center_crop_box(resized: Size, bucket: Size) -> tuple[int, int, int, int]:
     left = (resized[0] - bucket[0]) // 2 if resized[0] > bucket[0] else 0
     top = (resized[1] - bucket[1]) // 2 if resized[1] > bucket[1] else 0
     return left, top, left + bucket[0], top + bucket[1]
+
+
+def batches_per_epoch(bucket_counts: list[int], batch_size: int) -> int:
+    """Batches of one dataset per epoch: each bucket's samples (images x repeats) cut into batches
+    of `batch_size`, the last one possibly short (as sd-scripts' BucketManager)."""
+    return sum(-(-n // batch_size) for n in bucket_counts if n)

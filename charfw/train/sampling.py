@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from charfw.train.augment import COLOR_PROBABILITY, COLOR_VARIANTS
+from charfw.train.buckets import batches_per_epoch
 from charfw.train.dataset import Dataset
 
 
@@ -40,6 +41,14 @@ def epoch_batches(datasets: list[Dataset], seed: int, epoch: int) -> list[tuple[
     return batches
 
 
+def bucket_counts(ds: Dataset) -> dict[tuple[int, int], int]:
+    """Samples per bucket in one epoch: each image once per repeat."""
+    counts: dict[tuple[int, int], int] = {}
+    for image in ds.images:
+        counts[image.bucket] = counts.get(image.bucket, 0) + ds.subsets[image.subset].num_repeats
+    return counts
+
+
 def _sample(rng: random.Random, d: int, ds: Dataset, i: int) -> Sample:
     subset = ds.subsets[ds.images[i].subset]
     flip = subset.flip_aug and rng.random() < 0.5
@@ -54,7 +63,7 @@ class BatchPlan:
 
     def __init__(self, datasets: list[Dataset], seed: int):
         self.datasets, self.seed = datasets, seed
-        self.per_epoch = len(epoch_batches(datasets, seed, 0))
+        self.per_epoch = sum(batches_per_epoch(list(bucket_counts(ds).values()), ds.batch_size) for ds in datasets)
         self._epoch, self._batches = -1, []
 
     def __getitem__(self, n: int) -> tuple[Sample, ...]:

@@ -1,0 +1,104 @@
+"""What a target trains on, in numbers, from the plans alone (no image is decoded, no torch).
+
+The same rules the build and the trainers use: size classes (rules.sizeclass), buckets
+without upscaling (train.buckets), batches per epoch (train.buckets.batches_per_epoch),
+captions (rules.captions).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from charfw.dataset.plan import Prepared
+from charfw.layout import Layout
+from charfw.project import Target
+from charfw.rules.captions import caption
+from charfw.rules.sizeclass import batch_size, class_pair, resolution
+from charfw.train.buckets import Size, batches_per_epoch, no_upscale_placement
+
+
+@dataclass
+class Folder:
+    set_id: str
+    name: str          # "krnk girl_f0128"
+    images: int
+    repeats: int
+    buckets: Counter   # bucket (w, h) -> images
+
+
+@dataclass
+class SizeClass:
+    pair: str          # "LOW_LOW"
+    resolution: tuple[int, int]
+    batch: int
+    folders: list[Folder] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(f.images * f.repeats for f in self.folders)
+
+    @property
+    def batches(self) -> int:
+        counts: Counter = Counter()
+        for f in self.folders:
+            for bucket, n in f.buckets.items():
+                counts[bucket] += n * f.repeats
+        return batches_per_epoch(list(counts.values()), self.batch)
+
+
+@dataclass
+class TargetNumbers:
+    classes: list[SizeClass]
+    steps: int
+
+    @property
+    def samples(self) -> int:
+        return sum(c.samples for c in self.classes)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(c.batches for c in self.classes)
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.steps // self.batches_per_epoch) if self.batches_per_epoch else 0
+
+
+def bucket_of(item: Prepared, family: str) -> Size:
+    w, h = resolution(class_pair(item.width, item.height, family), family)
+    return no_upscale_placement(item.width, item.height, w * h).bucket
+
+
+def target_numbers(layout: Layout, target: Target) -> TargetNumbers:
+    family, table = layout.project.family, layout.project.batch_table
+    classes: dict[str, SizeClass] = {}
+    for sub in target.subsets:
+        by_folder: dict[str, list[Prepared]] = {}
+        for item in layout.plans[sub.set.id]:
+            by_folder.setdefault(item.folder, []).append(item)
+        for name, items in by_folder.items():
+            pair = class_pair(items[0].width, items[0].height, family)
+            cls = classes.setdefault(pair, SizeClass(pair, resolution(pair, family), batch_size(pair, table)))
+            cls.folders.append(Folder(sub.set.id, name, len(items), sub.repeats,
+                                      Counter(bucket_of(i, family) for i in items)))
+    return TargetNumbers(list(classes.values()), target.steps)
+
+
+@dataclass
+class ImageRow:
+    name: str          # source file name
+    code: str
+    caption: str
+    prepared: list[tuple[str, tuple[int, int], Size]]   # (folder, size, bucket) per prepared copy
+
+
+def image_rows(layout: Layout, set_id: str) -> list[ImageRow]:
+    s = layout.project.sets[set_id]
+    template = layout.project.config.captions.template
+    copies: dict = {}
+    for item in layout.plans[set_id]:
+        copies.setdefault(item.source.path, []).append(
+            (item.folder, (item.width, item.height), bucket_of(item, layout.project.family)))
+    return [ImageRow(src.path.name, src.view.code, caption(s.keywords, src.view, template), copies.get(src.path, []))
+            for src in sorted(s.sources, key=lambda x: x.path.name)]

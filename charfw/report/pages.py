@@ -1,0 +1,146 @@
+"""The report's HTML: an overview, one page per character and one per target. Static, relative
+links only, no JavaScript, readable offline. Every grid cell carries `data-code` and `data-state`
+so tools (and tests) can read the grid without looking at pixels.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from charfw.layout import Layout
+from charfw.project import Target
+from charfw.report.grid import view_grid
+from charfw.report.numbers import image_rows, target_numbers
+
+CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}
+table.grid td{width:70px;text-align:center}td.present{background:#eef}td.mirrored{background:#def;color:#26c}
+td.missing{background:#fdd;color:#c33}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em}
+img{max-width:100%}nav a{margin-right:1em}"""
+
+LORA_FILES = ("trained", "merged", "dist")
+
+
+def character_of(set_id: str) -> str:
+    return set_id.split("/", 1)[0]
+
+
+def characters(layout: Layout) -> dict[str, list[str]]:
+    """character name -> its set ids, in manifest order."""
+    out: dict[str, list[str]] = {}
+    for sid in layout.project.sets:
+        out.setdefault(character_of(sid), []).append(sid)
+    return out
+
+
+def sheet_rel(set_id: str) -> str:
+    return f"img/sheets/{set_id}.png"
+
+
+def chart_rels(target: str) -> dict[str, str]:
+    """The target page's images (written by the charts task after training; placeholders before)."""
+    rels = {"loss": f"img/curves/{target}-loss.png", "lr": f"img/curves/{target}-lr.png"}
+    rels.update({f"blocks-{which}": f"img/blocks/{target}-{which}.png" for which in LORA_FILES})
+    return rels
+
+
+def _page(title: str, body: str, depth: int) -> str:
+    up = "../" * depth
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<nav><a href=\"{up}index.html\">overview</a></nav>\n"
+            f"<h1>{escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _warnings(items: list[str]) -> str:
+    if not items:
+        return ""
+    return "<div class=\"warn\"><b>Problems</b><ul>" + "".join(f"<li>{escape(w)}</li>" for w in items) + \
+        "</ul></div>\n"
+
+
+def index_page(layout: Layout, warnings: list[str]) -> str:
+    chars = characters(layout)
+    rows = []
+    for name, sids in chars.items():
+        first = sids[0]
+        rows.append(f"<tr><td><a href=\"characters/{escape(name)}.html\">{escape(name)}</a></td>"
+                    f"<td>{', '.join(escape(s) for s in sids)}</td>"
+                    f"<td><a href=\"characters/{escape(name)}.html\"><img src=\"{sheet_rel(first)}\" width=\"420\" "
+                    f"alt=\"{escape(first)}\"></a></td></tr>")
+    targets = []
+    for t in layout.project.targets.values():
+        n = target_numbers(layout, t)
+        targets.append(f"<tr data-target=\"{escape(t.name)}\"><td><a href=\"targets/{escape(t.name)}.html\">"
+                       f"{escape(t.name)}</a></td><td>{t.kind}</td><td>{n.samples}</td><td>{n.batches_per_epoch}</td>"
+                       f"<td>{n.epochs}</td><td>{t.steps}</td><td>{'declared' if t.lora else t.train.trainer}</td></tr>")
+    body = (_warnings(warnings)
+            + f"<p>Model: {escape(layout.project.config.model)} ({layout.project.family})</p>\n"
+            + "<h2>Characters</h2>\n<table><tr><th>character</th><th>sets</th><th>contact sheet</th></tr>"
+            + "".join(rows) + "</table>\n<h2>Targets</h2>\n<table><tr><th>target</th><th>kind</th>"
+            "<th>images x repeats</th><th>batches / epoch</th><th>epochs</th><th>steps</th><th>trainer</th></tr>"
+            + "".join(targets) + "</table>")
+    return _page(f"charfw report: {layout.root.name}", body, 0)
+
+
+def _grid_table(layout: Layout, set_id: str) -> str:
+    rows = []
+    for row in view_grid(layout.project.sets[set_id]):
+        cells = "".join(
+            f"<td class=\"{c.state}\" data-code=\"{c.code}\" data-state=\"{c.state}\" title=\"{escape(c.label)}\">"
+            f"{c.code}{' flip' if c.state == 'mirrored' else ''}{' missing' if c.state == 'missing' else ''}</td>"
+            for c in row)
+        rows.append(f"<tr><th>pitch {row[0].pitch}</th>{cells}</tr>")
+    head = "".join(f"<th>yaw {y}</th>" for y in range(8))
+    return f"<table class=\"grid\" data-set=\"{escape(set_id)}\"><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def character_page(layout: Layout, name: str, warnings: list[str]) -> str:
+    parts = [_warnings([w for w in warnings if f"/{name}/" in w or w.startswith(name + " ")])]
+    for sid in characters(layout)[name]:
+        s = layout.project.sets[sid]
+        parts.append(f"<h2 id=\"{escape(sid)}\">{escape(sid)} ({'symmetric' if s.symmetric else 'asymmetric'}, "
+                     f"sizes {', '.join(map(str, s.sizes))})</h2>")
+        parts.append(f"<img src=\"../{sheet_rel(sid)}\" alt=\"contact sheet {escape(sid)}\">")
+        parts.append(_grid_table(layout, sid))
+        lines = []
+        for r in image_rows(layout, sid):
+            copies = "<br>".join(f"{escape(f)}: {w}x{h} -> bucket {b[0]}x{b[1]}" for f, (w, h), b in r.prepared) \
+                or "none (smaller than every size)"
+            lines.append(f"<tr data-image=\"{escape(r.name)}\"><td>{escape(r.name)}</td><td>{r.code}</td>"
+                         f"<td>{escape(r.caption)}</td><td>{copies}</td></tr>")
+        parts.append("<table><tr><th>image</th><th>code</th><th>caption</th><th>size folders and buckets</th></tr>"
+                     + "".join(lines) + "</table>")
+    targets = [t for t in layout.project.targets.values()
+               if any(character_of(sub.set.id) == name for sub in t.subsets)]
+    parts.append("<h2>Targets</h2><ul>" + "".join(
+        f"<li><a href=\"../targets/{escape(t.name)}.html\">{escape(t.name)}</a> ({t.kind})</li>" for t in targets)
+        + "</ul>")
+    return _page(f"character {name}", "\n".join(parts), 1)
+
+
+def target_page(layout: Layout, target: Target) -> str:
+    n = target_numbers(layout, target)
+    sets = "".join(f"<li><a href=\"../characters/{escape(character_of(sub.set.id))}.html#{escape(sub.set.id)}\">"
+                   f"{escape(sub.set.id)}</a> x {sub.repeats} repeats</li>" for sub in target.subsets)
+    classes = "".join(
+        f"<tr><td>{c.pair}</td><td>{c.resolution[0]}x{c.resolution[1]}</td><td>{c.batch}</td>"
+        f"<td>{'<br>'.join(f'{escape(f.set_id)}/{escape(f.name)}: {f.images} x {f.repeats}' for f in c.folders)}</td>"
+        f"<td>{c.samples}</td><td>{c.batches}</td></tr>" for c in n.classes)
+    charts = chart_rels(target.name)
+    blocks = "".join(f"<h3>{which} LoRA</h3><img src=\"../{charts['blocks-' + which]}\" alt=\"{which} blocks\">"
+                     for which in LORA_FILES)
+    body = (f"<p>{target.kind} target; trigger words: {escape(', '.join(target.trigger_words))}; "
+            f"merge weights: {escape(str(target.merge.weights))}</p>"
+            f"<h2>Data</h2><ul>{sets}</ul>"
+            "<table><tr><th>size class</th><th>resolution</th><th>batch</th><th>folders (images x repeats)</th>"
+            f"<th>samples / epoch</th><th>batches / epoch</th></tr>{classes}</table>"
+            f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
+            f"{target.steps} steps = {n.epochs} epochs</p>"
+            f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
+            f"<h2>Blocks</h2>{blocks}")
+    return _page(f"target {target.name}", body, 1)
+
+
+def report_dir(layout: Layout) -> Path:
+    return layout.build_dir / "report"
