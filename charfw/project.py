@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from charfw.config.models import Character, CompressSettings, MergeSettings, TrainSettings, Workspace
+from charfw.config.models import Character, CompressSettings, MergeSettings, SampleSettings, TrainSettings, Workspace
 from charfw.rules.sizeclass import batch_table
 from charfw.rules.training import DEFAULT_STEPS
 from charfw.rules.viewcode import ViewCode
@@ -62,6 +62,7 @@ class Target:
     train: TrainSettings
     merge: MergeSettings
     compress: CompressSettings
+    sample: SampleSettings
     init: str | None  # target whose LoRA this one starts from
     manifest: Path
     lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training

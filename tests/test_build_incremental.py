@@ -49,8 +49,9 @@ def test_editing_a_character_tag_reruns_only_its_captions_and_datasets(built):
     data = {"captions:krnk/face", "dataset:krnk", "dataset:krnksf", "dataset:krnksf_tyankps"}
     assert executed(run_doit(built, *DATA_STAGES)) == data
     # the captions changed, so the LoRAs trained on them are retrained (the group's is declared)
-    trained = {f"{stage}:{t}" for stage in ("train", "merge", "compress") for t in ("krnk", "krnksf")}
-    assert executed(run_doit(built)) == trained
+    trained = {f"{stage}:{t}" for stage in ("train", "merge", "compress", "charts", "sample") for t in ("krnk", "krnksf")}
+    assert executed(run_doit(built)) == trained | {"report:characters/krnk", "sample:grid-krnk",
+                                                   "sample:grid-krnksf"}   # the page shows captions
     caption = next((built / "build/images/krnk/face").glob("*_f0128/f00.txt")).read_text()
     assert caption.startswith("krnk, choker, white background")
 
@@ -92,7 +93,10 @@ def test_editing_merge_weights_reruns_only_merge_and_compress_of_that_target(bui
     path = built / "characters/groups.yaml"
     path.write_text(path.read_text() + "  merge:\n    weights: FACE\n")
     before = (built / "dist/krnksf_tyankps.safetensors").read_bytes()
-    assert executed(run_doit(built)) == {"merge:krnksf_tyankps", "compress:krnksf_tyankps"}
+    # its page shows the weights, its samples use the finished file, its grid the target's weights: never retrains
+    assert executed(run_doit(built)) == {"merge:krnksf_tyankps", "compress:krnksf_tyankps", "charts:krnksf_tyankps",
+                                         "report:targets/krnksf_tyankps", "sample:krnksf_tyankps",
+                                         "sample:grid-krnksf_tyankps"}
     assert (built / "dist/krnksf_tyankps.safetensors").read_bytes() != before
     # the same weights written as a list are the same weights: nothing to do
     from charfw.lora.blocks import PRESETS
@@ -114,7 +118,7 @@ def test_a_failed_merge_removes_the_outdated_finished_files(built):
 def test_editing_compress_settings_reruns_only_compress(built):
     path = built / "characters/groups.yaml"
     path.write_text(path.read_text() + "  compress:\n    value: 4\n")
-    assert executed(run_doit(built)) == {"compress:krnksf_tyankps"}
+    assert executed(run_doit(built)) == {"compress:krnksf_tyankps", "charts:krnksf_tyankps", "sample:krnksf_tyankps"}
 
 
 def test_editing_a_value_no_stage_reads_reruns_nothing(built):

@@ -122,12 +122,30 @@ class CompressSettings(CompressOptions):
     enabled: bool = True
 
 
+class SampleSettings(Strict):
+    """Sample images of each finished LoRA, and its X/Y grid (block weights x strength). Read by `sample`."""
+
+    enabled: bool = True
+    prompts: list[str] | None = Field(None, description="None = captions of f00/f02/f04 and b00/b02 views")
+    negative_prompt: str = "lowres, bad anatomy, bad hands, worst quality, low quality"
+    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    steps: int = Field(20, ge=1)
+    width: int | None = Field(None, ge=64, description="None = 512 (SD1.5) / 1024 (SDXL)")
+    height: int | None = Field(None, ge=64)
+    guidance: float = Field(7.0, ge=0)
+    sampler: Literal["euler_a", "ddim", "dpmpp_2m"] = "euler_a"
+    grid_weights: list[str] = Field(default_factory=lambda: ["target", "ALL", "NONE", "FACE", "BODY"],
+                                    description="X/Y grid rows: `target` = the target's own weights, or presets")
+    grid_strengths: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
+
+
 class Stages(Strict):
     """Per-level overrides of the settings sections."""
 
     train: TrainSettings | None = None
     merge: MergeSettings | None = None
     compress: CompressSettings | None = None
+    sample: SampleSettings | None = None
 
 
 class Sizes(Strict):

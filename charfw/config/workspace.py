@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, RootModel
 
-from charfw.config.models import (Character, CompressSettings, Group, MergeSettings,
+from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, SampleSettings,
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
@@ -209,11 +209,12 @@ def _add_target(project: Project, target: Target) -> None:
 
 
 def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
-    """Merge train/merge/compress field by field: workspace, workspace.<kind>, character, set."""
+    """Merge train/merge/compress/sample field by field: workspace, workspace.<kind>, character, set."""
     kind_layer = _Layer(getattr(cfg, kind), layers[0].file, layers[0].lines, (kind,))
     layers = [layers[0], kind_layer, *layers[1:]]
     out: dict = {"weights_origin": None}
-    for section, model in (("train", TrainSettings), ("merge", MergeSettings), ("compress", CompressSettings)):
+    for section, model in (("train", TrainSettings), ("merge", MergeSettings), ("compress", CompressSettings),
+                           ("sample", SampleSettings)):
         merged = dict(KIND_DEFAULTS[kind].get(section, {}))
         last = layers[0]
         for layer in layers:

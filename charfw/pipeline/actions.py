@@ -163,3 +163,39 @@ def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[s
     render_curves(scalars, ["lr/unet", "lr/textencoder"], f"{name}: learning rate", Path(outs["lr"]))
     for which, path in loras.items():
         plot_blocks(inspect_file(path), Path(outs[f"blocks-{which}"]))   # written atomically
+
+
+@reported
+def samples(model: str, vae: str | None, family: str, lora: str, prompts: list[str], settings, clip_skip: int,
+            outs: list[str]) -> None:
+    """One image per (prompt, seed) with the finished LoRA at strength 1."""
+    from charfw.lora import load_lora
+    from charfw.sample import render
+
+    sd = render.load(model, vae, family)
+    with render.applied(render.lora_layers(sd), load_lora(lora).modules.values(), 1.0):
+        images = render.render(sd, prompts, settings.seeds, settings, clip_skip)
+    for image, out in zip(images, outs):
+        render.save_png(image, Path(out))
+
+
+@reported
+def xy_grid(model: str, vae: str | None, family: str, lora: str, prompt: str, settings, clip_skip: int,
+            rows: dict[str, dict[str, float]], out: str) -> None:
+    """Block weights (rows) x strength (columns) of the trained LoRA, one prompt and seed."""
+    from charfw.lora import load_lora
+    from charfw.lora.merge import apply_block_weights
+    from charfw.sample import render
+
+    sd = render.load(model, vae, family)
+    layers, modules = render.lora_layers(sd), list(load_lora(lora).modules.values())
+    cells = []
+    for r, weights in enumerate(rows.values()):
+        scaled = list(apply_block_weights(modules, weights, family))
+        row = []
+        for c, strength in enumerate(settings.grid_strengths):
+            with render.applied(layers, scaled, strength, quiet=bool(r or c)):
+                row.append(render.render(sd, [prompt], settings.seeds[:1], settings, clip_skip)[0])
+        cells.append(row)
+    grid = render.grid_image(cells, list(rows), [f"strength {s:g}" for s in settings.grid_strengths])
+    render.save_png(grid, Path(out))

@@ -10,6 +10,7 @@ what it would write changes.
     compress  SVD resize -> dist/<name>        (per target)
     report    contact sheets and HTML pages    (per set, character, target; needs no training)
     charts    loss/lr curves, block charts     (per target, after compress)
+    sample    sample images and X/Y grids      (per target, after training / compress)
 
 Paths come from charfw.layout; what the actions do is in charfw.pipeline.actions.
 """
@@ -24,9 +25,11 @@ from charfw.lora.blocks import format_weights
 from charfw.pipeline import actions
 from charfw.request import TrainRequest
 from charfw.rules.captions import caption
+from charfw.rules.modelref import resolve_model_ref
 from charfw.runkey import digest_cache, is_trained
+from charfw.sample.prompts import sample_prompts
 
-STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts")
+STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample")
 
 
 class values_changed(config_changed):
@@ -194,10 +197,13 @@ def task_report(layout: Layout):
             "uptodate": [values_changed(text, "page text")],
             "clean": True,
         }
+    template = layout.project.config.captions.template
     for target in layout.project.targets.values():
         rel = f"targets/{target.name}.html"
-        text = pages.target_page(layout, target)
-        charts = tuple(str(out / c) for c in pages.chart_rels(target.name).values())
+        prompts = sample_prompts(target, target.sample, template)
+        text = pages.target_page(layout, target, prompts)
+        charts = tuple(str(out / c) for c in (*pages.chart_rels(target.name).values(),
+                                              *pages.sample_rels(target, prompts).values()))
         yield {
             "name": rel.removesuffix(".html"),
             "doc": f"report page {rel}",
@@ -229,6 +235,55 @@ def task_charts(layout: Layout):
         }
 
 
+def task_sample(layout: Layout):
+    """Render sample images of each finished LoRA and its X/Y grid (block weights x strength) for the report."""
+    from charfw.lora.blocks import parse_weights
+    from charfw.report import pages
+
+    out, project = pages.report_dir(layout), layout.project
+    model = resolve_model_ref(project.config.model, layout.root)
+    vae = resolve_model_ref(project.config.vae, layout.root) if project.config.vae else None
+    template = project.config.captions.template
+    for target in project.targets.values():
+        s = target.sample
+        if not s.enabled:
+            continue
+        prompts = sample_prompts(target, s, template)
+        rels = pages.sample_rels(target, prompts)
+        outs = [str(out / rels[f"sample-{i}"]) for i in range(len(prompts) * len(s.seeds))]
+        render = s.model_dump(exclude={"grid_weights", "grid_strengths"})
+        common = {"model": project.config.model, "vae": project.config.vae, "clip_skip": target.train.clip_skip}
+        args = [model, vae, project.family]
+        yield {
+            "name": target.name,
+            "doc": f"{len(outs)} samples of {target.name}",
+            "actions": [(actions.samples, [*args, str(layout.dist_path(target)), prompts, s,
+                                           target.train.clip_skip, outs])],
+            "file_dep": [layout.rel(layout.dist_path(target))],
+            "task_dep": [f"report:targets/{target.name}"],
+            "targets": [layout.rel(p) for p in outs],
+            "uptodate": [values_changed({**common, "render": render, "prompts": prompts}, "sample settings")],
+            "clean": True,
+        }
+        rows = {}
+        for name in s.grid_weights:
+            rows[name] = dict(target.block_weights) if name == "target" else parse_weights(
+                name, project.family, project.config.presets)
+        grid = str(out / rels["grid"])
+        yield {
+            "name": f"grid-{target.name}",
+            "doc": f"X/Y grid of {target.name}: {', '.join(s.grid_weights)} x strength",
+            "actions": [(actions.xy_grid, [*args, str(layout.trained_path(target)), prompts[0], s,
+                                           target.train.clip_skip, rows, grid])],
+            "file_dep": [layout.rel(layout.trained_path(target))],
+            "task_dep": [f"report:targets/{target.name}"],
+            "targets": [layout.rel(grid)],
+            "uptodate": [values_changed({**common, "render": render, "prompt": prompts[0], "rows": rows,
+                                         "strengths": s.grid_strengths}, "grid settings, block weights")],
+            "clean": True,
+        }
+
+
 def task_blocked(layout: Layout):
     """Characters left out until their images are there (not run by default; running one says why)."""
     for name, skipped in layout.project.skipped.items():
@@ -238,6 +293,7 @@ def task_blocked(layout: Layout):
 
 TASKS = {"images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
          "merge": task_merge, "compress": task_compress, "report": task_report, "charts": task_charts,
+         "sample": task_sample,
          "blocked": task_blocked}
 
 

@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 
 from charfw.layout import Layout
+from charfw.lora.blocks import format_weights
 from charfw.project import Target
 from charfw.report.grid import view_grid
 from charfw.report.numbers import image_rows, target_numbers
@@ -39,9 +40,19 @@ def sheet_rel(set_id: str) -> str:
 
 
 def chart_rels(target: str) -> dict[str, str]:
-    """The target page's images (written by the charts task after training; placeholders before)."""
+    """The target page's charts (written by the charts task after training; placeholders before)."""
     rels = {"loss": f"img/curves/{target}-loss.png", "lr": f"img/curves/{target}-lr.png"}
     rels.update({f"blocks-{which}": f"img/blocks/{target}-{which}.png" for which in LORA_FILES})
+    return rels
+
+
+def sample_rels(target: Target, prompts: list[str]) -> dict[str, str]:
+    """The target page's renders (the sample stage; placeholders before): one per prompt and seed, the grid."""
+    if not target.sample.enabled:
+        return {}
+    n = len(prompts) * len(target.sample.seeds)
+    rels = {f"sample-{i}": f"img/samples/{target.name}-{i}.png" for i in range(n)}
+    rels["grid"] = f"img/grids/{target.name}.png"
     return rels
 
 
@@ -119,7 +130,7 @@ def character_page(layout: Layout, name: str, warnings: list[str]) -> str:
     return _page(f"character {name}", "\n".join(parts), 1)
 
 
-def target_page(layout: Layout, target: Target) -> str:
+def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
     n = target_numbers(layout, target)
     sets = "".join(f"<li><a href=\"../characters/{escape(character_of(sub.set.id))}.html#{escape(sub.set.id)}\">"
                    f"{escape(sub.set.id)}</a> x {sub.repeats} repeats</li>" for sub in target.subsets)
@@ -131,15 +142,33 @@ def target_page(layout: Layout, target: Target) -> str:
     blocks = "".join(f"<h3>{which} LoRA</h3><img src=\"../{charts['blocks-' + which]}\" alt=\"{which} blocks\">"
                      for which in LORA_FILES)
     body = (f"<p>{target.kind} target; trigger words: {escape(', '.join(target.trigger_words))}; "
-            f"merge weights: {escape(str(target.merge.weights))}</p>"
+            f"block weights: {escape(format_weights(target.block_weights, layout.project.family))}</p>"
             f"<h2>Data</h2><ul>{sets}</ul>"
             "<table><tr><th>size class</th><th>resolution</th><th>batch</th><th>folders (images x repeats)</th>"
             f"<th>samples / epoch</th><th>batches / epoch</th></tr>{classes}</table>"
             f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
             f"{target.steps} steps = {n.epochs} epochs</p>"
             f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
-            f"<h2>Blocks</h2>{blocks}")
+            f"<h2>Blocks</h2>{blocks}" + _samples_section(target, prompts))
     return _page(f"target {target.name}", body, 1)
+
+
+def _samples_section(target: Target, prompts: list[str]) -> str:
+    rels = sample_rels(target, prompts)
+    if not rels:
+        return ""
+    s = target.sample
+    figures, i = [], 0
+    for prompt in prompts:
+        for seed in s.seeds:
+            figures.append(f"<figure data-sample=\"{i}\"><img src=\"../{rels[f'sample-{i}']}\" alt=\"sample {i}\">"
+                           f"<figcaption>seed {seed}: {escape(prompt)}</figcaption></figure>")
+            i += 1
+    return (f"<h2>Samples</h2><p>{s.sampler}, {s.steps} steps, guidance {s.guidance:g}, LoRA strength 1; "
+            f"negative: {escape(s.negative_prompt)}</p>" + "".join(figures)
+            + f"<h2>X/Y grid</h2><p>block weights ({escape(', '.join(s.grid_weights))}) x strength "
+            f"({', '.join(f'{v:g}' for v in s.grid_strengths)}), first prompt, seed {s.seeds[0]}</p>"
+            f"<img src=\"../{rels['grid']}\" alt=\"x/y grid\">")
 
 
 def report_dir(layout: Layout) -> Path:

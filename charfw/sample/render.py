@@ -1,0 +1,124 @@
+"""Rendering with the embedded diffusers pipeline and a LoRA applied the way A1111 applies it:
+W += strength x ΔW on every layer the LoRA names (then put back), so no adapter library is needed
+and a block-weighted variant is just other ΔWs.
+
+Deterministic on a CPU: each image's noise comes from its own generator seeded by its seed.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+SAMPLERS = {"euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+            "dpmpp_2m": "DPMSolverMultistepScheduler"}
+_MODELS: dict = {}   # one loaded model per process (a build renders every target with the same one)
+
+
+def load(model: str, vae: str | None, family: str):
+    key = (model, vae)
+    if key not in _MODELS:
+        from charfw.models import load_model
+
+        _MODELS.clear()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        sd = load_model(model, vae, family=family, dtype=dtype, device=device)
+        if device == "cuda":
+            sd.vae.to(torch.float32)   # SDXL's VAE overflows in fp16
+        _MODELS[key] = sd
+    return _MODELS[key]
+
+
+def lora_layers(sd) -> dict:
+    """kohya module name -> the model's layer, for every module a LoRA of this family can hold."""
+    from charfw.train.network import target_layers
+
+    return target_layers(sd, conv3x3=True, text_encoders=True)
+
+
+@contextmanager
+def applied(layers: dict, modules, strength: float, quiet: bool = False):
+    """The modules' ΔW x strength added to their layers for the duration of the block."""
+    from charfw.lora.modules import delta_matrix
+
+    saved, unfit = {}, 0
+    try:
+        with torch.no_grad():
+            for m in modules:
+                layer = layers.get(m.name)
+                delta = delta_matrix(m, torch.float32, layer.weight.device) if layer is not None else None
+                if delta is None or delta.numel() != layer.weight.numel():
+                    unfit += 1        # a LoRA made for another model (e.g. a declared file from a real checkpoint)
+                    continue
+                saved[m.name] = layer.weight.detach().clone()
+                layer.weight += (strength * delta.reshape(layer.weight.shape)).to(layer.weight.dtype)
+        if unfit and not quiet:
+            print(f"charfw: warning: {unfit} of the LoRA's modules do not fit this model's layers; "
+                  "rendered without them", file=sys.stderr, flush=True)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, weight in saved.items():
+                layers[name].weight.copy_(weight)
+
+
+def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 2) -> list:
+    """One PIL image per (prompt, seed), prompts outer."""
+    import diffusers
+
+    scheduler = getattr(diffusers, SAMPLERS[settings.sampler]).from_config(sd.noise_scheduler.config)
+    pipe = sd.pipeline(scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    base = 1024 if sd.family == "sdxl" else 512
+    width, height = settings.width or base, settings.height or base
+    device = next(sd.unet.parameters()).device
+    images = []
+    for prompt in prompts:
+        kwargs = _prompt_kwargs(sd, prompt, settings, device, clip_skip)
+        for seed in seeds:
+            gen = torch.Generator("cpu").manual_seed(seed)
+            out = pipe(num_inference_steps=settings.steps, guidance_scale=settings.guidance, width=width,
+                       height=height, generator=gen, output_type="pil", **kwargs)
+            images.append(out.images[0])
+    return images
+
+
+def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
+    """SD1.5: the context as training builds it (clip skip included), which diffusers' own prompt
+    encoding cannot do here; SDXL: the pipeline's encoding (the penultimate layers, as training)."""
+    if sd.family == "sdxl":
+        return {"prompt": prompt, "negative_prompt": settings.negative_prompt}
+    from charfw.train.conditioning import encode_text, tokenize
+
+    with torch.no_grad():
+        pos = encode_text(sd.text_encoder, tokenize(sd.tokenizer, [prompt]).to(device), clip_skip)
+        neg = encode_text(sd.text_encoder, tokenize(sd.tokenizer, [settings.negative_prompt]).to(device), clip_skip)
+    return {"prompt_embeds": pos, "negative_prompt_embeds": neg}
+
+
+def save_png(image, path: Path) -> None:
+    from charfw.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def grid_image(cells: list[list], rows: list[str], cols: list[str]):
+    """Rows x columns of images with their labels (the X/Y plot of A1111's script, as one PNG)."""
+    from PIL import Image, ImageDraw
+
+    w, h = cells[0][0].size
+    label_w, label_h = 110, 20
+    grid = Image.new("RGB", (label_w + w * len(cols), label_h + h * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(cols):
+        draw.text((label_w + c * w + 4, 4), text, fill=(0, 0, 0))
+    for r, text in enumerate(rows):
+        draw.text((4, label_h + r * h + h // 2 - 6), text, fill=(0, 0, 0))
+        for c, image in enumerate(cells[r]):
+            grid.paste(image, (label_w + c * w, label_h + r * h))
+    return grid
