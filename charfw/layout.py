@@ -14,7 +14,7 @@ from pathlib import Path
 from charfw.dataset.plan import Prepared, image_size, plan_set
 from charfw.filecache import file_cache
 from charfw.project import Project, Target
-from charfw.request import TrainRequest
+from charfw.request import ProgressSamples, TrainRequest
 from charfw.rules.modelref import resolve_model_ref
 
 
@@ -101,4 +101,21 @@ class Layout:
             model=resolve_model_ref(cfg.model, root), vae=resolve_model_ref(cfg.vae, root) if cfg.vae else None,
             output=self.trained_path(target), state_dir=self.state_dir(target), log_dir=self.log_dir,
             trigger_words=tuple(target.trigger_words), root=root, init_weights=init,
-            inputs=(toml, *files, *([init] if init else [])), family=self.project.family)
+            inputs=(toml, *files, *([init] if init else [])), family=self.project.family,
+            progress_samples=self.progress_samples(target))
+
+    def progress_samples(self, target: Target) -> ProgressSamples | None:
+        if not target.train.sample_every_n_steps:
+            return None
+        from charfw.sample.prompts import sample_prompts
+
+        prompt = sample_prompts(target, target.sample, self.project.config.captions.template)[0]
+        return ProgressSamples(prompt, target.sample, self.progress_dir(target))
+
+    @property
+    def report_dir(self) -> Path:
+        return self.build_dir / "report"
+
+    def progress_dir(self, target: Target) -> Path:
+        """Images rendered during training (the report shows them as a strip)."""
+        return self.report_dir / "img" / "progress" / target.name

@@ -10,8 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from charfw.config.models import TrainSettings
+from charfw.config.models import SampleSettings, TrainSettings
 from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
+
+
+@dataclass(frozen=True)
+class ProgressSamples:
+    """What the embedded trainer renders every `settings.sample_every_n_steps` steps, and where."""
+
+    prompt: str
+    settings: SampleSettings
+    folder: Path                        # step-000100.png ...
+
+
+def progress_steps(every: int | None, steps: int) -> list[int]:
+    """The steps after which a progress sample is rendered."""
+    return list(range(every, steps + 1, every)) if every else []
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,7 @@ class TrainRequest:
     device: str | None = None           # None: CUDA when available (embedded trainer)
     progress: bool = True
     family: str = "sd15"                # the base model's: "sd15" or "sdxl"
+    progress_samples: "ProgressSamples | None" = None   # images during training (sample_every_n_steps)
 
     @property
     def key_file(self) -> Path:

@@ -79,3 +79,39 @@ def test_grid_image_lays_out_rows_and_columns(tiny):
     grid = render.grid_image(cells, ["target", "ALL"], ["0.5", "0.8", "1"])
     assert grid.size == (110 + 3 * 8, 20 + 2 * 8)
     assert grid.getpixel((110 + 2 * 8 + 4, 20 + 8 + 4)) == (50, 100, 0)
+
+
+def test_training_renders_progress_samples_every_n_steps(tmp_path):
+    """sample_every_n_steps: the first prompt rendered with the adapters as they are at that step; the
+    same run again gives the same pixels, and the weights are those of a run without samples."""
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from charfw.config.models import TrainSettings
+    from charfw.request import ProgressSamples, TrainRequest
+    from charfw.train import loop
+
+    sys.path.insert(0, str(Path(__file__).parent / "train"))
+    from train_data import make_dataset
+
+    toml = make_dataset(tmp_path / "data")
+    outs = {}
+    for run, every in (("a", 2), ("b", 2), ("plain", None)):
+        settings = TrainSettings(network="lora", dim=4, lr=1e-2, sample_every_n_steps=every, compile="off",
+                                 save_every_n_steps=1000)
+        samples = ProgressSamples("krnk, from front", SETTINGS, tmp_path / run / "progress") if every else None
+        req = TrainRequest(name="krnk", settings=settings, steps=4, dataset_toml=toml, model="builtin:tiny-sd15",
+                           output=tmp_path / run / "out.safetensors", state_dir=tmp_path / run / "state",
+                           progress=False, progress_samples=samples)
+        loop.reset_accelerate()
+        loop.run(req)
+        outs[run] = req
+    a, b = (sorted(p.name for p in (tmp_path / r / "progress").iterdir()) for r in ("a", "b"))
+    assert a == b == ["step-000002.png", "step-000004.png"]
+    for name in a:
+        assert (tmp_path / "a/progress" / name).read_bytes() == (tmp_path / "b/progress" / name).read_bytes()
+    assert (tmp_path / "a/progress/step-000002.png").read_bytes() != (tmp_path / "a/progress/step-000004.png").read_bytes()
+    with_samples, plain = load_file(str(outs["a"].output)), load_file(str(outs["plain"].output))
+    assert all(torch.equal(with_samples[k], plain[k]) for k in plain)   # rendering does not disturb training

@@ -76,6 +76,9 @@ class TrainSettings(Strict):
                                       description="resumable state for interrupted runs")
     save_every_minutes: float = setting(5, effect="run", backend="embedded", gt=0,
                                         description="also save the state this often (whichever comes first)")
+    sample_every_n_steps: int | None = setting(
+        None, effect="run", backend="embedded", ge=1,
+        description="render the first sample prompt every N steps during training (the report's strip)")
     color_aug: bool = setting(True, effect="weights",
                               description="colour augmentation; off where sd-scripts caches latents")
     cache_latents: Literal["memory", "disk"] = setting("memory", effect="run")

@@ -203,7 +203,8 @@ def task_report(layout: Layout):
         prompts = sample_prompts(target, target.sample, template)
         text = pages.target_page(layout, target, prompts)
         charts = tuple(str(out / c) for c in (*pages.chart_rels(target.name).values(),
-                                              *pages.sample_rels(target, prompts).values()))
+                                              *pages.sample_rels(target, prompts).values(),
+                                              *pages.progress_rels(target).values()))
         yield {
             "name": rel.removesuffix(".html"),
             "doc": f"report page {rel}",

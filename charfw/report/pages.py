@@ -11,6 +11,7 @@ from pathlib import Path
 from charfw.layout import Layout
 from charfw.lora.blocks import format_weights
 from charfw.project import Target
+from charfw.request import progress_steps
 from charfw.report.grid import view_grid
 from charfw.report.numbers import image_rows, target_numbers
 
@@ -149,8 +150,23 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
             f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
             f"{target.steps} steps = {n.epochs} epochs</p>"
             f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
-            f"<h2>Blocks</h2>{blocks}" + _samples_section(target, prompts))
+            f"<h2>Blocks</h2>{blocks}" + _progress_section(target) + _samples_section(target, prompts))
     return _page(f"target {target.name}", body, 1)
+
+
+def progress_rels(target: Target) -> dict[int, str]:
+    """step -> the image the trainer renders then (train.sample_every_n_steps)."""
+    return {n: f"img/progress/{target.name}/step-{n:06d}.png"
+            for n in progress_steps(target.train.sample_every_n_steps, target.steps)}
+
+
+def _progress_section(target: Target) -> str:
+    rels = progress_rels(target)
+    if not rels:
+        return ""
+    cells = "".join(f"<figure data-step=\"{n}\"><img src=\"../{rel}\" alt=\"step {n}\" width=\"160\">"
+                    f"<figcaption>step {n}</figcaption></figure>" for n, rel in rels.items())
+    return f"<h2>During training</h2><div style=\"display:flex;flex-wrap:wrap\">{cells}</div>"
 
 
 def _samples_section(target: Target, prompts: list[str]) -> str:
@@ -172,4 +188,4 @@ def _samples_section(target: Target, prompts: list[str]) -> str:
 
 
 def report_dir(layout: Layout) -> Path:
-    return layout.build_dir / "report"
+    return layout.report_dir

@@ -66,8 +66,10 @@ def applied(layers: dict, modules, strength: float, quiet: bool = False):
                 layers[name].weight.copy_(weight)
 
 
-def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 2) -> list:
-    """One PIL image per (prompt, seed), prompts outer."""
+def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 2,
+           embeds: list[dict] | None = None) -> list:
+    """One PIL image per (prompt, seed), prompts outer. `embeds`: per prompt, the conditioning already
+    encoded (the trainer's own, during training) instead of encoding the prompt here."""
     import diffusers
 
     scheduler = getattr(diffusers, SAMPLERS[settings.sampler]).from_config(sd.noise_scheduler.config)
@@ -77,14 +79,23 @@ def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 
     width, height = settings.width or base, settings.height or base
     device = next(sd.unet.parameters()).device
     images = []
-    for prompt in prompts:
-        kwargs = _prompt_kwargs(sd, prompt, settings, device, clip_skip)
+    for i, prompt in enumerate(prompts):
+        kwargs = embeds[i] if embeds else _prompt_kwargs(sd, prompt, settings, device, clip_skip)
         for seed in seeds:
             gen = torch.Generator("cpu").manual_seed(seed)
-            out = pipe(num_inference_steps=settings.steps, guidance_scale=settings.guidance, width=width,
-                       height=height, generator=gen, output_type="pil", **kwargs)
-            images.append(out.images[0])
+            latents = pipe(num_inference_steps=settings.steps, guidance_scale=settings.guidance, width=width,
+                           height=height, generator=gen, output_type="latent", **kwargs).images
+            images.append(_decode(sd, pipe, latents))
     return images
+
+
+@torch.no_grad()
+def _decode(sd, pipe, latents: torch.Tensor):
+    """Latents -> PIL in the VAE's own dtype (fp32: SDXL's VAE overflows in fp16), whatever the U-Net's."""
+    vae = sd.vae
+    param = next(vae.parameters())
+    image = vae.decode(latents.to(param.device, param.dtype) / vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
 def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:

@@ -28,7 +28,7 @@ from charfw.config.models import resume_fields
 from charfw.errors import CharfwError
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
-from charfw.request import TrainRequest
+from charfw.request import TrainRequest, progress_steps
 from charfw.rules.memory import use_checkpointing
 from charfw.rules.modelref import is_builtin
 from charfw.train.dataset import Dataset, load_datasets
@@ -155,8 +155,12 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     if settings.gradient_checkpointing == "auto":
         log.info("gradient checkpointing (auto): %s", "on" if checkpointing else "off")
     conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
+    samples = job.progress_samples
+    extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
     if not job.train_text_encoder:
-        conditioner.precompute([im.caption for d in datasets for im in d.images], device, accelerator.autocast)
+        conditioner.precompute([im.caption for d in datasets for im in d.images] + extra, device,
+                               accelerator.autocast)
+    sample_at = set(progress_steps(settings.sample_every_n_steps, steps)) if samples else set()
 
     unet_params, te_params = network.param_groups()
     params = unet_params + te_params
@@ -229,6 +233,8 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         due = done % settings.save_every_n_steps == 0 or time.monotonic() - last_save >= settings.save_every_minutes * 60
         if len(pending) >= read_every or done == steps or due or stop:
             flush()
+        if done in sample_at and accelerator.is_main_process:
+            _progress_sample(job, sd, conditioner, device, done)
         if done < steps and (due or stop):
             if accelerator.is_main_process:
                 save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
@@ -261,6 +267,27 @@ def _step(sd, settings, accelerator, x0: torch.Tensor, conditioner: TextConditio
                               settings.min_snr_gamma, **cond.unet_kwargs())
     accelerator.backward(loss)
     return loss.detach()
+
+
+@torch.no_grad()
+def _progress_sample(job: TrainRequest, sd, conditioner: TextConditioner, device, step: int) -> None:
+    """The first sample prompt, rendered with the adapters as they are now (the report's strip)."""
+    from charfw.sample import render
+
+    s = job.progress_samples
+    training = sd.unet.training
+    sd.unet.eval()
+    try:
+        pos, neg = (conditioner([text], device, [(s.settings.height or 0,) * 6]) for text in
+                    (s.prompt, s.settings.negative_prompt))
+        dtype = next(sd.unet.parameters()).dtype
+        embeds = {"prompt_embeds": pos.context.to(dtype), "negative_prompt_embeds": neg.context.to(dtype)}
+        if pos.pooled is not None:
+            embeds.update(pooled_prompt_embeds=pos.pooled.to(dtype), negative_pooled_prompt_embeds=neg.pooled.to(dtype))
+        image = render.render(sd, [s.prompt], s.settings.seeds[:1], s.settings, embeds=[embeds])[0]
+        render.save_png(image, s.folder / f"step-{step:06d}.png")
+    finally:
+        sd.unet.train(training)
 
 
 def use_compile(setting: str, device: torch.device, steps: int) -> bool:
