@@ -162,7 +162,9 @@ def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[s
     render_curves(scalars, ["loss/current", "loss/average"], f"{name}: loss", Path(outs["loss"]))
     render_curves(scalars, ["lr/unet", "lr/textencoder"], f"{name}: learning rate", Path(outs["lr"]))
     for which, path in loras.items():
-        plot_blocks(inspect_file(path), Path(outs[f"blocks-{which}"]))   # written atomically
+        report = inspect_file(path)
+        report["file"] = f"{which}: {Path(path).name}, {Path(path).stat().st_size / 2**20:.1f} MiB"  # the title
+        plot_blocks(report, Path(outs[f"blocks-{which}"]))   # written atomically
 
 
 @reported

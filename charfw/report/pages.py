@@ -19,7 +19,8 @@ CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}
 table.grid td{width:70px;text-align:center}td.present{background:#eef}td.mirrored{background:#def;color:#26c}
 td.missing{background:#fdd;color:#c33}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em}
-img{max-width:100%}nav a{margin-right:1em}"""
+img{max-width:100%}nav a{margin-right:1em}.row{display:flex;flex-wrap:wrap;align-items:flex-start;gap:8px}
+figure{margin:0;width:220px;font-size:11px}figure img{width:100%;image-rendering:pixelated}"""
 
 LORA_FILES = ("trained", "merged", "dist")
 
@@ -140,8 +141,9 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
         f"<td>{'<br>'.join(f'{escape(f.set_id)}/{escape(f.name)}: {f.images} x {f.repeats}' for f in c.folders)}</td>"
         f"<td>{c.samples}</td><td>{c.batches}</td></tr>" for c in n.classes)
     charts = chart_rels(target.name)
-    blocks = "".join(f"<h3>{which} LoRA</h3><img src=\"../{charts['blocks-' + which]}\" alt=\"{which} blocks\">"
-                     for which in LORA_FILES)
+    blocks = "<div class=\"row\">" + "".join(
+        f"<img src=\"../{charts['blocks-' + which]}\" alt=\"{which} blocks\" style=\"max-width:380px\">"
+        for which in LORA_FILES) + "</div>"
     body = (f"<p>{target.kind} target; trigger words: {escape(', '.join(target.trigger_words))}; "
             f"block weights: {escape(format_weights(target.block_weights, layout.project.family))}</p>"
             f"<h2>Data</h2><ul>{sets}</ul>"
@@ -150,7 +152,8 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
             f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
             f"{target.steps} steps = {n.epochs} epochs</p>"
             f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
-            f"<h2>Blocks</h2>{blocks}" + _progress_section(target) + _samples_section(target, prompts))
+            f"<h2>Blocks (trained, merged, finished)</h2>{blocks}" + _progress_section(target)
+            + _samples_section(target, prompts))
     return _page(f"target {target.name}", body, 1)
 
 
@@ -166,7 +169,7 @@ def _progress_section(target: Target) -> str:
         return ""
     cells = "".join(f"<figure data-step=\"{n}\"><img src=\"../{rel}\" alt=\"step {n}\" width=\"160\">"
                     f"<figcaption>step {n}</figcaption></figure>" for n, rel in rels.items())
-    return f"<h2>During training</h2><div style=\"display:flex;flex-wrap:wrap\">{cells}</div>"
+    return f"<h2>During training</h2><div class=\"row\">{cells}</div>"
 
 
 def _samples_section(target: Target, prompts: list[str]) -> str:
@@ -181,7 +184,7 @@ def _samples_section(target: Target, prompts: list[str]) -> str:
                            f"<figcaption>seed {seed}: {escape(prompt)}</figcaption></figure>")
             i += 1
     return (f"<h2>Samples</h2><p>{s.sampler}, {s.steps} steps, guidance {s.guidance:g}, LoRA strength 1; "
-            f"negative: {escape(s.negative_prompt)}</p>" + "".join(figures)
+            f"negative: {escape(s.negative_prompt)}</p><div class=\"row\">" + "".join(figures) + "</div>"
             + f"<h2>X/Y grid</h2><p>block weights ({escape(', '.join(s.grid_weights))}) x strength "
             f"({', '.join(f'{v:g}' for v in s.grid_strengths)}), first prompt, seed {s.seeds[0]}</p>"
             f"<img src=\"../{rels['grid']}\" alt=\"x/y grid\">")
