@@ -129,9 +129,10 @@ def test_editing_a_value_no_stage_reads_reruns_nothing(built):
 
 def test_settings_that_do_not_change_the_weights_retrain_nothing(built):
     path = built / "charfw.yaml"
-    path.write_text(path.read_text() + "  save_every_n_steps: 7\n  gradient_checkpointing: false\n"
-                                       "  cache_latents: disk\n  save_every_minutes: 1\n"
-                                       "  mixed_precision: bf16\n")  # trained on a CPU: fp32 whatever it says
+    path.write_text(path.read_text().replace(QUICK_TRAINING, QUICK_TRAINING + (
+        "\n  save_every_n_steps: 7\n  gradient_checkpointing: false\n  cache_latents: disk\n"
+        "  save_every_minutes: 1\n  compile: off\n  gpus: [0]\n"
+        "  mixed_precision: bf16")))  # trained on a CPU: fp32 whatever it says
     assert executed(run_doit(built)) == set()
 
 
