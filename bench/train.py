@@ -11,6 +11,10 @@ as ordinary single-file checkpoints (`charfw model random`) that both trainers l
 
 - `sd15-512-fp16`: SD1.5, 512x512, batch 2, fp16, C3Lier dim 128 / alpha 64, text encoder
   trained, gradient checkpointing (the seed's settings);
+- `sd15-512-fp16-8bit`: the same with AdamW 8-bit (the seed's optimizer; must not be slower);
+- `sd15-512-b8`: the same at batch 8 without gradient checkpointing (what `batch_scale: auto`
+  and `gradient_checkpointing: auto` choose on an 80 GB GPU): images/s;
+- `tiny-128-cuda`: the example's tiny model at 128 px on the GPU (the fixed per-step cost);
 - `sdxl-1024`: SDXL, 1024x1024, batch 1, fp16, C3Lier dim 128, U-Net only with cached
   text-encoder outputs, gradient checkpointing, AdamW 8-bit where bitsandbytes works.
 
@@ -45,7 +49,11 @@ CASES = {
     "tiny-128": dict(model="builtin:tiny-sd15", size=128, device="cpu"),
     "tiny-512": dict(model="builtin:tiny-sd15", size=512, device="cpu"),
     "tiny-sdxl-128": dict(model="builtin:tiny-sdxl", size=128, device="cpu", family="sdxl", batch=1),
+    "tiny-128-cuda": dict(model="builtin:tiny-sd15", size=128, device="cuda"),
     "sd15-512-fp16": dict(model="random:sd15", size=512, device="cuda"),
+    "sd15-512-fp16-8bit": dict(model="random:sd15", size=512, device="cuda", settings=dict(optimizer="adamw8bit")),
+    "sd15-512-b8": dict(model="random:sd15", size=512, device="cuda", batch=8,
+                        settings=dict(gradient_checkpointing=False)),
     "sdxl-1024": dict(model="random:sdxl", size=1024, device="cuda", family="sdxl", batch=1),
 }
 SDXL_TOKENIZERS = ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")
@@ -99,9 +107,11 @@ def settings_for(case: str):
 
     spec = CASES[case]
     cuda = spec["device"] == "cuda"   # the GPU cases: the seed's settings, checkpointing on as it sets it
-    return TrainSettings(network="c3lier", dim=128, mixed_precision="fp16",
-                         gradient_checkpointing=True if cuda else "auto", save_every_n_steps=10_000,
-                         optimizer="adamw8bit" if spec.get("family") == "sdxl" else "adamw")
+    return TrainSettings(**{**dict(network="c3lier", dim=128, mixed_precision="fp16",
+                                   gradient_checkpointing=True if cuda else "auto", save_every_n_steps=10_000,
+                                   optimizer="adamw8bit" if spec.get("family") == "sdxl" else "adamw",
+                                   batch_scale=1),   # each case measures the batch it names
+                            **spec.get("settings", {})})
 
 
 def one(case: str, steps: int, warmup: int, work: Path) -> dict:
@@ -285,7 +295,7 @@ def main() -> None:
         print(f"{case:<16} {r['steps_per_s']:8.2f} {r['images_per_s']:7.2f} {r['max_rss_mib']:12.0f} {cuda} "
               f"{launches:13.0f} {busy}" + (f"  ({r['gpu']})" if "gpu" in r else
                                             f"  ({r['threads']} threads; CPU: aten ops/step)"), flush=True)
-        if args.sd_scripts and CASES[case]["device"] == "cuda":
+        if args.sd_scripts and CASES[case]["model"].startswith("random:"):   # a file sd-scripts can load
             s = run_sd_scripts(case, args.sd_scripts.expanduser().resolve(), args.sd_scripts_python, args.steps,
                                args.warmup, args.work)
             if "error" in s:

@@ -19,6 +19,7 @@ from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
 from charfw.layout import Layout
 from charfw.pipeline.tasks import STAGES, task_names
+from charfw.report.numbers import target_numbers
 from charfw.sdscripts.command import format_bat, format_shell
 
 
@@ -150,10 +151,12 @@ def plan(root: Path, target: str | None = None) -> str:
         if st.stage == "train":
             trainings.append(layout.train_request(targets[st.name.split(':', 1)[1]]))
     if trainings:
-        total = sum(r.steps for r in trainings)
+        numbers = {r.name: target_numbers(layout, targets[r.name]) for r in trainings}
+        total = sum(n.steps for n in numbers.values())
         lines += ["", f"{len(trainings)} training{'s' if len(trainings) > 1 else ''}, {total} steps in all:"]
-        lines += [f"  {r.name}: {r.steps} steps ({r.settings.trainer}, {r.settings.network} dim {r.dim})"
-                  for r in trainings]
+        lines += [f"  {r.name}: {numbers[r.name].steps} steps ({r.settings.trainer}, {r.settings.network} dim {r.dim}"
+                  + (", batch_scale auto: fewer, bigger batches on a GPU with room" if numbers[r.name].batch_scale
+                     == "auto" else "") + ")" for r in trainings]
     for req in trainings:
         cmd = command_line(req)
         lines += ["", f"train:{req.name} ({req.settings.trainer})",

@@ -29,3 +29,14 @@ def test_network_dim_and_alpha_agree(network, dim, alpha):
     assert f"--network_dim={spec.dim}" in args and spec.dim == resolved_dim(network, dim)
     assert float(next(a for a in args if a.startswith("--network_alpha=")).split("=")[1]) == spec.alpha
     assert spec.alpha == resolved_alpha(alpha, spec.dim)
+
+
+def test_scaled_schedule_keeps_the_epochs_and_scales_lr_by_the_square_root():
+    from charfw.rules.training import scaled_schedule
+    steps, warmup, factor = scaled_schedule(1000, 100, per_epoch_before=40, per_epoch_after=10)
+    assert (steps, warmup) == (250, 25)
+    assert factor == pytest.approx(2.0)                 # 4x the samples per step: lr x sqrt(4)
+    assert steps / 10 == 1000 / 40                      # the same number of epochs
+    assert scaled_schedule(1001, 0, 40, 10)[0] == 251   # rounded up: never fewer epochs than asked
+    assert scaled_schedule(1000, 0, 10, 10) == (1000, 0, 1.0)   # batches could not grow: nothing changes
+    assert scaled_schedule(3, 0, 40, 5)[0] == 1

@@ -64,6 +64,10 @@ class TrainSettings(Strict):
     save_precision: Literal["fp16", "bf16", "float"] = setting("fp16", effect="file")
     gradient_checkpointing: bool | Literal["auto"] = setting(
         "auto", effect="run", description="auto: off when the step fits in free memory without it (rules.memory)")
+    batch_scale: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = setting(
+        "auto", effect="weights", backend="embedded",
+        description="the batch profile's sizes times this; auto: on a GPU, up to 8x where the step fits free "
+                    "memory (steps shrink to keep the epochs, lr grows by the square root)")
     compile: Literal["auto", "on", "off"] = setting(
         "auto", effect="run", backend="embedded",
         description="torch.compile of the repeated transformer blocks; auto: on a GPU, for runs of 300+ steps")

@@ -8,13 +8,14 @@ captions (rules.captions).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from charfw.dataset.plan import Prepared
 from charfw.layout import Layout
 from charfw.project import Target
 from charfw.rules.captions import caption
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
+from charfw.rules.training import scaled_schedule
 from charfw.train.buckets import Size, batches_per_epoch, no_upscale_placement
 
 
@@ -51,6 +52,7 @@ class SizeClass:
 class TargetNumbers:
     classes: list[SizeClass]
     steps: int
+    batch_scale: int | str = 1     # the batches are the profile's x this; "auto": decided on the GPU
 
     @property
     def samples(self) -> int:
@@ -82,7 +84,16 @@ def target_numbers(layout: Layout, target: Target) -> TargetNumbers:
             cls = classes.setdefault(pair, SizeClass(pair, resolution(pair, family), batch_size(pair, table)))
             cls.folders.append(Folder(sub.set.id, name, len(items), sub.repeats,
                                       Counter(bucket_of(i, family) for i in items)))
-    return TargetNumbers(list(classes.values()), target.steps)
+    numbers = TargetNumbers(list(classes.values()), target.steps)
+    scale = target.train.batch_scale if target.train.trainer == "embedded" else 1
+    if scale == "auto":
+        numbers.batch_scale = scale
+    elif scale > 1:   # what the embedded trainer does with a fixed batch_scale (train.loop._grow_batches)
+        grown = [replace(c, batch=c.batch * scale) for c in numbers.classes]
+        steps, _, _ = scaled_schedule(target.steps, 0, numbers.batches_per_epoch,
+                                      TargetNumbers(grown, target.steps).batches_per_epoch)
+        numbers = TargetNumbers(grown, steps, scale)
+    return numbers
 
 
 @dataclass

@@ -86,7 +86,7 @@ def index_page(layout: Layout, warnings: list[str]) -> str:
         n = target_numbers(layout, t)
         targets.append(f"<tr data-target=\"{escape(t.name)}\"><td><a href=\"targets/{escape(t.name)}.html\">"
                        f"{escape(t.name)}</a></td><td>{t.kind}</td><td>{n.samples}</td><td>{n.batches_per_epoch}</td>"
-                       f"<td>{n.epochs}</td><td>{t.steps}</td><td>{'declared' if t.lora else t.train.trainer}</td></tr>")
+                       f"<td>{n.epochs}</td><td>{n.steps}</td><td>{'declared' if t.lora else t.train.trainer}</td></tr>")
     body = (_warnings(warnings)
             + f"<p>Model: {escape(layout.project.config.model)} ({layout.project.family})</p>\n"
             + "<h2>Characters</h2>\n<table><tr><th>character</th><th>sets</th><th>contact sheet</th></tr>"
@@ -150,11 +150,18 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
             "<table><tr><th>size class</th><th>resolution</th><th>batch</th><th>folders (images x repeats)</th>"
             f"<th>samples / epoch</th><th>batches / epoch</th></tr>{classes}</table>"
             f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
-            f"{target.steps} steps = {n.epochs} epochs</p>"
+            f"{n.steps} steps = {n.epochs} epochs{_scale_note(n)}</p>"
             f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
             f"<h2>Blocks (trained, merged, finished)</h2>{blocks}" + _progress_section(target)
             + _samples_section(target, prompts))
     return _page(f"target {target.name}", body, 1)
+
+
+def _scale_note(n) -> str:
+    if n.batch_scale == "auto":
+        return ("; batch_scale auto: on a GPU with room to spare the batches grow up to 8x and the steps shrink to "
+                "keep these epochs (the LoRA's charfw_batch_scale says what was chosen)")
+    return f" (batch_scale {n.batch_scale}: the profile's batches x{n.batch_scale})" if n.batch_scale != 1 else ""
 
 
 def progress_rels(target: Target) -> dict[int, str]:

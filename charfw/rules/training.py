@@ -66,6 +66,21 @@ def number_text(x: float) -> str:
     return str(int(x)) if x.is_integer() else repr(x)
 
 
+def scaled_schedule(steps: int, warmup_steps: int, per_epoch_before: int, per_epoch_after: int) -> tuple[int, int, float]:
+    """(steps, warm-up steps, learning-rate factor) after the batches grew (`batch_scale`).
+
+    The run keeps its epochs, so every image is seen as often as at the profile's batch
+    sizes: steps (and warm-up) shrink by the ratio of batches per epoch. The learning rate
+    grows by the square root of that ratio, the mean samples per step: Adam's scaling rule
+    (Malladi et al. 2022), which keeps the update noise of the smaller batch.
+    """
+    if per_epoch_after >= per_epoch_before:
+        return steps, warmup_steps, 1.0
+    ratio = per_epoch_before / per_epoch_after
+    return (max(1, -(-steps * per_epoch_after // per_epoch_before)), -(-warmup_steps * per_epoch_after // per_epoch_before),
+            ratio ** 0.5)
+
+
 LATENT_CACHE_FLAGS = ("--cache_latents", "--cache_latents_to_disk")
 
 

@@ -13,6 +13,7 @@ generator seeded by (seed, step, process), so a resumed run continues exactly.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import math
@@ -29,8 +30,9 @@ from charfw.errors import CharfwError
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
 from charfw.request import TrainRequest, progress_steps
-from charfw.rules.memory import use_checkpointing
+from charfw.rules.memory import auto_batch_scale, use_checkpointing
 from charfw.rules.modelref import is_builtin
+from charfw.rules.training import scaled_schedule
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_identity, training_metadata
@@ -38,12 +40,12 @@ from charfw.train.network import Network, network_spec
 from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
-from charfw.train.sampling import BatchPlan
-from charfw.train.state import clear_state, load_state, run_id, save_state
+from charfw.train.sampling import BatchPlan, bucket_counts
+from charfw.train.state import clear_state, load_state, run_id, save_state, saved_batch_scale
 
 log = logging.getLogger("charfw.train")
 
-TRAINER_VERSION = 2   # bump when a change alters what the same inputs train to: old states are then discarded
+TRAINER_VERSION = 3   # bump when a change alters what the same inputs train to: old states are then discarded
 MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
 COMPILE_MIN_STEPS = 300
 LOSS_READ_EVERY = 16  # on a GPU, losses are read back (a sync) this many steps at a time
@@ -131,6 +133,7 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     if req.init_weights is not None:
         _load_init(network, req.init_weights)
     network.apply_to()
+    network.pack()
     compiled = _compile_blocks(sd.unet) if use_compile(settings.compile, device, req.steps) else []
     try:
         return _train(req, accelerator, datasets, sd, network, on_step, free)
@@ -141,15 +144,15 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
 
 def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step,
            free: float | None = None) -> Path:
-    settings, steps, device = job.settings, job.steps, accelerator.device
+    device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
+    footprint = _footprint(datasets, sd, network)
+    job, datasets, batch_scale = _grow_batches(job, datasets, footprint, free, device)
+    settings, steps = job.settings, job.steps
     plan = BatchPlan(datasets, settings.seed)
     run = run_id(_run_parts(job, datasets, sd, world))
-    checkpointing = use_checkpointing(
-        settings.gradient_checkpointing, free, sd.family, max(d.batch_size for d in datasets),
-        max(im.bucket[0] * im.bucket[1] for d in datasets for im in d.images),
-        sum(p.numel() for p in network.parameters()),
-        sum(p.numel() * p.element_size() for m in (sd.unet, *sd.text_encoders) for p in m.parameters()))
+    checkpointing = use_checkpointing(settings.gradient_checkpointing, free, sd.family,
+                                      max(d.batch_size for d in datasets), **footprint)
     if checkpointing:
         _enable_checkpointing(sd, job.train_text_encoder)
     if settings.gradient_checkpointing == "auto":
@@ -174,6 +177,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     if accelerator.is_main_process:
         meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, epochs, run)
         meta["ss_gradient_checkpointing"] = str(checkpointing)
+        meta["charfw_batch_scale"] = str(batch_scale)
     disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
     latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
     window = collections.deque(maxlen=max(1, plan.per_epoch))   # loss/average: over about one epoch
@@ -219,7 +223,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         samples = plan[step * world + rank]
         images = [datasets[s.dataset].images[s.image] for s in samples]
         sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
-        value = _step(sd, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
+        value = _step(sd, network, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
                       sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank)))
         if world > 1:
             _average_gradients(accelerator, params)
@@ -238,7 +242,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         if done < steps and (due or stop):
             if accelerator.is_main_process:
                 save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
-                           _optim_state(optimizer, lr_scheduler, accelerator))
+                           _optim_state(optimizer, lr_scheduler, accelerator), batch_scale=batch_scale)
                 log.info("saved training state at step %d", done)
             accelerator.wait_for_everyone()
             last_save = time.monotonic()
@@ -255,18 +259,65 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     return job.output
 
 
-def _step(sd, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
+def _footprint(datasets: list[Dataset], sd, network: Network) -> dict:
+    """What rules.memory estimates a step's memory from, besides the batch size and free memory."""
+    return dict(pixels=max(im.bucket[0] * im.bucket[1] for d in datasets for im in d.images),
+                adapter_params=sum(p.numel() for p in network.parameters()),
+                weight_bytes=sum(p.numel() * p.element_size() for m in (sd.unet, *sd.text_encoders)
+                                 for p in m.parameters()))
+
+
+def _grow_batches(job: TrainRequest, datasets: list[Dataset], footprint: dict, free: float | None, device
+                  ) -> tuple[TrainRequest, list[Dataset], int]:
+    """`batch_scale`: the datasets at k times their batch sizes, and the request with the steps, warm-up and
+    learning rates that keep the epochs and the update noise (rules.training.scaled_schedule).
+
+    A resumed `auto` run keeps the scale it started with, if that still fits.
+    """
+    settings = job.settings
+    largest = max(n for d in datasets for n in bucket_counts(d).values())
+    scale = auto_batch_scale(settings.batch_scale, free, device.type == "cuda", job.family,
+                             max(d.batch_size for d in datasets), checkpointing=settings.gradient_checkpointing,
+                             largest_bucket=largest, **footprint)
+    started = saved_batch_scale(job.state_dir)
+    if settings.batch_scale == "auto" and started is not None and started <= scale:
+        scale = started
+    if scale == 1:
+        return job, datasets, 1
+    grown = [dataclasses.replace(d, batch_size=d.batch_size * scale) for d in datasets]
+    steps, warmup, factor = scaled_schedule(job.steps, settings.warmup_steps, BatchPlan(datasets, 0).per_epoch,
+                                            BatchPlan(grown, 0).per_epoch)
+    lr, te_lr = settings.lr * factor, job.text_encoder_lr * factor
+    log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
+             settings.batch_scale, scale, steps, job.steps, factor)
+    job = dataclasses.replace(job, steps=steps, settings=settings.model_copy(
+        update={"lr": lr, "text_encoder_lr": te_lr, "warmup_steps": warmup}))
+    return job, grown, scale
+
+
+def _step(sd, network: Network, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
           sizes: list[tuple[int, ...]], gen: torch.Generator) -> torch.Tensor:
     """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
     device = accelerator.device
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
                                   settings.noise_offset)
-    with accelerator.autocast():
-        cond = conditioner(captions, device, sizes)
-        loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, noise.to(device), timesteps.to(device),
-                              settings.min_snr_gamma, **cond.unet_kwargs())
-    accelerator.backward(loss)
+    network.refresh(compute_dtype(accelerator))
+    try:
+        with accelerator.autocast():
+            cond = conditioner(captions, device, sizes)
+            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, noise.to(device),
+                                  timesteps.to(device), settings.min_snr_gamma, **cond.unet_kwargs())
+        accelerator.backward(loss)
+    finally:
+        network.release()
     return loss.detach()
+
+
+def compute_dtype(accelerator) -> torch.dtype | None:
+    """The dtype autocast computes in (the adapters' factors are cast to it once per step); None: fp32."""
+    if accelerator.device.type == "cpu":
+        return None
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
 
 
 @torch.no_grad()
@@ -348,7 +399,7 @@ def _resume(job: TrainRequest, run: str, network: Network, optimizer, lr_schedul
     saved = load_state(job.state_dir, run)
     if saved is None:
         return 0
-    network.load_state_dict({k: v.to(accelerator.device) for k, v in saved.network.items()})
+    network.load_adapter_state(saved.network)
     optimizer.load_state_dict(saved.optim["optimizer"])
     lr_scheduler.load_state_dict(saved.optim["scheduler"])
     if accelerator.scaler is not None and saved.optim.get("scaler"):

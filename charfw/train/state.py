@@ -43,7 +43,8 @@ def _files(state_dir: Path) -> list[Path]:
     return [*state_dir.glob("network-*.safetensors"), *state_dir.glob("optim-*.pt")]
 
 
-def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Tensor], optim: dict) -> None:
+def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Tensor], optim: dict,
+               batch_scale: int = 1) -> None:
     from safetensors.torch import save_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -54,10 +55,19 @@ def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Te
     with atomic_path(opt_path) as tmp:
         torch.save({"run": run, "step": step, **optim}, tmp)
     write_text(state_dir / STATE_FILE, json.dumps({"run": run, "step": step, "network": net_path.name,
-                                                   "optim": opt_path.name}, indent=1))
+                                                   "optim": opt_path.name, "batch_scale": batch_scale}, indent=1))
     for path in old:
         if path not in (net_path, opt_path):
             path.unlink(missing_ok=True)
+
+
+def saved_batch_scale(state_dir: Path) -> int | None:
+    """The batch scale the saved run trains at (an `auto` run resumes at it), or None."""
+    try:
+        scale = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")).get("batch_scale")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return scale if isinstance(scale, int) and scale >= 1 else None
 
 
 def load_state(state_dir: Path, run: str) -> SavedState | None:

@@ -74,3 +74,107 @@ def test_fused_adamw_takes_the_steps_plain_adamw_takes():
         plain.step()
     for p, q in zip(params, twins):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_scale_trains_bigger_batches_for_the_same_epochs(dataset_toml, tmp_path):
+    """4 images x 2 repeats in two buckets at batch 2: 4 batches per epoch. x2: batch 4, 2 batches per epoch,
+    so 8 steps become 4 (the same 2 epochs) at lr x sqrt(2); the file says what was trained."""
+    import json
+    import math
+
+    from safetensors import safe_open
+
+    losses, _ = train(dataset_toml, tmp_path, steps=8, batch_scale=2, compile="off", gradient_checkpointing=False)
+    assert [s for s, _ in losses] == [1, 2, 3, 4]
+    with safe_open(str(tmp_path / "out.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["charfw_batch_scale"] == "2" and meta["ss_max_train_steps"] == "4" and meta["ss_epoch"] == "2"
+    assert float(meta["ss_learning_rate"]) == pytest.approx(3e-3 * math.sqrt(2))
+    assert json.loads(meta["ss_datasets"])[0]["batch_size_per_device"] == 4
+
+
+def test_auto_batch_scale_grows_on_a_gpu_with_room_and_a_resumed_run_keeps_its_scale(dataset_toml, tmp_path):
+    import json
+
+    from charfw.rules.memory import GIB
+    from charfw.train.dataset import load_datasets
+
+    datasets = load_datasets(dataset_toml)
+    req = TrainRequest(name="krnk", settings=TrainSettings(**FAST), steps=100, dataset_toml=dataset_toml,
+                       model="builtin:tiny-sd15", output=tmp_path / "o.safetensors", state_dir=tmp_path / "state")
+    footprint = dict(pixels=64 * 128, adapter_params=10**6, weight_bytes=10**8)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loop._grow_batches(req, datasets, footprint, 80 * GIB, cpu)[2] == 1
+    assert loop._grow_batches(req, datasets, footprint, 1 * GIB, cuda)[2] == 1
+    grown, grown_sets, scale = loop._grow_batches(req, datasets, footprint, 80 * GIB, cuda)
+    assert scale == 2                                  # batch 4 = a whole bucket's 4 samples; 8 could not fill
+    assert [d.batch_size for d in grown_sets] == [4] and grown.steps == 50
+    assert grown.settings.lr == pytest.approx(req.settings.lr * 2 ** 0.5)
+    assert grown.settings.text_encoder_lr == pytest.approx(req.text_encoder_lr * 2 ** 0.5)
+    req.state_dir.mkdir()
+    (req.state_dir / "state.json").write_text(json.dumps({"run": "x", "step": 10, "batch_scale": 1}))
+    assert loop._grow_batches(req, datasets, footprint, 80 * GIB, cuda)[2] == 1   # resumes at the scale it began
+
+
+def test_packed_factors_train_what_separate_parameters_train(dataset_toml, tmp_path, monkeypatch):
+    """One flat parameter per learning-rate group (one cast, one split, one optimizer tensor per step) against
+    a parameter per factor: the same losses and weights, up to float summation order in the clipping norm."""
+    from charfw.train.network import Network
+
+    packed = train(dataset_toml, tmp_path / "a", steps=10, compile="off", gradient_checkpointing=True)
+    monkeypatch.setattr(Network, "pack", lambda self: None)
+    separate = train(dataset_toml, tmp_path / "b", steps=10, compile="off", gradient_checkpointing=True)
+    for (_, a), (_, b) in zip(packed[0], separate[0]):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert packed[1].keys() == separate[1].keys()
+    for k in packed[1]:
+        assert packed[1][k].dtype == separate[1][k].dtype
+        torch.testing.assert_close(packed[1][k].float(), separate[1][k].float(), rtol=1e-3, atol=1e-6)
+
+
+def test_packed_network_is_one_parameter_per_group_and_its_views_follow_it(dataset_toml):
+    from charfw.models import load_model
+    from charfw.train.network import Network, network_spec
+
+    sd = load_model("builtin:tiny-sd15")
+    net = Network(network_spec(TrainSettings(network="c3lier", dim=4)), sd)
+    before = net.kohya_state_dict()
+    net.pack()
+    unet, te = net.param_groups()
+    assert len(unet) == 1 and len(te) == 1
+    assert unet[0].numel() + te[0].numel() == sum(v.numel() for k, v in before.items() if not k.endswith("alpha"))
+    assert all(torch.equal(before[k], v) for k, v in net.kohya_state_dict().items())
+    with torch.no_grad():
+        unet[0].add_(1.0)                       # an optimizer step on the flat parameter ...
+    after = net.kohya_state_dict()
+    name = "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"
+    assert torch.equal(after[name], before[name] + 1)   # ... is what the file holds
+    net.refresh(torch.float16)
+    module = net.get_submodule("lora_unet_down_blocks_0_resnets_0_conv1")
+    down, up, left = module.factors
+    assert up.dtype == torch.float16 and up.shape == after[name].shape and left == 1.0
+    torch.testing.assert_close(up.float(), after[name] * module.scale, rtol=1e-3, atol=1e-3)   # scale folded in
+    net.release()
+    assert module.factors is None
+
+
+def test_sd15_unet_only_trains_on_cached_text_encoder_outputs(dataset_toml, tmp_path):
+    """train_text_encoder: false on SD1.5 (sd-scripts' --network_train_unet_only): captions are encoded once,
+    the cache gives what live encoding gives, and the file holds U-Net modules only."""
+    import contextlib
+
+    from charfw.models import load_model
+    from charfw.train.conditioning import TextConditioner
+
+    sd = load_model("builtin:tiny-sd15")
+    caption = "krnk, white background, from front, c0"
+    live = TextConditioner(sd, clip_skip=2, trained=True)([caption], "cpu").context.detach()
+    frozen = TextConditioner(sd, clip_skip=2, trained=False)
+    frozen.precompute([caption], "cpu", contextlib.nullcontext)
+    torch.testing.assert_close(frozen([caption, caption], "cpu").context[1], live[0])
+    with pytest.raises(KeyError, match="not precomputed"):
+        frozen(["another caption"], "cpu")
+
+    losses, tensors = train(dataset_toml, tmp_path, steps=3, train_text_encoder=False, compile="off")
+    assert len(losses) == 3 and tensors
+    assert all(k.startswith("lora_unet_") for k in tensors)
