@@ -71,3 +71,16 @@ def test_lora_file_declared(workspace):
     m.write_text(m.read_text() + "face:\n  lora: missing.safetensors\n")
     with pytest.raises(CharfwError, match=r"character\.yaml:\d+: face\.lora: LoRA file not found"):
         load_project(workspace)
+
+
+def test_yaml_on_off_switches_and_batch_scale(workspace):
+    """YAML reads a bare `off` as false: `compile: off` still means off; batch_scale is auto or a positive integer."""
+    replace_example_training(workspace, "compile: off\nbatch_scale: 4")
+    t = load_project(workspace).targets["krnk"].train
+    assert t.compile == "off" and t.batch_scale == 4
+    replace_example_training(workspace, "compile: on")
+    t = load_project(workspace).targets["krnk"].train
+    assert t.compile == "on" and t.batch_scale == "auto"
+    replace_example_training(workspace, "batch_scale: 0")
+    with pytest.raises(CharfwError, match=r"charfw\.yaml:\d+: train\.batch_scale"):
+        load_project(workspace)

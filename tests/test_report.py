@@ -121,6 +121,31 @@ def test_numbers_equal_what_the_trainer_reads(workspace):
             f"{krnksf.steps} steps = {krnksf.epochs} epochs") in page
 
 
+def test_numbers_at_a_fixed_batch_scale_equal_what_the_trainer_trains(workspace):
+    import torch
+
+    from charfw.train.dataset import load_datasets
+    from charfw.train.loop import _grow_batches
+    from charfw.train.sampling import BatchPlan
+
+    text = (workspace / "charfw.yaml").read_text()
+    (workspace / "charfw.yaml").write_text(text.replace("  steps: 100", "  steps: 100\n  batch_scale: 2"))
+    assert run_doit(workspace, "dataset").returncode == 0
+    layout = Layout(load_project(workspace))
+    footprint = dict(pixels=1, adapter_params=1, weight_bytes=1)
+    for name, target in layout.project.targets.items():
+        numbers = target_numbers(layout, target)
+        req, grown, scale = _grow_batches(layout.train_request(target), load_datasets(layout.toml_path(name)),
+                                          footprint, None, torch.device("cpu"))
+        assert scale == numbers.batch_scale == 2
+        assert [c.batch for c in numbers.classes] == [d.batch_size for d in grown], name
+        assert numbers.batches_per_epoch == BatchPlan(grown, 0).per_epoch, name
+        assert numbers.steps == req.steps < target.steps, name
+    assert run_doit(workspace, "report").returncode == 0
+    page = (layout.build_dir / "report/targets/krnk.html").read_text(encoding="utf-8")
+    assert "batch_scale 2" in page
+
+
 @pytest.mark.slow
 def test_editing_one_image_rerenders_only_its_sheet_and_a_weight_change_only_its_page(workspace):
     assert run_doit(workspace, "report").returncode == 0

@@ -96,6 +96,13 @@ class TrainSettings(Strict):
                                     description="appended to sd-scripts' command line")
 
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value):
+        """YAML reads a bare `on`/`off` as true/false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def setting_class(name: str) -> tuple[Effect, Backend]:
     """(effect, backend) of one TrainSettings field; KeyError for a field nobody classified."""
     extra = TrainSettings.model_fields[name].json_schema_extra or {}

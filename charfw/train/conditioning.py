@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from charfw.train.transfer import to_device
+
 MAX_TOKENS = 77  # CLIP's context: 75 tokens + BOS/EOS, what sd-scripts uses by default
 Size = tuple[int, int]  # (width, height)
 
@@ -101,10 +103,10 @@ class TextConditioner:
 
     def _encode(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = [self._tokens(c) for c in captions]
-        ids1 = torch.cat([i[0] for i in ids]).to(device)
+        ids1 = to_device(torch.cat([i[0] for i in ids]), device)
         if not self.sdxl:
             return encode_text(self.sd.text_encoder, ids1, self.clip_skip), None
-        ids2 = torch.cat([i[1] for i in ids]).to(device)
+        ids2 = to_device(torch.cat([i[1] for i in ids]), device)
         return encode_sdxl(self.sd.text_encoder, self.sd.text_encoder_2, ids1, ids2)
 
     @torch.no_grad()
@@ -129,5 +131,5 @@ class TextConditioner:
             pooled = torch.stack([self._cache[c][1] for c in captions]) if self.sdxl else None
         time_ids = None
         if self.sdxl:
-            time_ids = torch.tensor(sizes, dtype=torch.float32, device=device)
+            time_ids = to_device(torch.tensor(sizes, dtype=torch.float32), device)
         return Condition(context, pooled, time_ids)

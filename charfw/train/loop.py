@@ -2,8 +2,9 @@
 
 One process, or several under `accelerate launch` (process r trains batch
 `step * world + r`; gradients are averaged across processes before each update).
-Mixed precision via accelerate's autocast on GPU (the frozen base is cast to
-fp16/bf16, adapters stay fp32); always fp32 on CPU. Every `save_every_n_steps` steps or
+Mixed precision via accelerate's autocast on GPU (the frozen base is stored in
+fp16/bf16; the adapters' fp32 master weights are cast once per step, see train.network);
+always fp32 on CPU. `batch_scale` may grow the batches (fewer steps, same epochs). Every `save_every_n_steps` steps or
 `save_every_minutes`, whichever comes first, and when a stop is requested (charfw.interrupt:
 Ctrl-C, SIGTERM, a killed `doit`), the state is saved to `state_dir`; a rerun of the same run
 resumes from it, and it is removed once the LoRA is written. Each step's noise and timesteps are drawn from a
@@ -42,6 +43,7 @@ from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
 from charfw.train.sampling import BatchPlan, bucket_counts
 from charfw.train.state import clear_state, load_state, run_id, save_state, saved_batch_scale
+from charfw.train.transfer import to_device
 
 log = logging.getLogger("charfw.train")
 
@@ -305,8 +307,8 @@ def _step(sd, network: Network, settings, accelerator, x0: torch.Tensor, conditi
     try:
         with accelerator.autocast():
             cond = conditioner(captions, device, sizes)
-            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, noise.to(device),
-                                  timesteps.to(device), settings.min_snr_gamma, **cond.unet_kwargs())
+            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, to_device(noise, device),
+                                  to_device(timesteps, device), settings.min_snr_gamma, **cond.unet_kwargs())
         accelerator.backward(loss)
     finally:
         network.release()

@@ -67,7 +67,7 @@ def modules(tensors) -> dict[str, set[str]]:
 def trained(dataset_toml, tmp_path_factory):
     """C3Lier dim 8, 30 steps at a high learning rate: enough to overfit four images measurably."""
     tmp = tmp_path_factory.mktemp("c3lier")
-    settings = TrainSettings(network="c3lier", dim=8, lr=3e-3, save_every_n_steps=1000)  # checkpointing on
+    settings = TrainSettings(network="c3lier", dim=8, lr=3e-3, save_every_n_steps=1000, gradient_checkpointing=True)
     losses = []
     j = job(dataset_toml, tmp, settings, 30, log_dir=tmp / "logs")
     run(j, on_step=lambda step, loss: losses.append(loss))
