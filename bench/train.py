@@ -145,14 +145,16 @@ def one(case: str, steps: int, warmup: int, work: Path) -> dict:
         def tick(step: int, loss: float) -> None:
             if cuda:
                 torch.cuda.synchronize()
-            ticks[step] = time.perf_counter()
+            now = time.perf_counter()
+            if step == warmup + window:
+                profile["prof"].__exit__(None, None, None)
+                profile.update(launches_and_busy(profile.pop("prof"), window, now - ticks[warmup], cuda))
+                now = time.perf_counter()   # reading the profile takes seconds: the timed steps start after it
+            ticks[step] = now
             if step == warmup:
                 profile["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                     [torch.profiler.ProfilerActivity.CUDA] if cuda else []))
                 profile["prof"].__enter__()
-            elif step == warmup + window:
-                profile["prof"].__exit__(None, None, None)
-                profile.update(launches_and_busy(profile.pop("prof"), window, ticks[step] - ticks[warmup], cuda))
 
         reset_accelerate()
         run(job, on_step=tick)
