@@ -42,7 +42,7 @@ from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
 from charfw.train.sampling import BatchPlan, bucket_counts
-from charfw.train.state import clear_state, load_state, run_id, save_state, saved_batch_scale
+from charfw.train.state import clear_state, load_state, run_id, save_state, saved_state_info
 from charfw.train.transfer import to_device
 
 log = logging.getLogger("charfw.train")
@@ -149,7 +149,19 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     footprint = _footprint(datasets, sd, network)
-    job, datasets, batch_scale = _grow_batches(job, datasets, footprint, free, device)
+    batch_scale = _batch_scale(job, datasets, footprint, free, device)
+    asked, req_lr = job.steps, job.settings.lr
+    started = saved_state_info(job.state_dir).get
+    if job.settings.batch_scale == "auto" and isinstance(started("batch_scale"), int) and \
+            1 <= started("batch_scale") < batch_scale:
+        # a run begun at a smaller scale (less free memory then) resumes at it, if it is this run
+        smaller = _grow_batches(job, datasets, started("batch_scale"))
+        if run_id(_run_parts(*smaller, sd, world)) == started("run"):
+            batch_scale = started("batch_scale")
+    job, datasets = _grow_batches(job, datasets, batch_scale)
+    if batch_scale > 1:
+        log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
+                 job.settings.batch_scale, batch_scale, job.steps, asked, job.settings.lr / req_lr)
     settings, steps = job.settings, job.steps
     plan = BatchPlan(datasets, settings.seed)
     run = run_id(_run_parts(job, datasets, sd, world))
@@ -269,32 +281,24 @@ def _footprint(datasets: list[Dataset], sd, network: Network) -> dict:
                                  for p in m.parameters()))
 
 
-def _grow_batches(job: TrainRequest, datasets: list[Dataset], footprint: dict, free: float | None, device
-                  ) -> tuple[TrainRequest, list[Dataset], int]:
-    """`batch_scale`: the datasets at k times their batch sizes, and the request with the steps, warm-up and
-    learning rates that keep the epochs and the update noise (rules.training.scaled_schedule).
+def _batch_scale(job: TrainRequest, datasets: list[Dataset], footprint: dict, free: float | None, device) -> int:
+    """The `batch_scale` this run trains at (rules.memory.auto_batch_scale)."""
+    return auto_batch_scale(job.settings.batch_scale, free, device.type == "cuda", job.family,
+                            max(d.batch_size for d in datasets), checkpointing=job.settings.gradient_checkpointing,
+                            largest_bucket=max(n for d in datasets for n in bucket_counts(d).values()), **footprint)
 
-    A resumed `auto` run keeps the scale it started with, if that still fits.
-    """
-    settings = job.settings
-    largest = max(n for d in datasets for n in bucket_counts(d).values())
-    scale = auto_batch_scale(settings.batch_scale, free, device.type == "cuda", job.family,
-                             max(d.batch_size for d in datasets), checkpointing=settings.gradient_checkpointing,
-                             largest_bucket=largest, **footprint)
-    started = saved_batch_scale(job.state_dir)
-    if settings.batch_scale == "auto" and started is not None and started <= scale:
-        scale = started
+
+def _grow_batches(job: TrainRequest, datasets: list[Dataset], scale: int) -> tuple[TrainRequest, list[Dataset]]:
+    """The datasets at `scale` times their batch sizes, and the request with the steps, warm-up and learning
+    rates that keep the epochs and the update noise (rules.training.scaled_schedule)."""
     if scale == 1:
-        return job, datasets, 1
+        return job, datasets
+    settings = job.settings
     grown = [dataclasses.replace(d, batch_size=d.batch_size * scale) for d in datasets]
     steps, warmup, factor = scaled_schedule(job.steps, settings.warmup_steps, BatchPlan(datasets, 0).per_epoch,
                                             BatchPlan(grown, 0).per_epoch)
-    lr, te_lr = settings.lr * factor, job.text_encoder_lr * factor
-    log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
-             settings.batch_scale, scale, steps, job.steps, factor)
-    job = dataclasses.replace(job, steps=steps, settings=settings.model_copy(
-        update={"lr": lr, "text_encoder_lr": te_lr, "warmup_steps": warmup}))
-    return job, grown, scale
+    return dataclasses.replace(job, steps=steps, settings=settings.model_copy(update={
+        "lr": settings.lr * factor, "text_encoder_lr": job.text_encoder_lr * factor, "warmup_steps": warmup})), grown
 
 
 def _step(sd, network: Network, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],

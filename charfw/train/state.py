@@ -61,13 +61,13 @@ def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Te
             path.unlink(missing_ok=True)
 
 
-def saved_batch_scale(state_dir: Path) -> int | None:
-    """The batch scale the saved run trains at (an `auto` run resumes at it), or None."""
+def saved_state_info(state_dir: Path) -> dict:
+    """state.json of the saved state (run, step, batch_scale, ...), or {} when there is none."""
     try:
-        scale = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")).get("batch_scale")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return scale if isinstance(scale, int) and scale >= 1 else None
+        info = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def load_state(state_dir: Path, run: str) -> SavedState | None:

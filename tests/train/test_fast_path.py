@@ -1,7 +1,10 @@
 """The fast training path (fused AdamW, losses read back in groups, compiled transformer blocks,
-checkpointing chosen from free memory) trains what the plain eager path trains."""
+checkpointing chosen from free memory, packed LoRA factors, batch_scale) trains what the plain
+eager path trains."""
 
 from __future__ import annotations
+
+from dataclasses import replace as dataclass_replace
 
 import pytest
 import torch
@@ -93,9 +96,7 @@ def test_batch_scale_trains_bigger_batches_for_the_same_epochs(dataset_toml, tmp
     assert json.loads(meta["ss_datasets"])[0]["batch_size_per_device"] == 4
 
 
-def test_auto_batch_scale_grows_on_a_gpu_with_room_and_a_resumed_run_keeps_its_scale(dataset_toml, tmp_path):
-    import json
-
+def test_auto_batch_scale_grows_on_a_gpu_with_room(dataset_toml, tmp_path):
     from charfw.rules.memory import GIB
     from charfw.train.dataset import load_datasets
 
@@ -104,16 +105,51 @@ def test_auto_batch_scale_grows_on_a_gpu_with_room_and_a_resumed_run_keeps_its_s
                        model="builtin:tiny-sd15", output=tmp_path / "o.safetensors", state_dir=tmp_path / "state")
     footprint = dict(pixels=64 * 128, adapter_params=10**6, weight_bytes=10**8)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert loop._grow_batches(req, datasets, footprint, 80 * GIB, cpu)[2] == 1
-    assert loop._grow_batches(req, datasets, footprint, 1 * GIB, cuda)[2] == 1
-    grown, grown_sets, scale = loop._grow_batches(req, datasets, footprint, 80 * GIB, cuda)
+    assert loop._batch_scale(req, datasets, footprint, 80 * GIB, cpu) == 1
+    assert loop._batch_scale(req, datasets, footprint, 1 * GIB, cuda) == 1
+    scale = loop._batch_scale(req, datasets, footprint, 80 * GIB, cuda)
     assert scale == 2                                  # batch 4 = a whole bucket's 4 samples; 8 could not fill
+    grown, grown_sets = loop._grow_batches(req, datasets, scale)
     assert [d.batch_size for d in grown_sets] == [4] and grown.steps == 50
     assert grown.settings.lr == pytest.approx(req.settings.lr * 2 ** 0.5)
     assert grown.settings.text_encoder_lr == pytest.approx(req.text_encoder_lr * 2 ** 0.5)
-    req.state_dir.mkdir()
-    (req.state_dir / "state.json").write_text(json.dumps({"run": "x", "step": 10, "batch_scale": 1}))
-    assert loop._grow_batches(req, datasets, footprint, 80 * GIB, cuda)[2] == 1   # resumes at the scale it began
+    assert loop._grow_batches(req, datasets, 1) == (req, datasets)
+
+
+def test_an_auto_run_resumes_at_the_scale_it_began_with(dataset_toml, tmp_path, monkeypatch, caplog):
+    """Interrupted at batch_scale 1 (little free memory), resumed where 2 would fit: it goes on at 1, exactly."""
+    import json
+    import logging
+
+    whole = train(dataset_toml, tmp_path / "a", steps=6, compile="off", gradient_checkpointing=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, loss):
+        if step == 4:
+            raise Stop
+
+    req = TrainRequest(name="krnk", settings=TrainSettings(**{**FAST, "save_every_n_steps": 3, "compile": "off",
+                                                              "gradient_checkpointing": False}),
+                       steps=6, dataset_toml=dataset_toml, model="builtin:tiny-sd15",
+                       output=tmp_path / "b/out.safetensors", state_dir=tmp_path / "b/state", progress=False)
+    loop.reset_accelerate()
+    with pytest.raises(Stop):
+        loop.run(req, on_step=stop_at_4)
+    assert json.loads((req.state_dir / "state.json").read_text())["batch_scale"] == 1
+    monkeypatch.setattr(loop, "_batch_scale", lambda *a: 2)      # now there is room for twice the batch
+    loop.reset_accelerate()
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        loop.run(req)
+    assert "resuming krnk from step 3" in caplog.text and "batch_scale auto" not in caplog.text
+    resumed = load_file(str(req.output))
+    assert all(torch.equal(resumed[k], whole[1][k]) for k in whole[1])
+    # without a state of this run, the same request trains at the scale that fits
+    loop.reset_accelerate()
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        loop.run(dataclass_replace(req, output=tmp_path / "c/out.safetensors", state_dir=tmp_path / "c/state"))
+    assert "batch_scale auto: batches x2, 3 steps instead of 6" in caplog.text
 
 
 def test_packed_factors_train_what_separate_parameters_train(dataset_toml, tmp_path, monkeypatch):
