@@ -125,7 +125,7 @@ def test_numbers_at_a_fixed_batch_scale_equal_what_the_trainer_trains(workspace)
     import torch
 
     from charfw.train.dataset import load_datasets
-    from charfw.train.loop import _grow_batches
+    from charfw.train.loop import _batch_scale, _grow_batches
     from charfw.train.sampling import BatchPlan
 
     text = (workspace / "charfw.yaml").read_text()
@@ -135,8 +135,9 @@ def test_numbers_at_a_fixed_batch_scale_equal_what_the_trainer_trains(workspace)
     footprint = dict(pixels=1, adapter_params=1, weight_bytes=1)
     for name, target in layout.project.targets.items():
         numbers = target_numbers(layout, target)
-        req, grown, scale = _grow_batches(layout.train_request(target), load_datasets(layout.toml_path(name)),
-                                          footprint, None, torch.device("cpu"))
+        req, datasets = layout.train_request(target), load_datasets(layout.toml_path(name))
+        scale = _batch_scale(req, datasets, footprint, None, torch.device("cpu"))
+        req, grown = _grow_batches(req, datasets, scale)
         assert scale == numbers.batch_scale == 2
         assert [c.batch for c in numbers.classes] == [d.batch_size for d in grown], name
         assert numbers.batches_per_epoch == BatchPlan(grown, 0).per_epoch, name
