@@ -259,7 +259,7 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(getattr(signal, sig))
-    output = proc.communicate(timeout=60)[0]
+    output = proc.communicate(timeout=120)[0]   # each worker finishes its step and saves first
     if sig == "SIGINT":
         assert "Traceback" not in output and output.count("saved at step") == 2, output
     deadline = time.time() + 30

@@ -357,12 +357,15 @@ def use_compile(setting: str, device: torch.device, steps: int) -> bool:
 
 def _compile_blocks(unet) -> list:
     """Regional compilation: each repeated transformer block, not the whole U-Net (one compile per
-    block shape instead of minutes for the graph). Returns the blocks, for `_uncompile`."""
+    block shape instead of minutes for the graph; the adapters' hooks are traced with the block).
+    Shapes are automatic-dynamic: a block that meets a second bucket size recompiles once with
+    symbolic sizes instead of once per size (and, past torch's recompile limit, falling back to
+    eager). Returns the blocks, for `_uncompile`."""
     from diffusers.models.attention import BasicTransformerBlock
 
     blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile()
     log.info("compiled %d transformer blocks (torch.compile)", len(blocks))
     return blocks
 
