@@ -7,6 +7,7 @@ only what changed.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from charfw.config.workspace import WORKSPACE_FILE, load_project
@@ -56,6 +57,12 @@ def check_warnings(layout: Layout) -> list[str]:
             elif not any(i.size == largest for i in layout.plans[sid] if i.source.path == src.path):
                 warnings.append(f"{src.path}: smaller than the set's largest size ({largest} px): it is missing "
                                 "from the larger size folders")
+        odd = odd_aspect(layout.plans[sid], project.family)
+        if odd:
+            warnings.append(f"{s.folder}: images of different aspect ratios train in different buckets ("
+                            + ", ".join(f"{name}: {w}x{h}" for name, (w, h) in odd[:3])
+                            + (f", {len(odd) - 3} more" if len(odd) > 3 else "")
+                            + "; most are in another): give every image of a set the same aspect ratio")
         missing = missing_yaws((src.view.yaw for src in s.sources), s.symmetric)
         if missing:
             wanted = required_yaws(s.symmetric)
@@ -63,6 +70,23 @@ def check_warnings(layout: Layout) -> list[str]:
                             f"({'symmetric' if s.symmetric else 'asymmetric'} characters need "
                             f"{min(wanted)}-{max(wanted)})")
     return warnings
+
+
+def odd_aspect(items, family: str) -> list[tuple[str, tuple[int, int]]]:
+    """(image, bucket) of each image outside its set's most common bucket, at the set's largest size
+    that every image reaches: mixed aspect ratios split the set's batches into several buckets."""
+    from charfw.dataset.plan import bucket_of
+
+    by_size: dict[int, list] = {}
+    for item in items:
+        by_size.setdefault(item.size, []).append(item)
+    if not by_size:
+        return []
+    everyone = len({i.source.path for i in items})
+    size = max((z for z, its in by_size.items() if len(its) == everyone), default=min(by_size))
+    buckets = {i.source.path.name: bucket_of(i, family) for i in by_size[size]}
+    common = Counter(buckets.values()).most_common(1)[0][0]
+    return sorted((name, b) for name, b in buckets.items() if b != common)
 
 
 def check_models(project: Project) -> None:

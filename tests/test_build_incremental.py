@@ -259,7 +259,15 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(getattr(signal, sig))
-    output = proc.communicate(timeout=120)[0]   # each worker finishes its step and saves first
+    try:
+        output = proc.communicate(timeout=120)[0]   # each worker finishes its step and saves first
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:20,cmd", "-g", str(proc.pid)],
+                              capture_output=True, text=True).stdout
+        masks = {pid: [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Sig")]
+                 for pid in [proc.pid, *workers] if Path(f"/proc/{pid}/status").exists()}
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"doit did not stop:\n{tree}\n{masks}\n{proc.communicate()[0][-3000:]}") from None
     if sig == "SIGINT":
         assert "Traceback" not in output and output.count("saved at step") == 2, output
     deadline = time.time() + 30

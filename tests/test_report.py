@@ -101,6 +101,20 @@ def test_problems_are_shown_at_the_top(workspace):
     assert 'data-code="f04" data-state="missing"' in page
 
 
+def test_mixed_aspect_ratios_are_a_problem_naming_the_odd_images(workspace):
+    from PIL import Image
+
+    face = workspace / "characters/krnk/face"
+    with Image.open(face / "f02.png") as im:
+        w, h = im.size
+        im.crop((0, 0, w, h * 2 // 3)).save(face / "f02.png")   # a landscape image among square ones
+    assert run_charfw(workspace, "report").returncode == 0
+    page = (workspace / "build/report/characters/krnk.html").read_text(encoding="utf-8")
+    warn = page[page.index('<div class="warn">'):page.index("</div>")]
+    assert "different aspect ratios" in warn and "f02.png" in warn and "f00.png" not in warn
+    assert "different aspect ratios" not in (workspace / "build/report/characters/tyank.html").read_text()
+
+
 @pytest.mark.slow
 def test_numbers_equal_what_the_trainer_reads(workspace):
     from charfw.train.dataset import load_datasets

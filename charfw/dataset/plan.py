@@ -12,10 +12,18 @@ from pathlib import Path
 
 from charfw.project import ImageSet, Source
 from charfw.errors import CharfwError
-from charfw.rules.sizeclass import class_pair as pair_of
+from charfw.rules.sizeclass import class_pair as pair_of, resolution
 
 EXIF_ORIENTATION = 0x0112
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def bucket_of(item: "Prepared", family: str) -> tuple[int, int]:
+    """The aspect-ratio bucket a prepared image trains in: its size class's resolution, no upscaling."""
+    from charfw.train.buckets import no_upscale_placement
+
+    w, h = resolution(pair_of(item.width, item.height, family), family)
+    return no_upscale_placement(item.width, item.height, w * h).bucket
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from charfw.dataset.plan import Prepared
+from charfw.dataset.plan import Prepared, bucket_of
 from charfw.layout import Layout
 from charfw.project import Target
 from charfw.rules.captions import caption
@@ -65,11 +65,6 @@ class TargetNumbers:
     @property
     def epochs(self) -> int:
         return -(-self.steps // self.batches_per_epoch) if self.batches_per_epoch else 0
-
-
-def bucket_of(item: Prepared, family: str) -> Size:
-    w, h = resolution(class_pair(item.width, item.height, family), family)
-    return no_upscale_placement(item.width, item.height, w * h).bucket
 
 
 def target_numbers(layout: Layout, target: Target) -> TargetNumbers:

@@ -16,7 +16,7 @@ GIB = 2**30
 FAMILY_COST = {"sd15": (5.0 * GIB, 512 * 512), "sdxl": (12.0 * GIB, 1024 * 1024)}
 CHECKPOINTED_SHARE = 1 / 6
 MARGIN = 1.5 * GIB   # allocator fragmentation, the VAE, CUDA context
-ADAPTER_BYTES_PER_PARAM = 16   # fp32 weight + gradient + two AdamW moments
+ADAPTER_BYTES_PER_PARAM = 18   # fp32 weight + gradient + two AdamW moments + the step's fp16 copy (train.network)
 
 
 def training_bytes(family: str, batch: int, pixels: int, adapter_params: int, weight_bytes: float,
