@@ -48,7 +48,11 @@ def deferred_signals():
         if not _requested:  # a dying doit may deliver SIGTERM more than once: one request
             _requested.append(name)
 
-    old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A SIGINT ignored from the start (a job started in the background by a script) stays ignored, as
+    # Python itself leaves it: doit's main process ignores it too, and a worker that stopped on it alone
+    # would leave doit waiting for a result forever.
+    taken = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, ask) for s in taken}
     try:
         yield
     finally:

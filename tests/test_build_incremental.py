@@ -247,7 +247,9 @@ def test_killed_parallel_build_stops_its_workers_and_resumes_exactly(tmp_path, s
 
     ws = spaces["killed"]
     proc = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", *trainings], cwd=ws, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # as from a terminal, even when these tests run in a background job (SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     states = [ws / f"build/train/{name}.state/state.json" for name in ("krnk", "tyank")]
     deadline = time.time() + 120
     while not all(p.exists() for p in states):  # both are training
