@@ -16,7 +16,7 @@ from charfw.project import Target
 from charfw.rules.captions import caption
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
-from charfw.train.buckets import Size, batches_per_epoch, no_upscale_placement
+from charfw.train.buckets import Size, batches_per_epoch
 
 
 @dataclass

@@ -119,9 +119,7 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
         models = load_model(req.model, req.vae, family=req.family, dtype=torch.float32, device="cpu")
     sd = models
     free = free_memory(device)   # before the model moves there: rules.memory counts its weights
-    base_dtype = torch.float32
-    if device.type != "cpu" and accelerator.mixed_precision in ("fp16", "bf16"):
-        base_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
+    base_dtype = compute_dtype(accelerator) or torch.float32
     for part in (sd.unet, *sd.text_encoders):
         part.to(device)
         if base_dtype != torch.float32:
@@ -149,15 +147,8 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     footprint = _footprint(datasets, sd, network)
-    batch_scale = _batch_scale(job, datasets, footprint, free, device)
+    batch_scale = _resumed_scale(job, datasets, _batch_scale(job, datasets, footprint, free, device), sd, world)
     asked, req_lr = job.steps, job.settings.lr
-    started = saved_state_info(job.state_dir).get
-    if job.settings.batch_scale == "auto" and isinstance(started("batch_scale"), int) and \
-            1 <= started("batch_scale") < batch_scale:
-        # a run begun at a smaller scale (less free memory then) resumes at it, if it is this run
-        smaller = _grow_batches(job, datasets, started("batch_scale"))
-        if run_id(_run_parts(*smaller, sd, world)) == started("run"):
-            batch_scale = started("batch_scale")
     job, datasets = _grow_batches(job, datasets, batch_scale)
     if batch_scale > 1:
         log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
@@ -282,10 +273,21 @@ def _footprint(datasets: list[Dataset], sd, network: Network) -> dict:
 
 
 def _batch_scale(job: TrainRequest, datasets: list[Dataset], footprint: dict, free: float | None, device) -> int:
-    """The `batch_scale` this run trains at (rules.memory.auto_batch_scale)."""
+    """The `batch_scale` that fits this run now (rules.memory.auto_batch_scale)."""
     return auto_batch_scale(job.settings.batch_scale, free, device.type == "cuda", job.family,
                             max(d.batch_size for d in datasets), checkpointing=job.settings.gradient_checkpointing,
                             largest_bucket=max(n for d in datasets for n in bucket_counts(d).values()), **footprint)
+
+
+def _resumed_scale(job: TrainRequest, datasets: list[Dataset], scale: int, sd, world: int) -> int:
+    """An `auto` run begun at a smaller scale (less free memory then) resumes at it, if the saved state
+    is this run at that scale; otherwise `scale`."""
+    started = saved_state_info(job.state_dir)
+    smaller = started.get("batch_scale")
+    if job.settings.batch_scale != "auto" or not isinstance(smaller, int) or not 1 <= smaller < scale:
+        return scale
+    same_run = run_id(_run_parts(*_grow_batches(job, datasets, smaller), sd, world)) == started.get("run")
+    return smaller if same_run else scale
 
 
 def _grow_batches(job: TrainRequest, datasets: list[Dataset], scale: int) -> tuple[TrainRequest, list[Dataset]]:
