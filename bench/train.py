@@ -14,7 +14,10 @@ as ordinary single-file checkpoints (`charfw model random`) that both trainers l
 - `sd15-512-fp16-8bit`: the same with AdamW 8-bit (the seed's optimizer; must not be slower);
 - `sd15-512-b8`: the same at batch 8 without gradient checkpointing (what `batch_scale: auto`
   and `gradient_checkpointing: auto` choose on an 80 GB GPU): images/s;
-- `tiny-128-cuda`: the example's tiny model at 128 px on the GPU (the fixed per-step cost);
+- `sd15-512-b8-compiled`, `sd15-512-b8-graphs`: the same with compiled transformer blocks, and
+  with those replayed as CUDA graphs (`compile: on`, `cuda_graphs: true`);
+- `tiny-128-cuda`: the example's tiny model at 128 px on the GPU (the fixed per-step cost), and
+  `tiny-128-cuda-graphs` with compiled blocks replayed as CUDA graphs, no checkpointing;
 - `sdxl-1024`: SDXL, 1024x1024, batch 1, fp16, C3Lier dim 128, U-Net only with cached
   text-encoder outputs, gradient checkpointing, AdamW 8-bit where bitsandbytes works.
 
@@ -54,6 +57,12 @@ CASES = {
     "sd15-512-fp16-8bit": dict(model="random:sd15", size=512, device="cuda", settings=dict(optimizer="adamw8bit")),
     "sd15-512-b8": dict(model="random:sd15", size=512, device="cuda", batch=8,
                         settings=dict(gradient_checkpointing=False)),
+    "sd15-512-b8-compiled": dict(model="random:sd15", size=512, device="cuda", batch=8, sd_scripts=False,
+                                 settings=dict(gradient_checkpointing=False, compile="on")),
+    "sd15-512-b8-graphs": dict(model="random:sd15", size=512, device="cuda", batch=8, sd_scripts=False,
+                               settings=dict(gradient_checkpointing=False, compile="on", cuda_graphs=True)),
+    "tiny-128-cuda-graphs": dict(model="builtin:tiny-sd15", size=128, device="cuda",
+                                 settings=dict(gradient_checkpointing=False, compile="on", cuda_graphs=True)),
     "sdxl-1024": dict(model="random:sdxl", size=1024, device="cuda", family="sdxl", batch=1),
 }
 SDXL_TOKENIZERS = ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")
@@ -279,7 +288,7 @@ def main() -> None:
         return
     import torch
     cases = [c for c, s in CASES.items() if s["device"] == "cpu" or torch.cuda.is_available()]
-    print(f"{'case':<16} {'steps/s':>8} {'img/s':>7} {'max RSS MiB':>12} {'CUDA MiB':>9} {'reserved':>9} "
+    print(f"{'case':<20} {'steps/s':>8} {'img/s':>7} {'max RSS MiB':>12} {'CUDA MiB':>9} {'reserved':>9} "
           f"{'launches/step':>13} {'GPU busy':>8}")
     for case in cases:
         extra = ["--threads", str(args.threads)] if args.threads else []
@@ -287,23 +296,23 @@ def main() -> None:
                                "--warmup", str(args.warmup), "--work", str(args.work), *extra],
                               capture_output=True, text=True)
         if proc.returncode:
-            print(f"{case:<16} failed:\n{proc.stderr[-3000:]}")
+            print(f"{case:<20} failed:\n{proc.stderr[-3000:]}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         cuda = (f"{r['cuda_max_allocated_mib']:9.0f} {r['cuda_max_reserved_mib']:9.0f}"
                 if "cuda_max_allocated_mib" in r else f"{'-':>9} {'-':>9}")
         launches = r.get("kernel_launches_per_step", r.get("ops_per_step", 0))
         busy = f"{r['gpu_busy_share']:8.0%}" if "gpu_busy_share" in r else f"{'-':>8}"
-        print(f"{case:<16} {r['steps_per_s']:8.2f} {r['images_per_s']:7.2f} {r['max_rss_mib']:12.0f} {cuda} "
+        print(f"{case:<20} {r['steps_per_s']:8.2f} {r['images_per_s']:7.2f} {r['max_rss_mib']:12.0f} {cuda} "
               f"{launches:13.0f} {busy}" + (f"  ({r['gpu']})" if "gpu" in r else
                                             f"  ({r['threads']} threads; CPU: aten ops/step)"), flush=True)
-        if args.sd_scripts and CASES[case]["model"].startswith("random:"):   # a file sd-scripts can load
+        if args.sd_scripts and CASES[case]["model"].startswith("random:") and CASES[case].get("sd_scripts", True):
             s = run_sd_scripts(case, args.sd_scripts.expanduser().resolve(), args.sd_scripts_python, args.steps,
                                args.warmup, args.work)
             if "error" in s:
-                print(f"{'  sd-scripts':<16} failed:\n{s['error']}")
+                print(f"{'  sd-scripts':<20} failed:\n{s['error']}")
             else:
-                print(f"{'  sd-scripts':<16} {s['steps_per_s']:8.2f} {'':>7} "
+                print(f"{'  sd-scripts':<20} {s['steps_per_s']:8.2f} {'':>7} "
                       f"{'':>12} {s['nvidia_smi_peak_mib']:9.0f} (nvidia-smi)   charfw / sd-scripts: "
                       f"{r['steps_per_s'] / s['steps_per_s']:.2f}x", flush=True)
 

@@ -71,6 +71,10 @@ class TrainSettings(Strict):
     compile: Literal["auto", "on", "off"] = setting(
         "auto", effect="run", backend="embedded",
         description="torch.compile of the repeated transformer blocks; auto: on a GPU, for runs of 300+ steps")
+    cuda_graphs: bool = setting(
+        False, effect="run", backend="embedded",
+        description="replay the compiled blocks as CUDA graphs (one per bucket shape): needs a GPU, compile and "
+                    "gradient checkpointing off; a failure inside the graphs falls back to compiled blocks")
     gpus: list[int] | None = setting(
         None, effect="run", description="under doit -n: the GPUs the workers take, one each (default all visible)")
     seed: int = setting(31337, effect="weights")

@@ -14,6 +14,7 @@ generator seeded by (seed, step, process), so a resumed run continues exactly.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -31,9 +32,11 @@ from charfw.errors import CharfwError
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
 from charfw.request import TrainRequest, progress_steps
+from charfw.rules.compilation import cuda_graphs_blocker, use_compile
 from charfw.rules.memory import auto_batch_scale, use_checkpointing
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import scaled_schedule
+from charfw.train.compiled import CompiledBlocks
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_identity, training_metadata
@@ -49,7 +52,6 @@ log = logging.getLogger("charfw.train")
 
 TRAINER_VERSION = 3   # bump when a change alters what the same inputs train to: old states are then discarded
 MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
-COMPILE_MIN_STEPS = 300
 LOSS_READ_EVERY = 16  # on a GPU, losses are read back (a sync) this many steps at a time
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
@@ -134,16 +136,17 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
         _load_init(network, req.init_weights)
     network.apply_to()
     network.pack()
-    compiled = _compile_blocks(sd.unet) if use_compile(settings.compile, device, req.steps) else []
+    blocks = CompiledBlocks(sd.unet) if use_compile(settings.compile, device.type == "cuda", req.steps) else None
     try:
-        return _train(req, accelerator, datasets, sd, network, on_step, free)
+        return _train(req, accelerator, datasets, sd, network, on_step, free, blocks)
     finally:
-        _uncompile(compiled)
+        if blocks is not None:
+            blocks.undo()
         network.restore()
 
 
 def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step,
-           free: float | None = None) -> Path:
+           free: float | None = None, blocks: CompiledBlocks | None = None) -> Path:
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     footprint = _footprint(datasets, sd, network)
@@ -162,6 +165,12 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         _enable_checkpointing(sd, job.train_text_encoder)
     if settings.gradient_checkpointing == "auto":
         log.info("gradient checkpointing (auto): %s", "on" if checkpointing else "off")
+    if settings.cuda_graphs:
+        blocker = cuda_graphs_blocker(blocks is not None, device.type == "cuda", checkpointing)
+        if blocker is None:
+            blocks.use_graphs()
+        else:
+            log.warning("cuda_graphs: on is not used: %s", blocker)
     conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
     samples = job.progress_samples
     extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
@@ -228,8 +237,9 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         samples = plan[step * world + rank]
         images = [datasets[s.dataset].images[s.image] for s in samples]
         sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
-        value = _step(sd, network, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
-                      sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank)))
+        value = _step_with_fallback(blocks, optimizer, lambda: _step(
+            sd, network, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
+            sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))))
         if world > 1:
             _average_gradients(accelerator, params)
         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -243,7 +253,8 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         if len(pending) >= read_every or done == steps or due or stop:
             flush()
         if done in sample_at and accelerator.is_main_process:
-            _progress_sample(job, sd, conditioner, device, done)
+            with blocks.eager() if blocks is not None else contextlib.nullcontext():
+                _progress_sample(job, sd, conditioner, device, done)
         if done < steps and (due or stop):
             if accelerator.is_main_process:
                 save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
@@ -303,6 +314,21 @@ def _grow_batches(job: TrainRequest, datasets: list[Dataset], scale: int) -> tup
         "lr": settings.lr * factor, "text_encoder_lr": job.text_encoder_lr * factor, "warmup_steps": warmup})), grown
 
 
+def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`step()`, marked as a new step for CUDA graphs. A failure inside the graphs (a torch limitation,
+    or memory their pool holds) drops them and runs the step again without: its data, noise and
+    timesteps come from the step's seed, and nothing was updated yet, so it is the same step."""
+    if blocks is None or not blocks.graphs:
+        return step()
+    blocks.step_begin()
+    try:
+        return step()
+    except RuntimeError as exc:   # torch.OutOfMemoryError is one
+        blocks.drop_graphs(exc)
+        optimizer.zero_grad(set_to_none=True)
+        return step()
+
+
 def _step(sd, network: Network, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
           sizes: list[tuple[int, ...]], gen: torch.Generator) -> torch.Tensor:
     """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
@@ -347,34 +373,6 @@ def _progress_sample(job: TrainRequest, sd, conditioner: TextConditioner, device
         render.save_png(image, s.folder / f"step-{step:06d}.png")
     finally:
         sd.unet.train(training)
-
-
-def use_compile(setting: str, device: torch.device, steps: int) -> bool:
-    """`compile: auto` compiles on a GPU for runs long enough to repay the compile time (seconds per
-    distinct block shape); never on a CPU, where it costs minutes."""
-    if setting != "auto":
-        return setting == "on"
-    return device.type == "cuda" and steps >= COMPILE_MIN_STEPS
-
-
-def _compile_blocks(unet) -> list:
-    """Regional compilation: each repeated transformer block, not the whole U-Net (one compile per
-    block shape instead of minutes for the graph; the adapters' hooks are traced with the block).
-    Shapes are automatic-dynamic: a block that meets a second bucket size recompiles once with
-    symbolic sizes instead of once per size (and, past torch's recompile limit, falling back to
-    eager). Returns the blocks, for `_uncompile`."""
-    from diffusers.models.attention import BasicTransformerBlock
-
-    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
-    for block in blocks:
-        block.compile()
-    log.info("compiled %d transformer blocks (torch.compile)", len(blocks))
-    return blocks
-
-
-def _uncompile(blocks: list) -> None:
-    for block in blocks:  # the base model may be trained again (tests, benchmarks) with other adapters
-        block._compiled_call_impl = None
 
 
 def loss_read_every(device: torch.device) -> int:

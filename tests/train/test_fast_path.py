@@ -214,3 +214,74 @@ def test_sd15_unet_only_trains_on_cached_text_encoder_outputs(dataset_toml, tmp_
     losses, tensors = train(dataset_toml, tmp_path, steps=3, train_text_encoder=False, compile="off")
     assert len(losses) == 3 and tensors
     assert all(k.startswith("lora_unet_") for k in tensors)
+
+
+def test_a_failure_inside_cuda_graphs_reruns_the_step_without_them(dataset_toml, tmp_path, monkeypatch, caplog):
+    """CUDA graphs exist only on a GPU, so the rules and torch.compile are stubbed to let a CPU run take the
+    graph path; the third step fails after its backward has put gradients in place. The blocks are then
+    compiled without graphs and the step is run again: the run trains exactly what a run without graphs
+    trains, and says so."""
+    import logging
+
+    from charfw.train import compiled
+
+    plain = train(dataset_toml, tmp_path / "a", compile="off", gradient_checkpointing=False)
+
+    modes, marks, calls = [], [], [0]
+    monkeypatch.setattr(loop, "use_compile", lambda *args: True)
+    monkeypatch.setattr(loop, "cuda_graphs_blocker", lambda *args: None)
+    monkeypatch.setattr(compiled.CompiledBlocks, "_compile", lambda self, **options: modes.append(options))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(calls[0]))
+    real_step = loop._step
+
+    def failing_step(*args, **kwargs):
+        calls[0] += 1
+        loss = real_step(*args, **kwargs)
+        if calls[0] == 3:
+            raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten")
+        return loss
+
+    monkeypatch.setattr(loop, "_step", failing_step)
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        graphed = train(dataset_toml, tmp_path / "b", compile="on", cuda_graphs=True, gradient_checkpointing=False)
+    assert modes == [{}, {"mode": "reduce-overhead"}, {}]   # compiled, graphed, then plain again
+    assert marks == [0, 1, 2]                               # a step begins before each graphed step
+    assert calls[0] == 9                                    # 8 steps, the third twice
+    assert any("CUDA graphs failed" in r.getMessage() for r in caplog.records)
+    assert graphed[0] == plain[0]
+    assert all(torch.equal(graphed[1][k], plain[1][k]) for k in plain[1])
+
+
+def test_cuda_graphs_left_off_where_they_cannot_apply(dataset_toml, tmp_path, caplog):
+    """On a CPU `cuda_graphs: true` changes nothing and the log says why."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="charfw.train"):
+        train(dataset_toml, tmp_path, steps=1, compile="off", cuda_graphs=True)
+    assert any("cuda_graphs: on is not used: CUDA graphs exist only on a GPU" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_blocks_run_uncompiled_for_sampling_under_cuda_graphs():
+    """Sampling between graphed steps runs the blocks eagerly (CUDA graph trees refuse blocks that feed each
+    other outside a training step); outside that context the same call compiles; undo() forgets it all."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from torch._dynamo.utils import counters
+
+    from charfw.train.compiled import CompiledBlocks
+
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(BasicTransformerBlock(8, 1, 8), BasicTransformerBlock(8, 1, 8))
+    blocks = CompiledBlocks(model)
+    blocks.use_graphs()
+    x = torch.randn(1, 4, 8)
+    with torch.no_grad():
+        with blocks.eager():
+            eager = model(x)
+        assert counters["stats"]["unique_graphs"] == 0
+        compiled = model(x)
+        assert counters["stats"]["unique_graphs"] > 0
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    blocks.undo()
+    assert all(b._compiled_call_impl is None for b in model)
+    torch._dynamo.reset()
