@@ -64,6 +64,10 @@ class CompiledBlocks:
         return torch.compiler.set_stance("force_eager") if self.graphs else contextlib.nullcontext()
 
     def undo(self) -> None:
-        """The base model may be trained again (tests, benchmarks) with other adapters."""
+        """The base model may be trained again (tests, benchmarks) with other adapters; a graphs' memory
+        pool is freed for whatever this process trains next."""
         for block in self.blocks:
             block._compiled_call_impl = None
+        if self.graphs:
+            torch._dynamo.reset()
+            self.graphs = False

@@ -262,9 +262,10 @@ def test_cuda_graphs_left_off_where_they_cannot_apply(dataset_toml, tmp_path, ca
                for r in caplog.records)
 
 
-def test_blocks_run_uncompiled_for_sampling_under_cuda_graphs():
+def test_blocks_run_uncompiled_for_sampling_under_cuda_graphs(monkeypatch):
     """Sampling between graphed steps runs the blocks eagerly (CUDA graph trees refuse blocks that feed each
-    other outside a training step); outside that context the same call compiles; undo() forgets it all."""
+    other outside a training step); outside that context the same call compiles; undo() forgets it all,
+    the graphs' memory pool included."""
     from diffusers.models.attention import BasicTransformerBlock
     from torch._dynamo.utils import counters
 
@@ -282,6 +283,7 @@ def test_blocks_run_uncompiled_for_sampling_under_cuda_graphs():
         compiled = model(x)
         assert counters["stats"]["unique_graphs"] > 0
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    resets, reset = [], torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(reset()))
     blocks.undo()
-    assert all(b._compiled_call_impl is None for b in model)
-    torch._dynamo.reset()
+    assert all(b._compiled_call_impl is None for b in model) and len(resets) == 1 and not blocks.graphs
