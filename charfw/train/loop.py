@@ -4,7 +4,8 @@ One process, or several under `accelerate launch` (process r trains batch
 `step * world + r`; gradients are averaged across processes before each update).
 Mixed precision via accelerate's autocast on GPU (the frozen base is stored in
 fp16/bf16; the adapters' fp32 master weights are cast once per step, see train.network);
-always fp32 on CPU. `batch_scale` may grow the batches (fewer steps, same epochs). Every `save_every_n_steps` steps or
+always fp32 on CPU. The transformer blocks may be compiled, and replayed as CUDA graphs
+(train.compiled). `batch_scale` may grow the batches (fewer steps, same epochs). Every `save_every_n_steps` steps or
 `save_every_minutes`, whichever comes first, and when a stop is requested (charfw.interrupt:
 Ctrl-C, SIGTERM, a killed `doit`), the state is saved to `state_dir`; a rerun of the same run
 resumes from it, and it is removed once the LoRA is written. Each step's noise and timesteps are drawn from a
@@ -170,7 +171,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         if blocker is None:
             blocks.use_graphs()
         else:
-            log.warning("cuda_graphs: on is not used: %s", blocker)
+            log.warning("cuda_graphs: true is not used: %s", blocker)
     conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
     samples = job.progress_samples
     extra = [samples.prompt, samples.settings.negative_prompt] if samples else []

@@ -258,7 +258,7 @@ def test_cuda_graphs_left_off_where_they_cannot_apply(dataset_toml, tmp_path, ca
 
     with caplog.at_level(logging.WARNING, logger="charfw.train"):
         train(dataset_toml, tmp_path, steps=1, compile="off", cuda_graphs=True)
-    assert any("cuda_graphs: on is not used: CUDA graphs exist only on a GPU" in r.getMessage()
+    assert any("cuda_graphs: true is not used: CUDA graphs exist only on a GPU" in r.getMessage()
                for r in caplog.records)
 
 
