@@ -37,8 +37,7 @@ class CompiledBlocks:
 
     def _compile(self, **options) -> None:
         for block in self.blocks:
-            block._compiled_call_impl = None
-            block.compile(**options)
+            block.compile(**options)   # replaces an earlier compile of the block
 
     def use_graphs(self) -> None:
         """Replay the blocks as CUDA graphs from the next call on (recorded at each shape's first use)."""
@@ -50,14 +49,16 @@ class CompiledBlocks:
         """After a failure inside the graphs: forget them (and everything compiled), compile plainly."""
         log.warning("CUDA graphs failed (%s: %s); the step is retried with compiled blocks without graphs",
                     type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-        torch._dynamo.reset()   # also frees the CUDA graph trees and their memory pool
-        self.graphs = False
+        self._forget_graphs()
         self._compile()
 
+    def _forget_graphs(self) -> None:
+        torch._dynamo.reset()   # also frees the CUDA graph trees and their memory pool
+        self.graphs = False
+
     def step_begin(self) -> None:
-        """A training step begins: the previous step's graph outputs are no longer used."""
-        if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+        """Under graphs, a training step begins: the previous step's graph outputs are no longer used."""
+        torch.compiler.cudagraph_mark_step_begin()
 
     def eager(self):
         """A context in which the blocks run uncompiled (sampling between steps, under graphs)."""
@@ -69,5 +70,4 @@ class CompiledBlocks:
         for block in self.blocks:
             block._compiled_call_impl = None
         if self.graphs:
-            torch._dynamo.reset()
-            self.graphs = False
+            self._forget_graphs()
