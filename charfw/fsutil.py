@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,12 +34,65 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, FILE_MODE)  # writers may have recreated the file with their own mode
         os.replace(tmp_path, path)
     except OSError as exc:
-        if exc.filename not in (str(tmp_path), str(path)):
+        if exc.filename not in (None, str(tmp_path), str(path)):
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except Exception as exc:
+        errno = os_errno(exc)
+        if errno is None:
+            raise
+        raise OSError(errno, os.strerror(errno), str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error behind a library's own exception type (safetensors' SafetensorError says
+    "... No space left on device (os error 28)"), so a full disk is reported as one: None if none."""
+    match = _OS_ERROR.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+class FullWriter:
+    """A file object that remembers the OS error of a failed write and raises it when the block ends:
+    torch.save turns a full disk into "unexpected pos 576 vs 534"; through this it is ENOSPC, as it should be."""
+
+    def __init__(self, path: str | Path):
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            raise self.error
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.error = exc
+            raise
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "FullWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        if exc is not None and self.error is not None and exc is not self.error:
+            raise self.error from None
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -42,6 +42,25 @@ class Layout:
         cache.save()
         return {sid: plan_set(s, sizes, self.project.family) for sid, s in self.project.sets.items()}
 
+    @cached_property
+    def _writable(self) -> tuple[str, ...]:
+        """The folders the build may write in, as `rel` spells them, each ending in '/'."""
+        return tuple(os.path.normpath(self.rel(d)).replace(os.sep, "/") + "/"
+                     for d in (self.build_dir, self.project.dist_dir))
+
+    def outside(self, rels) -> str | None:
+        """The first of these workspace-relative paths that does not lie in build/ or dist/ (None: all do).
+        Lexical, so a build/ that is a symlink to another disk still works; names the schema let through
+        that would still climb out (a second line of defence) are caught here before anything is written."""
+        writable = self._writable
+        for rel in rels:
+            norm = os.path.normpath(rel)
+            if os.sep != "/":
+                norm = norm.replace(os.sep, "/")
+            if "\\" in rel or os.path.isabs(norm) or not norm.startswith(writable):
+                return rel
+        return None
+
     def rel(self, path: Path | str) -> str:
         """A path as doit's database stores it: relative to the workspace, with '/'."""
         text = str(path)

@@ -9,16 +9,34 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
 from charfw.lora.options import CompressOptions
 
-from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule
+from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag
+from charfw.rules.names import name_problem, read_path_problem, relative_dir_problem, words_problem
 from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Channel = Annotated[int, Field(ge=0, le=255)]
+
+
+def _rule(problem):
+    """A pydantic check from a rules.names function: its reason becomes the error message."""
+    def check(value: str) -> str:
+        reason = problem(value)
+        if reason:
+            raise ValueError(reason)
+        return value
+    return AfterValidator(check)
+
+
+Name = Annotated[str, _rule(name_problem)]                # becomes a file or folder name
+Keyword = Annotated[str, Field(pattern=KEYWORD), _rule(name_problem)]
+Words = Annotated[str, _rule(words_problem)]              # the class word(s): part of folder names
+ReadPath = Annotated[str, _rule(read_path_problem)]       # read only: may point outside the workspace
+OutputDir = Annotated[str, _rule(relative_dir_problem)]   # written to: inside the workspace
 
 
 class Strict(BaseModel):
@@ -195,20 +213,20 @@ class Captions(Strict):
 class Workspace(Stages):
     """`charfw.yaml`: defaults for every character."""
 
-    characters: str = "characters"
-    build: str = "build"
-    dist: str = "dist"
-    model: str = Field(description="base checkpoint for training (SD1.5 or SDXL family)", json_schema_extra={
+    characters: ReadPath = "characters"
+    build: OutputDir = "build"
+    dist: OutputDir = "dist"
+    model: ReadPath = Field(description="base checkpoint for training (SD1.5 or SDXL family)", json_schema_extra={
         "missing": "set it to your SD1.5 or SDXL checkpoint, e.g. `model: models/animefull-final.safetensors` "
                    "(or `model: builtin:tiny-sd15` for a quick test run)"})
-    vae: str | None = None
+    vae: ReadPath | None = None
     family: Literal["sd15", "sdxl"] | None = Field(
         None, description="model family; None = read from the model file (it must agree when set)")
     sizes: Sizes = Field(default_factory=Sizes)
     repeats: Repeats = Field(default_factory=Repeats)
     batch_profile: Literal[PROFILES] | dict[str, int] = "default"
     captions: Captions = Field(default_factory=Captions)
-    presets: dict[str, list[float]] = Field(default_factory=dict, description="user block-weight presets")
+    presets: dict[Name, list[float]] = Field(default_factory=dict, description="user block-weight presets")
     face: Stages = Field(default_factory=Stages, description="defaults for face targets")
     outfit: Stages = Field(default_factory=Stages, description="defaults for outfit targets")
     group: Stages = Field(default_factory=Stages, description="defaults for group targets")
@@ -227,40 +245,40 @@ LORA_FIELD = Field(None, description="use this trained LoRA (e.g. from sd-script
 
 
 class FaceSet(Stages):
-    folder: str = "face"
-    lora: str | None = LORA_FIELD
+    folder: ReadPath = "face"
+    lora: ReadPath | None = LORA_FIELD
     repeats: int | None = Field(None, ge=1)
     sizes: list[int] | None = None
 
 
 class Outfit(Stages):
-    keyword: str = Field(pattern=KEYWORD)
-    folder: str | None = Field(None, description="default: the outfit's name")
-    tags: list[str] = Field(default_factory=list)
+    keyword: Keyword
+    folder: ReadPath | None = Field(None, description="default: the outfit's name")
+    tags: list[Tag] = Field(default_factory=list)
     repeats: int | None = Field(None, ge=1)
     face_repeats: int | None = Field(None, ge=1, description="repeats of the face images in this outfit's data")
     sizes: list[int] | None = None
     include_face: bool = True
     init: Literal["face"] | None = Field(None, description="start training from the face LoRA's weights")
-    lora: str | None = LORA_FIELD
+    lora: ReadPath | None = LORA_FIELD
 
 
 class Character(Stages):
     """`characters/<name>/character.yaml`."""
 
-    keyword: str = Field(pattern=KEYWORD)
-    class_word: str = Field("girl", alias="class")
-    tags: list[str] = Field(default_factory=list, description="extra tags after the keyword")
+    keyword: Keyword
+    class_word: Words = Field("girl", alias="class")
+    tags: list[Tag] = Field(default_factory=list, description="extra tags after the keyword")
     symmetric: bool = True
     background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
     face: FaceSet = Field(default_factory=FaceSet)
-    outfits: dict[str, Outfit] = Field(default_factory=dict)
+    outfits: dict[Name, Outfit] = Field(default_factory=dict)
 
 
 class Group(Stages):
     """One entry of `characters/groups.yaml` (group name -> this)."""
 
-    members: list[str] = Field(min_length=2, description="outfit keywords")
+    members: list[Keyword] = Field(min_length=2, description="outfit keywords")
     repeats: int | None = Field(None, ge=1)
-    lora: str | None = LORA_FIELD
+    lora: ReadPath | None = LORA_FIELD
 

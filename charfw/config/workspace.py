@@ -12,11 +12,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, RootModel
 
-from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, SampleSettings,
+from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Name, SampleSettings,
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
 from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
+from charfw.rules.names import name_problem
 from charfw.rules.modelref import BUILTIN_FAMILY, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.sizeclass import SIZE_CLASSES
 from charfw.rules.viewcode import parse_view_code
@@ -35,7 +36,7 @@ KIND_DEFAULTS = {  # the seed's per-kind choices, beneath every user setting
 PARTIAL = {"partial": True}  # one level's settings; cross-field rules apply to the merged result
 
 
-class _Groups(RootModel[dict[str, Group]]):
+class _Groups(RootModel[dict[Name, Group]]):
     pass
 
 
@@ -109,6 +110,9 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
     data, lines = load_yaml(manifest)
     char = validate(Character, data or {}, file=manifest, lines=lines, context=PARTIAL)
     name = manifest.parent.name
+    problem = name_problem(name)
+    if problem:  # the folder's name becomes its set ids and its report page's name
+        raise CharfwError(f"the character's folder name {name!r} {problem}", file=manifest)
     project.characters[name] = char
     cfg = project.config
     char_layer = _Layer(char, manifest, lines, ())

@@ -109,7 +109,7 @@ def validate(model: type[BaseModel], data: Any, *, file: Path, lines: dict[Loc, 
         errors = exc.errors()
         err, err_loc, options = _pick(errors)
         loc = prefix + err_loc
-        field = ".".join(str(p) for p in loc) or None
+        field = ".".join(_field_part(p) for p in loc if p != "[key]") or None
         msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(err["type"], err["msg"])
         msg = msg.removeprefix("Value error, ")
         if options:
@@ -124,6 +124,12 @@ def validate(model: type[BaseModel], data: Any, *, file: Path, lines: dict[Loc, 
         if others > 0:
             msg += f" (and {others} more problem{'s' if others > 1 else ''})"
         raise CharfwError(msg, file=file, line=line_of(loc, lines), field=field) from None
+
+
+def _field_part(part) -> str:
+    """One step of a field path; a mapping key that is not plain text is quoted (a bad name stays one line)."""
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _missing_hint(model: type[BaseModel], err: dict) -> str | None:

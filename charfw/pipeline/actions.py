@@ -129,6 +129,10 @@ def text_file(path: str, text: str) -> None:
     write_text(path, text)
 
 
+def refused(path: str) -> TaskFailed:
+    return TaskFailed(f"refusing to write outside the workspace's build and dist folders: {path}")
+
+
 def blocked(reason: str) -> TaskFailed:
     return TaskFailed(f"not built yet: {reason}")
 

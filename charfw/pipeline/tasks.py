@@ -313,10 +313,20 @@ def task_names(layout: Layout) -> dict:
     return names
 
 
+def _confined(tasks, layout: Layout):
+    """Each task as it is, unless it would write outside build/ or dist/: then it fails, naming the path."""
+    for task in tasks:
+        bad = layout.outside(task.get("targets", ()))
+        if bad is not None:
+            task = {**task, "actions": [(actions.refused, [bad])], "uptodate": [False], "file_dep": [],
+                    "targets": [], "clean": []}
+        yield task
+
+
 def _bound(func, layout: Layout):
     """A task generator doit can call with no arguments, keeping the stage's docstring for `doit list`."""
     def generate():
-        return func(layout)
+        return _confined(func(layout), layout)
     generate.__doc__ = func.__doc__
     generate.__name__ = func.__name__
     # doit orders stages by the line their generator is defined on: the stage function's own

@@ -7,11 +7,22 @@ replace them (`captions.template` in charfw.yaml). Keywords always come first.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from charfw.rules.names import tag_problem
 from charfw.rules.viewcode import ViewCode
+
+
+def _tag(value: str) -> str:
+    problem = tag_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_tag)]   # one caption tag: no comma, line break or control character
 
 FRONT = [0, 1, 2, 6, 7]
 BACK = [3, 4, 5]
@@ -21,7 +32,7 @@ class CaptionRule(BaseModel):
     """Add `tags` when the view code matches every given condition (an absent condition matches all)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tags: list[str] = Field(min_length=1)
+    tags: list[Tag] = Field(min_length=1)
     set: list[Literal["f", "b"]] | None = None
     pitch: list[Literal[0, 1, 2]] | None = None
     yaw: list[Literal[0, 1, 2, 3, 4, 5, 6, 7]] | None = None

@@ -269,11 +269,28 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     bar.close()
 
     if accelerator.is_main_process:
-        _write_lora(job, network, meta, epochs)
+        try:
+            _write_lora(job, network, meta, epochs)
+        except OSError as exc:   # a full disk, say: keep the steps, so a rerun after freeing space only writes
+            raise _unwritten(exc, job, lambda: save_state(
+                job.state_dir, run, steps, network.kohya_state_dict(torch.float32),
+                _optim_state(optimizer, lr_scheduler, accelerator), batch_scale=batch_scale)) from None
         clear_state(job.state_dir)
         log.info("wrote %s (%d VAE encodes)", job.output, latents.encoded)
     accelerator.wait_for_everyone()
     return job.output
+
+
+def _unwritten(exc: OSError, job: TrainRequest, save: Callable[[], None]) -> CharfwError:
+    """The LoRA could not be written: save the finished run's state if the disk allows, and say which happened."""
+    from charfw.errors import os_error_message
+
+    try:
+        save()
+        after = f"the trained state is saved: after freeing space, rerun to write {job.output.name} without training again"
+    except OSError:
+        after = "the training state could not be saved either (a rerun resumes from the last saved state, if any)"
+    return CharfwError(f"{os_error_message(exc)}; {after}")
 
 
 def _footprint(datasets: list[Dataset], sd, network: Network) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from charfw.fsutil import atomic_path, write_text
+from charfw.fsutil import FullWriter, atomic_path, write_text
 
 log = logging.getLogger("charfw.train")
 
@@ -52,8 +52,8 @@ def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Te
     net_path, opt_path = state_dir / f"network-{step:08d}.safetensors", state_dir / f"optim-{step:08d}.pt"
     with atomic_path(net_path) as tmp:
         save_file(network, str(tmp), {"run": run, "step": str(step)})
-    with atomic_path(opt_path) as tmp:
-        torch.save({"run": run, "step": step, **optim}, tmp)
+    with atomic_path(opt_path) as tmp, FullWriter(tmp) as f:
+        torch.save({"run": run, "step": step, **optim}, f)
     write_text(state_dir / STATE_FILE, json.dumps({"run": run, "step": step, "network": net_path.name,
                                                    "optim": opt_path.name, "batch_scale": batch_scale}, indent=1))
     for path in old:
@@ -94,7 +94,11 @@ def load_state(state_dir: Path, run: str) -> SavedState | None:
 
 
 def clear_state(state_dir: Path) -> None:
-    """Remove the resumable state (the latent cache, if any, stays)."""
+    """Remove the resumable state (the latent cache, if any, stays); the folder goes when nothing is left."""
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     for path in _files(state_dir):
         path.unlink(missing_ok=True)
+    try:
+        state_dir.rmdir()
+    except OSError:
+        pass  # not there, or it still holds the disk latent cache

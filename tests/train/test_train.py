@@ -380,3 +380,38 @@ def test_a_run_that_fails_before_training_leaves_no_empty_log(dataset_toml, tmp_
         run(job(dataset_toml, tmp_path, TrainSettings(network="lora", **FAST), 2, log_dir=tmp_path / "logs",
                 init_weights=bad))
     assert not list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_a_full_disk_keeps_the_trained_steps(dataset_toml, tmp_path, caplog, monkeypatch):
+    """Writing the LoRA fails with ENOSPC: one line naming the file, no partial file, the finished run's
+    state saved; after space is freed a rerun writes the LoRA without training again, and leaves no
+    state folder behind."""
+    import charfw.lora.io as lora_io
+    from charfw.pipeline.actions import reported
+
+    settings = TrainSettings(network="c3lier", **FAST)
+    req = job(dataset_toml, tmp_path, settings, 4)
+    real_write = lora_io.write_safetensors
+
+    def full_disk(path, tensors, metadata):
+        from charfw.fsutil import atomic_path
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"\0" * 4096)   # some of it made it to the disk
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(lora_io, "write_safetensors", full_disk)
+    loop.reset_accelerate()
+    failure = reported(loop.run)(req)
+    assert failure is not None, "the failed write was not reported"
+    assert "\n" not in failure.message and str(req.output) in failure.message
+    assert "No space left on device" in failure.message and "without training again" in failure.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]   # no partial or temporary LoRA file
+    assert json.loads((req.state_dir / "state.json").read_text())["step"] == 4
+
+    monkeypatch.setattr(lora_io, "write_safetensors", real_write)
+    trained_steps = []
+    with caplog.at_level(logging.INFO, logger="charfw.train"):
+        run(req, on_step=lambda step, loss: trained_steps.append(step))
+    assert "resuming krnk from step 4" in caplog.text and trained_steps == []
+    assert read(req.output)[1]["ss_steps"] == "4"
+    assert not req.state_dir.exists()
