@@ -8,7 +8,8 @@ by a one-module LoRA whose run key is recorded through charfw's own API, so `doi
 every target finished and a no-op run measures only charfw's and doit's overhead. Prints:
 
     tasks, file deps, `doit list` (task loading), no-op `doit` without and with trained
-    targets, and `charfw check` cold (every image decoded) and warm (nothing changed).
+    targets (and with charfw's file caches removed), and `charfw check` cold (no caches: every
+    image header read), first after a build, and warm (nothing changed).
 
 Run it against another checkout with PYTHONPATH=that/checkout to compare side by side.
 """
@@ -36,7 +37,8 @@ globals().update(load_tasks(Path(__file__).parent))
 def make_workspace(ws: Path, n: int) -> None:
     chars = ws / "characters"
     chars.mkdir(parents=True)
-    (ws / "charfw.yaml").write_text("model: builtin:tiny-sd15\nsizes:\n  face: [128, 192]\n  body: [128, 192]\n")
+    (ws / "charfw.yaml").write_text("model: builtin:tiny-sd15\nsizes:\n  face: [128, 192]\n  body: [128, 192]\n"
+                                    "sample:\n  enabled: false\n")   # the sample stage would render every target
     (ws / "dodo.py").write_text(DODO)
     src = ROOT / "characters" / "krnk"
     for i in range(n):
@@ -46,10 +48,18 @@ def make_workspace(ws: Path, n: int) -> None:
             f"keyword: {name}\nclass: girl\noutfits:\n  sf:\n    keyword: {name}sf\n    init: face\n")
 
 
-def timed(cmd: list[str], cwd: Path, repeat: int = 3) -> float:
-    """Best of `repeat` wall-clock runs (the machine is shared)."""
+def drop_caches(ws: Path) -> None:
+    """Remove what charfw remembers about files (build/.*.json), as a fresh clone or a new machine has it."""
+    for path in (ws / "build").glob(".*.json"):
+        path.unlink()
+
+
+def timed(cmd: list[str], cwd: Path, repeat: int = 3, before=None) -> float:
+    """Best of `repeat` wall-clock runs (the machine is shared); `before` runs untimed before each."""
     best = float("inf")
     for _ in range(repeat):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         best = min(best, time.perf_counter() - t0)
@@ -98,9 +108,11 @@ def main() -> None:
         if not (ws / "dodo.py").exists():
             make_workspace(ws, args.characters)
         t0 = time.perf_counter()
-        check_cold = timed(charfw + ["check", "-C", str(ws)], ws, repeat=1)
+        check_cold = timed(charfw + ["check", "-C", str(ws)], ws, repeat=1, before=lambda: drop_caches(ws))
         check_warm = timed(charfw + ["check", "-C", str(ws)], ws)
+        drop_caches(ws)
         subprocess.run(doit + ["-n", "2", "images", "captions", "dataset"], cwd=ws, check=True, capture_output=True)
+        check_after_build = timed(charfw + ["check", "-C", str(ws)], ws, repeat=1)
         listing = subprocess.run(doit + ["list", "--all", "--quiet"], cwd=ws, check=True, capture_output=True,
                                  text=True).stdout.split()
         untrained = timed(doit + ["images", "captions", "dataset"], ws)
@@ -108,14 +120,17 @@ def main() -> None:
         subprocess.run(doit + ["-n", "2"], cwd=ws, check=True, capture_output=True)  # merge + compress once
         load = timed(doit + ["list"], ws)
         trained = timed(doit, ws)
+        trained_cold = timed(doit, ws, repeat=1, before=lambda: drop_caches(ws))
         deps = sum(1 for _ in (ws / "build" / "images").rglob("*.*"))
         print(f"workspace: {args.characters} characters, {len(listing)} tasks, {deps} prepared files "
               f"(set up in {time.perf_counter() - t0:.0f} s)")
-        print(f"charfw check, cold (decodes every image)   {check_cold:6.2f} s")
+        print(f"charfw check, cold (no build/ caches)      {check_cold:6.2f} s")
+        print(f"charfw check, first after a build          {check_after_build:6.2f} s")
         print(f"charfw check, warm (nothing changed)        {check_warm:6.2f} s")
         print(f"doit list (load tasks)                     {load:6.2f} s")
         print(f"no-op doit, data stages only               {untrained:6.2f} s")
         print(f"no-op doit, with trained targets           {trained:6.2f} s")
+        print(f"no-op doit, trained, caches removed        {trained_cold:6.2f} s")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -1,8 +1,9 @@
 """`charfw check`: validate the whole workspace without building anything.
 
-Every source image is decoded once: files that decoded cleanly are remembered by
-(size, mtime_ns) in `build/.checked.json` (charfw.filecache), so a second check decodes
-only what changed.
+Images are judged by their headers and their ends (charfw.dataset.plan.image_header), remembered
+by (size, mtime_ns) in `build/.images.json` (charfw.filecache), the file every doit run keeps up
+to date too: a check after a build reads no image. Decoding is the images stage's job; it names
+an image that is damaged inside.
 """
 
 from __future__ import annotations
@@ -13,33 +14,21 @@ from pathlib import Path
 from charfw.config.workspace import WORKSPACE_FILE, load_project
 from charfw.config.yamlfile import load_yaml
 from charfw.errors import CharfwError
-from charfw.dataset.images import flatten
-from charfw.filecache import file_cache
 from charfw.layout import Layout
 from charfw.models.family import FAMILY_LABEL, checkpoint_problem, lora_problem, safetensors_header, vae_problem
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import missing_yaws, required_yaws
 
-CHECKED_FILE = ".checked.json"
-
-
-def check_project(root: Path, *, decode: bool = True) -> tuple[Project, list[str]]:
+def check_project(root: Path) -> tuple[Project, list[str]]:
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)
     check_models(project)
     for target in project.targets.values():
         if target.lora is not None:
             check_lora(target.lora, target.manifest)
-    layout = Layout(project)  # plans every set: sizes, size classes
-    warnings = check_warnings(layout)
-    checked = file_cache(project.build_dir, CHECKED_FILE)
-    if decode:  # a truncated file fails here, not mid-build
-        for s in project.sets.values():
-            for src in s.sources:
-                checked.get(src.path, lambda p, bg=s.background: flatten(p, bg) is not None)
-    checked.save()
-    return project, warnings
+    layout = Layout(project)  # every source's header (a file cut short fails here), every set's plan
+    return project, check_warnings(layout)
 
 
 def check_warnings(layout: Layout) -> list[str]:

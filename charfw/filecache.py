@@ -1,7 +1,7 @@
 """Values derived from a file's content, remembered by (size, mtime_ns) as doit's MD5 checker does.
 
-One JSON file per kind under `build/` (`.digests.json`: md5 of run-key inputs, `.sizes.json`:
-image sizes from their headers, `.checked.json`: sources that decoded cleanly), so a no-op
+One JSON file per kind under `build/` (`.digests.json`: md5 of run-key inputs, `.images.json`:
+each source's size and alpha from its header), so a no-op
 `doit`, `charfw plan` or `charfw check` reads no file twice across runs.
 """
 

@@ -11,14 +11,14 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from charfw.dataset.plan import Prepared, image_size, plan_set
+from charfw.dataset.plan import Prepared, image_header, plan_set
 from charfw.filecache import file_cache
 from charfw.project import Project, Target
 from charfw.request import ProgressSamples, TrainRequest
 from charfw.rules.modelref import resolve_model_ref
 
 
-SIZES_FILE = ".sizes.json"
+HEADERS_FILE = ".images.json"   # [width, height, has_alpha] of every source, from its header
 
 
 class Layout:
@@ -34,12 +34,19 @@ class Layout:
         self.log_dir = self.build_dir / "logs"
         self.plans = plans if plans is not None else self._plan_sets()
 
-    def _plan_sets(self) -> dict[str, list[Prepared]]:
-        """Every set's prepared images; source sizes read from headers once per file version."""
-        cache = file_cache(self.build_dir, SIZES_FILE)
-        sizes = {src.path: tuple(cache.get(src.path, lambda p: list(image_size(p))))
-                 for s in self.project.sets.values() for src in s.sources}
+    @cached_property
+    def headers(self) -> dict[Path, tuple[int, int, bool]]:
+        """(width, height, has_alpha) of every source, read from its header once per file version: every
+        doit run leaves them for the next `charfw check`, `charfw plan` and report."""
+        cache = file_cache(self.build_dir, HEADERS_FILE)
+        headers = {src.path: tuple(cache.get(src.path, lambda p: list(image_header(p))))
+                   for s in self.project.sets.values() for src in s.sources}
         cache.save()
+        return headers
+
+    def _plan_sets(self) -> dict[str, list[Prepared]]:
+        """Every set's prepared images."""
+        sizes = {path: header[:2] for path, header in self.headers.items()}
         return {sid: plan_set(s, sizes, self.project.family) for sid, s in self.project.sets.items()}
 
     @cached_property

@@ -54,18 +54,50 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int] | None:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """Displayed (width, height) from the header only, honouring EXIF rotation."""
-    from PIL import Image, UnidentifiedImageError  # only when a size is not cached yet
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def image_header(path: Path) -> tuple[int, int, bool]:
+    """(width, height, has_alpha) from the header, honouring EXIF rotation, and a file that ends as its
+    format ends: what `charfw check` and the plans need, without decoding the pixels. A file cut short
+    (an interrupted copy) is refused here; damage inside a complete file is found by the images stage,
+    which decodes it."""
+    from PIL import Image, UnidentifiedImageError  # only when a file is not cached yet
 
     try:
         with Image.open(path) as im:
             width, height = im.size
-            if im.format in ("JPEG", "WEBP") and im.getexif().get(EXIF_ORIENTATION) in ROTATED:
+            fmt = im.format
+            if fmt in ("JPEG", "WEBP") and im.getexif().get(EXIF_ORIENTATION) in ROTATED:
                 width, height = height, width
+            alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CharfwError(f"cannot read image: {exc}", file=path) from None
-    return width, height
+    if not _ends_whole(path, fmt):
+        raise CharfwError(f"cannot read image: the {fmt} file is cut short (an interrupted copy?)", file=path)
+    return width, height, alpha
+
+
+def _ends_whole(path: Path, fmt: str | None) -> bool:
+    """Whether the file ends where its format says: PNG's IEND chunk, JPEG's end-of-image marker (some
+    writers pad after it), WebP's RIFF length."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 64))
+        tail = f.read()
+        if fmt == "PNG":
+            return tail.endswith(PNG_END)
+        if fmt == "JPEG":
+            return b"\xff\xd9" in tail
+        if fmt == "WEBP":
+            f.seek(4)
+            return int.from_bytes(f.read(4), "little") + 8 <= size
+    return True
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Displayed (width, height) from the header only."""
+    return image_header(path)[:2]
 
 
 def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None = None,
