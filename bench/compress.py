@@ -19,8 +19,12 @@ on N modules spread over the file and extrapolates by the dense SVD cost m·n·m
 saying so in the output. charfw output is fp32 here so the error measures the algorithm,
 not fp16 rounding.
 
+Then, for each of `--floor-dims` (32, 64, 128), `charfw lora compress` run as a user runs it,
+against the I/O floor it measures itself: a process that imports torch, reads the same file
+and writes it back (medians of interleaved runs; wall time and peak RSS ratios).
+
     python bench/compress.py [--arch sd15|sdxl] [--modules 40] [--method sv_ratio --param 16] [--rank 128]
-                             [--baseline-threads 1]
+                             [--baseline-threads 1] [--floor-dims 32,64,128] [--floor-repeat 5] [--floor-only]
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,12 +83,13 @@ def peak_rss() -> int:
 def _charfw_child(src: str, dst: str, method: str, param: float, dtype: str, queue) -> None:
     from charfw.lora import compress_file
     from charfw.lora.options import CompressOptions
-    from charfw.process import cpu_threads
+    from charfw.process import cpu_threads, parallel_share
 
     base_rss = peak_rss()
     t0 = time.perf_counter()
-    with cpu_threads(1):  # as the CLI and the build run it
-        report = compress_file(src, dst, CompressOptions.of(method=method, value=param, dtype=dtype))
+    with cpu_threads(1):  # as the CLI runs it: one torch thread, the modules spread over the cores
+        report = compress_file(src, dst, CompressOptions.of(method=method, value=param, dtype=dtype),
+                               threads=parallel_share())
     elapsed = time.perf_counter() - t0
     queue.put({"seconds": elapsed, "peak_rss": peak_rss(),
                "rss_after_imports": base_rss, "ranks": report["ranks"]})
@@ -96,6 +103,49 @@ def run_charfw(src: Path, dst: Path, method: str, param: float, dtype: str) -> d
     result = queue.get()
     proc.join()
     return result
+
+
+FLOOR = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+save_file(load_file(sys.argv[1]), sys.argv[2])
+"""
+
+
+def timed_process(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one child process, from the kernel's own accounting (wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def floor_ratios(tmp: Path, dims: list[int], arch: str, method: str, param: float, repeat: int) -> None:
+    """`charfw lora compress` as a user runs it, against the I/O floor: a process that imports torch,
+    reads the same file and writes it back. Interleaved runs, medians; time and peak-memory ratios."""
+    flag = {"sv_ratio": "--sv-ratio", "sv_fro": "--sv-fro", "sv_cumulative": "--sv-cumulative",
+            "rank": "--rank"}[method]
+    print(f"against the I/O floor (import torch + read + write the file), median of {repeat} interleaved runs, "
+          f"{os.cpu_count()} CPUs:")
+    for dim in dims:
+        src = tmp / f"floor-{dim}.safetensors"
+        size = build_lora(src, dim, 0, arch)
+        ours_cmd = [sys.executable, "-m", "charfw.cli", "lora", "compress", str(src), flag, f"{param:g}", "-q",
+                    "-o", str(tmp / "floor-out.safetensors")]
+        floor_cmd = [sys.executable, "-c", FLOOR, str(src), str(tmp / "floor-copy.safetensors")]
+        ours, floor = [], []
+        for _ in range(repeat):
+            ours.append(timed_process(ours_cmd))
+            floor.append(timed_process(floor_cmd))
+        (t_ours, m_ours), (t_floor, m_floor) = (tuple(statistics.median(x) for x in zip(*runs))
+                                                  for runs in (ours, floor))
+        print(f"  dim {dim:3d} ({size / 2**20:5.0f} MiB): compress {t_ours:5.2f} s {m_ours / 2**20:6.0f} MiB | "
+              f"floor {t_floor:5.2f} s {m_floor / 2**20:6.0f} MiB | time {t_ours / t_floor:.2f}x, "
+              f"memory {m_ours / m_floor:.2f}x")
 
 
 def dense_cost(shape: tuple[int, int]) -> float:
@@ -121,7 +171,15 @@ def main() -> int:
     ap.add_argument("--modules", type=int, default=40, help="modules for the dense baseline (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline-threads", type=int, default=1)
+    ap.add_argument("--floor-dims", default="32,64,128", help="dims to time against the I/O floor ('' = none)")
+    ap.add_argument("--floor-repeat", type=int, default=5)
+    ap.add_argument("--floor-only", action="store_true", help="only the I/O floor comparison")
     args = ap.parse_args()
+    if args.floor_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            floor_ratios(Path(tmp), [int(d) for d in args.floor_dims.split(",") if d], args.arch, args.method,
+                         args.param, args.floor_repeat)
+        return 0
 
     from safetensors import safe_open
 
@@ -190,6 +248,9 @@ def main() -> int:
               f"{'OK' if peak <= budget else 'OVER'}")
         ranks = sorted(k for _, k in ours["ranks"].values())
         print(f"new ranks: {ranks[0]}..{ranks[-1]} (median {ranks[len(ranks) // 2]})")
+        if args.floor_dims:
+            floor_ratios(Path(tmp), [int(d) for d in args.floor_dims.split(",")], args.arch, args.method,
+                         args.param, args.floor_repeat)
     return 0
 
 

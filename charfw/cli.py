@@ -34,8 +34,15 @@ def cmd_check(args) -> int:
         print(f"warning: {w}")
     n_images = sum(len(s.sources) for s in project.sets.values())
     print(f"ok: {len(project.characters)} characters, {len(project.sets)} image sets ({n_images} images), "
-          f"{len(project.targets)} targets: {', '.join(project.targets)}")
+          f"{len(project.targets)} targets: {summarize(list(project.targets))}")
     return 0
+
+
+def summarize(names: list[str], shown: int = 8) -> str:
+    """A list a terminal line can hold: the first few names, then how many more (`doit list --all` has all)."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f" and {len(names) - shown} more (doit list --all shows every task)"
 
 
 def cmd_plan(args) -> int:

@@ -70,8 +70,38 @@ def show_log() -> None:
         logger.setLevel(logging.INFO)
 
 
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_workers = 1   # tasks doit runs at once, as the entry point said (setup); forked workers inherit it
+
+
+def parallel_share(env: dict | None = None) -> int:
+    """Threads for work cut into independent single-threaded pieces (SVD compression's modules):
+    CHARFW_THREADS, else this process's share of the usable cores among doit's workers. No core is
+    kept free here: single-threaded kernels do not spin-wait on each other as OpenMP teams do."""
+    env = os.environ if env is None else env
+    if env.get(THREADS_ENV, "").isdigit() and int(env[THREADS_ENV]) > 0:
+        return int(env[THREADS_ENV])
+    return max(1, usable_cpus() // _workers)
+
+
+def quiet_third_party() -> None:
+    """Warnings a user cannot act on: transformers' "`CLIPImageProcessor` requires torchvision" when
+    diffusers builds a pipeline (charfw never uses image processors, and torchvision would force
+    another torch)."""
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+
+
 def setup(workers: int = 1) -> None:
+    global _workers
+    _workers = max(1, workers)
     show_log()
+    quiet_third_party()
     if THREADS_ENV in os.environ or "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS stands
         set_threads(threads_per_worker(workers))
 

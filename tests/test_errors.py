@@ -287,3 +287,27 @@ def test_os_errors_are_one_line_naming_the_path(workspace):
     proc = subprocess.run([sys.executable, "-m", "charfw.cli", "lora", "inspect", str(workspace / "none.safetensors")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("text,line,words", [
+    ("keyword: krnk\nclass: [girl\nsymmetric: true\n", 2, "flow sequence that begins here is not closed"),
+    ("keyword: krnk\nclass: \"girl\nsymmetric: true\n", 2, "quoted scalar that begins here is not closed"),
+    ("keyword: krnk\noutfits: {sf: 1\nsymmetric: true\n", 2, "flow mapping that begins here is not closed"),
+    ("keyword: krnk\n  class: girl\nsymmetric: true\n", 2, "mapping values are not allowed"),
+    ("keyword: krnk\nclass: girl\n\tsymmetric: true\n", 3, "tab character"),
+    ("keyword: krnk\nclass: girl\nclass: boy\n", 3, "duplicate key 'class'"),
+])
+def test_yaml_syntax_errors_name_the_line_that_has_them(workspace, text, line, words):
+    path = workspace / "characters/krnk/character.yaml"
+    path.write_text(text)
+    msg = error_of(workspace)
+    assert msg.startswith(f"{path}:{line}: ") and words in msg and "\n" not in msg, msg
+
+
+def test_check_summarises_long_target_lists():
+    from charfw.cli import summarize
+
+    assert summarize(["a", "b"]) == "a, b"
+    names = [f"t{i}" for i in range(200)]
+    text = summarize(names)
+    assert text.startswith("t0, t1") and "192 more" in text and len(text) < 120

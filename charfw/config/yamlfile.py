@@ -27,14 +27,29 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise CharfwError(f"invalid YAML: {problem}", file=path,
-                          line=mark.line + 1 if mark else None) from None
+        message, line = yaml_error(exc, text)
+        raise CharfwError(message, file=path, line=line) from None
     lines: dict[Loc, int] = {}
     if node is None:
         return {}, lines
     return _build(node, (), lines, path), lines
+
+
+def yaml_error(exc: yaml.YAMLError, text: str) -> tuple[str, int | None]:
+    """(message, line) for a syntax error, on the line that has it: the parser notices an unclosed
+    bracket or quote only where the next thing begins (a line or more later, or at the end of the
+    file), so the line where that construct opened is named, and where it was noticed is said too."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    last = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
+    noticed = min(mark.line + 1, last) if mark else None
+    what = getattr(exc, "context", None) or ""
+    unclosed = any(w in what for w in ("flow sequence", "flow mapping", "quoted scalar"))
+    if context is not None and unclosed and (noticed is None or context.line + 1 < noticed):
+        what = what.removeprefix("while parsing ").removeprefix("while scanning ")
+        return f"invalid YAML: {what} that begins here is not closed: {problem} (noticed at line {noticed})", \
+            context.line + 1
+    return f"invalid YAML: {problem}", noticed
 
 
 def _build(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: Path) -> Any:

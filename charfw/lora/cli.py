@@ -109,7 +109,7 @@ def _compress(args) -> int:
     import torch
 
     from charfw.lora.options import CompressOptions
-    from charfw.process import cpu_threads
+    from charfw.process import cpu_threads, parallel_share
 
     method, value = next(((m, v) for m, v in (("sv_fro", args.sv_fro), ("sv_cumulative", args.sv_cumulative),
                                                ("rank", args.rank), ("sv_ratio", args.sv_ratio)) if v is not None),
@@ -122,7 +122,7 @@ def _compress(args) -> int:
     for src in args.files:
         dst = _output_for(src, args.output, compress_suffix(method, value))
         with cpu_threads(1 if args.device == "cpu" else torch.get_num_threads()):
-            report = compress_file(src, dst, options, device=args.device,
+            report = compress_file(src, dst, options, device=args.device, threads=parallel_share(),
                                    progress=not args.quiet and sys.stderr.isatty(), arch=args.arch)
         new = sorted(k for _, k in report["ranks"].values())
         span = f", ranks {new[0]}..{new[-1]}" if new else ""

@@ -24,14 +24,45 @@ COMMENT_KEY = "ss_training_comment"
 HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 
 
+# safetensors lays the data out by dtype (this order, descending), then by name; the header is compact
+# JSON (UTF-8 as is) padded with spaces to a multiple of 8 bytes
+_ST_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+              torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.uint16: "U16", torch.float16: "F16",
+              torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32", torch.float32: "F32",
+              torch.float64: "F64", torch.int64: "I64", torch.uint64: "U64"}
+_DTYPE_ORDER = {dtype: i for i, dtype in enumerate(_ST_DTYPES)}
+LEGACY_WINDOW = (0x100000, 0x110000)
+
+
 def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
-    """(model_hash, legacy_hash) as sd-scripts computes them before saving."""
+    """(model_hash, legacy_hash) as sd-scripts computes them before saving, read straight from the
+    tensors' memory in the order safetensors lays them out: no serialized copy of the file."""
     training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    data = safetensors.torch.save(dict(tensors), training)
-    header_len = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(memoryview(data)[8 + header_len:]).hexdigest()
-    legacy_hash = hashlib.sha256(memoryview(data)[0x100000:0x110000]).hexdigest()[:8]
-    return model_hash, legacy_hash
+    names = sorted(tensors, key=lambda k: (-_DTYPE_ORDER[tensors[k].dtype], k))
+    header: dict = {"__metadata__": training}
+    offset = 0
+    for name in names:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header_len = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
+    start = 8 + header_len + (-header_len % 8)          # where the data begins in the serialization
+    if start > LEGACY_WINDOW[0]:                        # metadata of over a MiB: the window holds header bytes
+        data = safetensors.torch.save(dict(tensors), training)
+        return (hashlib.sha256(memoryview(data)[start:]).hexdigest(),
+                hashlib.sha256(memoryview(data)[slice(*LEGACY_WINDOW)]).hexdigest()[:8])
+    model, legacy = hashlib.sha256(), hashlib.sha256()
+    lo, hi = LEGACY_WINDOW[0] - start, LEGACY_WINDOW[1] - start   # the window in data coordinates
+    position = 0
+    for name in names:
+        raw = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        model.update(raw)
+        end = position + len(raw)
+        if end > lo and position < hi:
+            legacy.update(raw[max(lo, position) - position:min(hi, end) - position])
+        position = end
+    return model.hexdigest(), legacy.hexdigest()[:8]
 
 
 def with_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:

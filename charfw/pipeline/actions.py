@@ -80,7 +80,7 @@ def merge(src: str, dst: str, weights: dict[str, float], downstream: tuple[str, 
 @reported
 def compress(src: str, dst: str, settings: CompressSettings) -> None:
     from charfw.lora.compress import compress_file
-    from charfw.process import cpu_threads
+    from charfw.process import cpu_threads, parallel_share
 
     with outdated_on_failure(dst):
         if not settings.enabled:
@@ -88,7 +88,7 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
                 shutil.copyfile(src, tmp)
             return
         with cpu_threads(1):
-            compress_file(src, dst, settings, progress=True)
+            compress_file(src, dst, settings, progress=True, threads=parallel_share())
 
 
 @reported

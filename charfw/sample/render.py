@@ -45,7 +45,7 @@ def applied(layers: dict, modules, strength: float, quiet: bool = False):
     """The modules' ΔW x strength added to their layers for the duration of the block."""
     from charfw.lora.modules import delta_matrix
 
-    saved, unfit = {}, 0
+    saved, unfit, modules = {}, 0, list(modules)
     try:
         with torch.no_grad():
             for m in modules:
@@ -57,8 +57,9 @@ def applied(layers: dict, modules, strength: float, quiet: bool = False):
                 saved[m.name] = layer.weight.detach().clone()
                 layer.weight += (strength * delta.reshape(layer.weight.shape)).to(layer.weight.dtype)
         if unfit and not quiet:
-            print(f"charfw: warning: {unfit} of the LoRA's modules do not fit this model's layers; "
-                  "rendered without them", file=sys.stderr, flush=True)
+            print(f"charfw: warning: {unfit} of the LoRA's {len(modules)} modules have other shapes than this "
+                  "model's layers (a LoRA made for another checkpoint, like the example's group LoRA from a "
+                  "full-size SD1.5 on builtin:tiny-sd15); rendered without them", file=sys.stderr, flush=True)
         yield
     finally:
         with torch.no_grad():

@@ -242,3 +242,26 @@ def test_zero_module_and_device(tmp_path):
         assert m.rank == 1 and torch.count_nonzero(delta_matrix(m)) == 0
     with pytest.raises(CharfwError, match="device"):
         compress_file(src, tmp_path / "o.safetensors", device="tpu")
+
+
+def test_threads_give_the_same_file(lora_file, tmp_path):
+    """Modules factorized side by side come out in file order, byte for byte as on one thread."""
+    one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
+    compress_file(lora_file, one, CompressOptions.of(method="sv_fro", value=0.9), threads=1)
+    compress_file(lora_file, many, CompressOptions.of(method="sv_fro", value=0.9), threads=4)
+    assert one.read_bytes() == many.read_bytes()
+
+
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_r_factor_matches_qr(rank_deficient):
+    """RᵀR = aᵀa from the Gram matrix's Cholesky factor; a rank-deficient a (a zero column: an
+    untrained direction) falls back to QR, and both give the singular values of a to float32 precision."""
+    from charfw.lora.compress import r_factor
+
+    a = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    if rank_deficient:
+        a[:, 3] = 0
+    r = r_factor(a)
+    exact = torch.linalg.svdvals(a.double())
+    assert torch.allclose(r.T @ r, a.double().T @ a.double(), rtol=1e-5, atol=1e-4)   # a float32 Gram matrix
+    assert torch.allclose(torch.linalg.svdvals(r), exact, atol=1e-5 * float(exact[0]))

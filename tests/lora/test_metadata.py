@@ -75,3 +75,26 @@ def test_uniform_ranks_are_numbers(big_lora, tmp_path):
     compress_file(big_lora, out, CompressOptions.of(method="rank", value=4))
     meta = load_lora(out).metadata
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4"   # scale folded in: alpha = rank
+
+
+@pytest.mark.parametrize("metadata", [{}, {"ss_a": "x"}, {"ss_comment": "くろねこ \"q\" \\ \n\t\x01 é", "other": "y"}])
+@pytest.mark.parametrize("mb", [0.2, 1.3])
+def test_streamed_hashes_equal_the_serialized_definition(metadata, mb):
+    """sd-scripts' definition serializes the file (tensors + ss_* metadata) and hashes it; charfw hashes the
+    tensors' memory in safetensors' layout order instead: the same digests, for mixed dtypes and sizes
+    whose legacy window falls inside, across and past tensors."""
+    import safetensors.torch
+    import torch
+
+    from charfw.lora.metadata import safetensors_hashes
+
+    gen = torch.Generator().manual_seed(0)
+    n = int(mb * 2**20 / 4)
+    tensors = {"b.lora_up.weight": torch.randn(n // 2, generator=gen), "a.lora_down.weight": torch.randn(n // 3,
+               generator=gen).half(), "a.alpha": torch.tensor(4.0).bfloat16(), "c.idx": torch.arange(7),
+               "d.mask": torch.tensor([True, False]), "e.w": torch.randn(3, 5, generator=gen).double()}
+    training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    data = safetensors.torch.save(tensors, training)
+    start = 8 + int.from_bytes(data[:8], "little")
+    expected = (hashlib.sha256(data[start:]).hexdigest(), hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8])
+    assert safetensors_hashes(tensors, metadata) == expected
