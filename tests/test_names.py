@@ -180,19 +180,30 @@ def test_layout_outside():
 
 
 @pytest.mark.slow
-def test_hostile_class_writes_nothing_anywhere(tmp_path):
-    """The issue's attack end to end: doit and charfw check refuse it in one line; no file appears
-    anywhere under the temporary root, the workspace included."""
+@pytest.mark.parametrize("field,value,named", [
+    ("class", HOSTILE["traversal"], "class:"),
+    ("class", "</script>", "class:"),
+    ("keyword", "../../escaped", "keyword:"),
+    ("outfit name", "../../../escaped", "outfits."),
+    ("group name", "..\\..\\escaped", "groups.yaml:"),
+    ("build", "../../escaped", "build:"),
+    ("dist", "/tmp/escaped-dist", "dist:"),
+])
+def test_hostile_values_write_nothing_anywhere(tmp_path, field, value, named):
+    """The issue's attacks end to end: doit and charfw check refuse each in one line naming the field;
+    no file appears anywhere under the temporary root, outside build/ or inside it."""
     from wsutil import copy_example
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     ws = copy_example(tmp_path / "a" / "b")
-    _set(ws / "characters/krnk/character.yaml", _class(HOSTILE["traversal"]))
+    file, edit, _ = FIELDS[field]
+    _set(ws / file, edit(value))
     before = {p for p in tmp_path.rglob("*")}
     for proc in (run_doit(ws, check=False), run_charfw(ws, "check")):
         assert proc.returncode != 0
         errors = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert len(errors) == 1 and "class:" in errors[0] and "character.yaml:" in errors[0], proc.stderr
+        assert len(errors) == 1 and named in errors[0], proc.stderr
     created = {p for p in tmp_path.rglob("*")} - before
     assert not [p for p in created if not p.is_relative_to(ws / "build")], created
     assert not [p for p in created if p.is_file() and p.suffix in (".png", ".txt")]
+    assert not value.startswith("/") or not Path(value).exists()
