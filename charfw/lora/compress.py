@@ -2,11 +2,18 @@
 
 ΔW = up · down has rank ≤ r, so its SVD comes from the factors: up (out × r) = Q_up R_up and
 downᵀ (in·k·k × r) = Q_down R_down (R from the r × r Gram matrix, see r_factor), take the SVD of
-the r × r core R_up · R_downᵀ, and rotate the
-kept singular vectors back (see LowRankSVD: the Q factors are never formed). That costs
-O((out + in·k·k) · r²) instead of the O(out · (in·k·k) · min(out, in·k·k)) of a dense
-SVD, and gives the same result to float precision. LoCon's Tucker `lora_mid` is folded into down first, so such a module
+the r × r core R_up · R_downᵀ, and rotate the kept singular vectors back (see LowRankSVD: the Q
+factors are never formed). That costs O((out + in·k·k) · r²) instead of the
+O(out · (in·k·k) · min(out, in·k·k)) of a dense SVD. The r × r work is float64 for an fp32 output
+(ΔW within ~3e-6 of a dense SVD) and float32 for fp16/bf16 outputs (~1e-4: under their own
+rounding, 13% faster). LoCon's Tucker `lora_mid` is folded into down first, so such a module
 comes out as an ordinary conv LoRA (loaders all read that).
+
+A file is compressed in two passes over its modules (compress_file): the first finds every rank,
+which fixes the output's header; the second makes each module's new factors and writes them
+straight into place (lora.io.StreamedLora), hashing them as they come, so neither file is ever
+held whole in memory (peak memory 1.05-1.15x, time 1.4-1.6x of merely reading and writing the
+file: bench/compress.py).
 
 Rank rules, on the singular values S (descending). The default, `rank_rule: sd-scripts`,
 is sd-scripts' networks/resize_lora.py choice (unchanged on its main branch since 2023):
@@ -43,7 +50,7 @@ from __future__ import annotations
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +59,8 @@ from tqdm import tqdm
 
 from charfw.errors import CharfwError
 from charfw.lora.blocks import detect_arch
-from charfw.lora.io import LoraReader, save_lora
+from charfw.fsutil import atomic_path
+from charfw.lora.io import LoraReader, StreamedLora
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.metadata import record_compress
 from charfw.lora.options import CompressOptions
@@ -128,23 +136,26 @@ class LowRankSVD:
 
     up: torch.Tensor      # (out, r)
     down: torch.Tensor    # (r, n)
-    r_up: torch.Tensor    # float64 R factors and core SVD
+    r_up: torch.Tensor    # R factors and core SVD (core_dtype)
     r_down: torch.Tensor
     uc: torch.Tensor
     S: torch.Tensor
     vhc: torch.Tensor
 
     @classmethod
-    def of(cls, up: torch.Tensor, down: torch.Tensor) -> "LowRankSVD":
-        r_up, r_down = r_factor(up), r_factor(down.T)
+    def of(cls, up: torch.Tensor, down: torch.Tensor, core_dtype: torch.dtype = torch.float64) -> "LowRankSVD":
+        """`core_dtype`: the r×r work's precision. float64 gives ΔW to ~3e-6 of a dense SVD (bench/compress.py);
+        float32, 13% faster over a whole file, to ~1e-4: still under the rounding of an fp16 or bf16 file."""
+        r_up, r_down = r_factor(up).to(core_dtype), r_factor(down.T).to(core_dtype)
         uc, s, vhc = core_svd(r_up @ r_down.T)
         return cls(up, down, r_up, r_down, uc, s, vhc)
 
-    def factors(self, k: int, s_on_up: bool = False, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """New (up (out, k), down (k, n)) of scale · ΔW's top k triplets: U√S, √S Vᵀ (or US, Vᵀ), the
-        scale split as √|scale| on each (on up alone with s_on_up). U√S and √S Vᵀ have equal norms
-        (both √ΣS), so the factors come out balanced for fp16 (modules.balanced_factors) with no
-        further pass over them; the scales ride on the r×k matrices, not the tall results.
+    def rotations(self, k: int, s_on_up: bool = False, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(to_up (r, k), to_down (k, r)): the new factors of scale · ΔW's top k triplets are up · to_up
+        and to_down · down, i.e. U√S and √S Vᵀ (or US, Vᵀ), the scale split as √|scale| on each (on
+        up alone with s_on_up). U√S and √S Vᵀ have equal norms (both √ΣS), so the factors come out
+        balanced for fp16 (modules.balanced_factors) with no further pass over them; the scales ride
+        on these r×k matrices, not on the tall results.
 
         Directions past the available values or with S = 0 come out as zeros.
         """
@@ -159,29 +170,36 @@ class LowRankSVD:
         to_up = (self.r_down.T @ self.vhc[:avail].T) * up_scale            # (r, avail)
         to_down = down_scale[:, None] * (self.uc[:, :avail].T @ self.r_up)  # (avail, r)
         dtype = self.up.dtype
-        return _pad(self.up @ to_up.to(dtype), to_down.to(dtype) @ self.down, k)
+        to_up, to_down = _pad(to_up.to(dtype).T, to_down.to(dtype).T, k)   # padded as (k, r) and (r, k)
+        return to_up.T.contiguous(), to_down.T.contiguous()
+
+    def factors(self, k: int, s_on_up: bool = False, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """New (up (out, k), down (k, n)): see rotations."""
+        to_up, to_down = self.rotations(k, s_on_up, scale)
+        return self.up @ to_up, to_down @ self.down
 
 
 def r_factor(a: torch.Tensor) -> torch.Tensor:
-    """An upper-triangular R (float64) with RᵀR = aᵀa for a tall (m, r) matrix: the Cholesky factor of
-    the Gram matrix, one GEMM in a's own precision (float32: 2.7x faster than float64 and 7x faster
-    than Householder QR of the tall matrix). The Gram matrix's rounding (~1e-7 of its norm) moves
-    the singular values it implies by less than fp16 rounding of the factors the file stores.
-    A rank-deficient `a` (a LoRA whose up is still all zeros, say) has no Cholesky factor: QR then."""
-    chol, info = torch.linalg.cholesky_ex((a.T @ a).double())
+    """An upper-triangular R with RᵀR = aᵀa for a tall (m, r) matrix, in a's dtype: the Cholesky factor of
+    the Gram matrix, one GEMM (in float32 2.7x faster than in float64, and 7x faster than Householder
+    QR of the tall matrix). A rank-deficient `a` (a LoRA whose up is still all zeros, say) has no
+    Cholesky factor: QR then."""
+    chol, info = torch.linalg.cholesky_ex(a.T @ a)
     if int(info) == 0:
         return chol.T
-    return torch.linalg.qr(a.double(), mode="r").R
+    return torch.linalg.qr(a, mode="r").R
 
 
 def core_svd(core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD (U, S descending, Vᵀ) of a small float64 square matrix through the symmetric eigenproblem of
-    core·coreᵀ (1.7x faster than an SVD at r = 128); singular values below ~1e-8 of the largest, far
-    under any rank rule's cut, come out as zeros with zero right vectors."""
+    """SVD (U, S descending, Vᵀ) of a small square matrix through the symmetric eigenproblem of
+    core·coreᵀ (1.7x faster than an SVD at r = 128); singular values below √eps of the largest (1e-8
+    in float64, 3e-4 in float32), far under any rank rule's cut, come out as zeros with zero right
+    vectors."""
     eigenvalues, vectors = torch.linalg.eigh(core @ core.T)
     s = eigenvalues.flip(0).clamp_min(0).sqrt()
     u = vectors.flip(1)
-    s = torch.where(s > s[0] * 1e-8, s, torch.zeros_like(s)) if len(s) else s
+    floor = torch.finfo(core.dtype).eps ** 0.5
+    s = torch.where(s > s[0] * floor, s, torch.zeros_like(s)) if len(s) else s
     inv = torch.where(s > 0, 1 / s, torch.zeros_like(s))
     return u, s, inv[:, None] * (u.T @ core)
 
@@ -221,86 +239,154 @@ def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: boo
     return choose_rank(S, o.method, o.param, cap)
 
 
-def _lora_module(name: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...],
-                 out_dtype: torch.dtype, extra: dict[str, torch.Tensor]) -> Module:
-    """A LoRA module for ΔW = up · down (any scale already folded into the factors) with no alpha
-    tensor (alpha = rank for every loader, so all apply the same ΔW; see modules.folded)."""
-    k = up.shape[1]
-    if len(shape) == 4:
-        up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
-    tensors = {"lora_down.weight": down.to("cpu", out_dtype).contiguous(),
-               "lora_up.weight": up.to("cpu", out_dtype).contiguous()}
-    tensors.update({k_: v.to(out_dtype) for k_, v in extra.items()})
-    return Module(name, tensors, "lora")
+def _lora_shapes(name: str, k: int, shape: tuple[int, ...], out_dtype: torch.dtype,
+                 extra: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The tensors of a rank-k LoRA module for a layer of `shape` (no alpha: alpha = rank for every
+    loader, so all apply the same ΔW; see modules.folded)."""
+    conv = len(shape) == 4
+    return {"lora_down.weight": (out_dtype, (k, *shape[1:]) if conv else (k, shape[1])),
+            "lora_up.weight": (out_dtype, (shape[0], k, 1, 1) if conv else (shape[0], k)),
+            **{suffix: (out_dtype, tuple(t.shape)) for suffix, t in extra.items()}}
 
 
-def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
-                    spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
-    """(new module, new rank or None if left unchanged) for one module."""
+@dataclass
+class ModulePlan:
+    """What the first pass learns of a module: the rank kept and the new tensors' shapes, and either the
+    r×k rotations that make a LoRA module's new factors from its old ones (second pass) or the new
+    tensors themselves (a LoHa/LoKr module kept or converted through a dense ΔW)."""
+
+    name: str
+    old_rank: int | None
+    rank: int | None                                          # None: left unchanged
+    kind: str
+    shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]]    # suffix -> (dtype, shape) of the output
+    rotations: tuple[torch.Tensor, torch.Tensor] | None = None
+    ready: dict[str, torch.Tensor] | None = None
+
+    def meta_module(self) -> Module:
+        """A shape-only Module (no data) for the metadata's rank records."""
+        return Module(self.name, {k: torch.empty(shape, dtype=dtype, device="meta")
+                                  for k, (dtype, shape) in self.shapes.items()}, self.kind)
+
+
+def plan_module(m: Module, s: CompressOptions, device: str = "cpu",
+                spec_shape: tuple[int, ...] | None = None) -> ModulePlan:
+    """The first pass over one module: its spectrum and the rank kept (the r×r work only for a LoRA)."""
     out_dtype, dev = DTYPES[s.dtype], torch.device(device)
     extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
     if m.kind == "lora":
         up, down = lora_factors(m, torch.float32, dev)
-        svd = LowRankSVD.of(up, down)
+        svd = LowRankSVD.of(up, down, torch.float64 if out_dtype == torch.float32 else torch.float32)
         k = module_rank(s, svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
-        new_up, new_down = svd.factors(k, s_on_up=s.sd_scripts_compat, scale=m.scale)
         shape = layer_shape(m, up.shape[0], down.shape[1])
-        return _lora_module(m.name, new_up, new_down, shape, out_dtype, extra), k
+        return ModulePlan(m.name, m.rank, k, "lora", _lora_shapes(m.name, k, shape, out_dtype, extra),
+                          rotations=svd.rotations(k, s_on_up=s.sd_scripts_compat, scale=m.scale))
     if not s.to_lora:
-        return Module(m.name, {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()},
-                      m.kind), None
+        ready = {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()}
+        return ModulePlan(m.name, m.rank, None, m.kind, {k_: (v.dtype, tuple(v.shape)) for k_, v in ready.items()},
+                          ready=ready)
     delta = delta_matrix(m, torch.float32, dev)
     shape = layer_shape(m, *delta.shape, spec_shape)
     U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
     k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
-    new_up, new_down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
-    return _lora_module(m.name, new_up, new_down, shape, out_dtype, extra), k
+    up, down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
+    shapes = _lora_shapes(m.name, k, shape, out_dtype, extra)
+    return ModulePlan(m.name, m.rank, k, "lora", shapes, ready=_lora_tensors(up, down, shapes, extra))
+
+
+def make_tensors(plan: ModulePlan, m: Module, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The second pass: the module's new tensors (its old factors, read again, times the rotations)."""
+    if plan.ready is not None:
+        return plan.ready
+    up, down = lora_factors(m, torch.float32, torch.device(device))
+    to_up, to_down = plan.rotations
+    extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
+    return _lora_tensors(up @ to_up.to(up.device), to_down.to(down.device) @ down, plan.shapes, extra)
+
+
+def _lora_tensors(up: torch.Tensor, down: torch.Tensor, shapes: dict, extra: dict[str, torch.Tensor]) -> dict:
+    dtype = shapes["lora_up.weight"][0]
+    return {"lora_down.weight": down.reshape(shapes["lora_down.weight"][1]).to("cpu", dtype).contiguous(),
+            "lora_up.weight": up.reshape(shapes["lora_up.weight"][1]).to("cpu", dtype).contiguous(),
+            **{suffix: t.to(dtype) for suffix, t in extra.items()}}
+
+
+def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
+                    spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
+    """(new module, new rank or None if left unchanged) for one module: both passes at once."""
+    plan = plan_module(m, s, device, spec_shape)
+    return Module(m.name, make_tensors(plan, m, device), plan.kind), plan.rank
 
 
 def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | None = None, *,
                   device: str = "cpu", progress: bool = False, arch: str | None = None, threads: int = 1) -> dict:
-    """Compress `src` into `dst` (written atomically), reading one module at a time.
+    """Compress `src` into `dst` (written atomically) in two passes over the modules, `threads` modules
+    at a time on the CPU (each on one torch thread: the caller sets torch's own count to 1, see the
+    module docstring).
 
-    On the CPU, `threads` modules are factorized at once (each on one torch thread: the caller sets
-    torch's own thread count to 1, see the module docstring). Returns a report: modules
-    compressed/unchanged and {name: (old rank, new rank)}.
+    The first pass finds each module's rank (the r×r work), which fixes the output's header; the
+    second reads each module again, makes its new factors and writes them straight to their place in
+    the file (lora.io.StreamedLora), so neither the input nor the output is ever held whole in
+    memory. Returns a report: modules compressed/unchanged and {name: (old rank, new rank)}.
     """
     s = options or CompressOptions()
     _check_device(device)
-    out_modules, ranks = [], {}
-    with LoraReader(src) as reader:
+    workers = max(1, threads if device == "cpu" else 1)
+    with LoraReader(src) as reader, _pool(workers) as map_:
         specs = _specs_for(reader.names, arch) if s.to_lora else {}
-        bar = tqdm(total=len(reader.names), desc=f"compress {Path(src).name}", unit="module",
+        bar = tqdm(total=2 * len(reader.names), desc=f"compress {Path(src).name}", unit="module",
                    disable=not progress, leave=False)
 
         @torch.no_grad()
-        def one(name: str) -> tuple[Module, Module, int | None]:
-            m = reader.read(name)
+        def first(name: str) -> ModulePlan:
             try:
                 spec = specs.get(name)
-                new, k = compress_module(m, s, device, spec.weight_shape if spec else None)
+                plan = plan_module(reader.read(name), s, device, spec.weight_shape if spec else None)
             except CharfwError as exc:
                 raise CharfwError(exc.message, file=src, field=exc.field) from None
             bar.update(1)
-            return m, new, k
+            return plan
 
-        workers = max(1, threads if device == "cpu" else 1)
-        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-            results = pool.map(one, reader.names) if pool is not None else map(one, reader.names)
-            for m, new, k in results:   # in file order, whatever order the threads finish in
-                out_modules.append(new)
-                if k is not None:
-                    ranks[m.name] = (m.rank, k)
-        bar.close()
+        plans = list(map_(first, reader.names))
         metadata = dict(reader.metadata)
-    lora_out = [m for m in out_modules if m.kind == "lora"]
-    old_dim = max((old for old, _ in ranks.values() if old), default=None)
-    record_compress(metadata, method=s.method, param=s.param, old_dim=old_dim, modules=lora_out,
-                    options={"rank_rule": s.rank_rule, "max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank, "dtype": s.dtype,
-                             "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
-    save_lora(dst, out_modules, metadata)
-    return {"modules": len(out_modules), "compressed": len(ranks),
-            "unchanged": len(out_modules) - len(ranks), "ranks": ranks}
+        ranks = {p.name: (p.old_rank, p.rank) for p in plans if p.rank is not None}
+        old_dim = max((old for old, _ in ranks.values() if old), default=None)
+        record_compress(metadata, method=s.method, param=s.param, old_dim=old_dim,
+                        modules=[p.meta_module() for p in plans if p.kind == "lora"],
+                        options={"rank_rule": s.rank_rule, "max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank,
+                                 "dtype": s.dtype, "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
+        if not plans:
+            raise CharfwError("nothing to write: no module left", file=dst)
+        entries = {f"{p.name}.{suffix}": spec for p in plans for suffix, spec in p.shapes.items()}
+        with atomic_path(dst) as tmp:
+            out = StreamedLora(tmp, entries, metadata)
+            try:
+                @torch.no_grad()
+                def second(plan: ModulePlan) -> dict[str, torch.Tensor]:
+                    tensors = make_tensors(plan, reader.read(plan.name) if plan.ready is None else None, device)
+                    for suffix, t in tensors.items():
+                        out.put(f"{plan.name}.{suffix}", t)
+                    bar.update(1)
+                    return {f"{plan.name}.{suffix}": t for suffix, t in tensors.items()}
+
+                for written in map_(second, plans):    # in file order: the hash reads them as they come
+                    for key in sorted(written):
+                        out.hash_in_order(key, written[key])
+                out.finish(metadata)
+            finally:
+                out.close()
+        bar.close()
+    return {"modules": len(plans), "compressed": len(ranks), "unchanged": len(plans) - len(ranks), "ranks": ranks}
+
+
+@contextmanager
+def _pool(workers: int):
+    """An order-keeping map over `workers` threads (the plain map for one)."""
+    if workers == 1:
+        yield map
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield pool.map
 
 
 def _specs_for(names: list[str], arch: str | None):

@@ -9,7 +9,7 @@ CharfwError naming the file, and the key or module where there is one.
 from __future__ import annotations
 
 import json
-
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -20,7 +20,8 @@ import torch
 
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
-from charfw.lora.metadata import with_hashes
+from charfw.lora.metadata import (HASH_KEYS, LEGACY_WINDOW, HashStream, data_layout, sd_scripts_data_start,
+                                  tensor_bytes, with_hashes)
 from charfw.lora.modules import KNOWN_SUFFIXES, Module, make_module
 
 
@@ -146,3 +147,82 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
                 return
             f.seek(8)
             f.write(header)
+
+
+def canonical_header(layout: Mapping[str, dict], metadata: Mapping[str, str]) -> bytes:
+    """The header charfw writes: sorted keys, compact, padded with spaces to a multiple of 8 bytes."""
+    header = json.dumps({"__metadata__": dict(metadata), **layout}, sort_keys=True, separators=(",", ":")).encode()
+    return len(header + b" " * (-len(header) % 8)).to_bytes(8, "little") + header + b" " * (-len(header) % 8)
+
+
+class StreamedLora:
+    """A LoRA file written tensor by tensor, from any thread, at offsets the header fixes up front, then
+    hashed as sd-scripts defines it and its header completed: never a second copy of the data in memory.
+
+    Byte for byte what write_safetensors writes for the same tensors and metadata. Use inside
+    atomic_path: `put` every tensor (any order), then `finish(metadata)`.
+    """
+
+    def __init__(self, path: Path, entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str]):
+        self.layout = data_layout(entries)
+        self.order = list(self.layout)
+        self.metadata = {**metadata, **{k: "0" * n for k, n in zip(HASH_KEYS, (64, 8))}}   # placeholders
+        self.header = canonical_header(self.layout, self.metadata)
+        self.hash_start = sd_scripts_data_start(self.layout, metadata)
+        self.hash = HashStream(self.hash_start) if self.hash_start <= LEGACY_WINDOW[0] else None
+        self.hashed = 0   # tensors fed to the hash so far, in layout order
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.path = path
+        size = self.order and self.layout[self.order[-1]]["data_offsets"][1]
+        os.pwrite(self.fd, self.header, 0)
+        os.ftruncate(self.fd, len(self.header) + (size or 0))
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        entry = self.layout[name]
+        raw = tensor_bytes(tensor)
+        begin, end = entry["data_offsets"]
+        if raw.nbytes != end - begin or list(tensor.shape) != entry["shape"]:
+            raise ValueError(f"{name}: {tuple(tensor.shape)} {tensor.dtype} is not what the header says")
+        view, offset = memoryview(raw).cast("B"), len(self.header) + begin
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def hash_in_order(self, name: str, tensor: torch.Tensor) -> None:
+        """Feed the hash while tensors still arrive in layout order (saves reading the file back)."""
+        if self.hash is not None and self.hashed < len(self.order) and self.order[self.hashed] == name:
+            self.hash.update(tensor_bytes(tensor))
+            self.hashed += 1
+        else:
+            self.hash = None
+
+    def finish(self, metadata: Mapping[str, str]) -> None:
+        """Complete the hashes (reading back what was not fed in order) and write the final header."""
+        if self.hash is None or self.hashed != len(self.order):
+            self.hash = None
+        hashes = self.hash.hexdigests() if self.hash is not None else self._hashes_from_file(metadata)
+        final = {**metadata, **dict(zip(HASH_KEYS, hashes))}
+        header = canonical_header(self.layout, final)
+        if len(header) != len(self.header):   # the hashes have fixed lengths: only other metadata could differ
+            raise ValueError("the header changed length")
+        os.pwrite(self.fd, header, 0)
+        os.close(self.fd)
+        self.fd = -1
+
+    def _hashes_from_file(self, metadata: Mapping[str, str]) -> tuple[str, str]:
+        if self.hash_start > LEGACY_WINDOW[0]:   # the hash window holds header bytes: the in-memory definition
+            from charfw.lora.metadata import safetensors_hashes
+            return safetensors_hashes(safetensors.torch.load_file(str(self.path)), metadata)
+        stream = HashStream(self.hash_start)
+        offset, end = len(self.header), os.fstat(self.fd).st_size
+        while offset < end:
+            chunk = os.pread(self.fd, min(1 << 24, end - offset), offset)
+            stream.update(chunk)
+            offset += len(chunk)
+        return stream.hexdigests()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Iterable, Mapping
 
 import safetensors.torch
@@ -34,35 +35,69 @@ _DTYPE_ORDER = {dtype: i for i, dtype in enumerate(_ST_DTYPES)}
 LEGACY_WINDOW = (0x100000, 0x110000)
 
 
+def layout_order(entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> list[str]:
+    """Tensor names in the order safetensors lays their data out: by dtype (descending), then by name."""
+    return sorted(entries, key=lambda k: (-_DTYPE_ORDER[entries[k][0]], k))
+
+
+def data_layout(entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> dict[str, dict]:
+    """{name: {"dtype", "shape", "data_offsets"}} as a safetensors header holds it, in layout order."""
+    out, offset = {}, 0
+    for name in layout_order(entries):
+        dtype, shape = entries[name]
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        out[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    return out
+
+
+def sd_scripts_data_start(layout: Mapping[str, dict], metadata: Mapping[str, str]) -> int:
+    """Where the data begins in sd-scripts' hashing serialization (its `ss_*` metadata only): the legacy
+    hash's window is counted from the file's first byte, so it depends on that header's length."""
+    training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    n = len(json.dumps({"__metadata__": training, **layout}, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + n + (-n % 8)
+
+
+class HashStream:
+    """sd-scripts' (model_hash, legacy_hash) fed the data region chunk by chunk, in layout order."""
+
+    def __init__(self, data_start: int):
+        self.model, self.legacy = hashlib.sha256(), hashlib.sha256()
+        self.lo, self.hi = LEGACY_WINDOW[0] - data_start, LEGACY_WINDOW[1] - data_start
+        self.position = 0
+
+    def update(self, raw) -> None:
+        raw = memoryview(raw).cast("B")
+        self.model.update(raw)
+        end = self.position + len(raw)
+        if end > self.lo and self.position < self.hi:
+            self.legacy.update(raw[max(self.lo, self.position) - self.position:min(self.hi, end) - self.position])
+        self.position = end
+
+    def hexdigests(self) -> tuple[str, str]:
+        return self.model.hexdigest(), self.legacy.hexdigest()[:8]
+
+
+def tensor_bytes(t: torch.Tensor):
+    """A tensor's bytes as stored, without a copy when it is already contiguous."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
 def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
     """(model_hash, legacy_hash) as sd-scripts computes them before saving, read straight from the
     tensors' memory in the order safetensors lays them out: no serialized copy of the file."""
-    training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    names = sorted(tensors, key=lambda k: (-_DTYPE_ORDER[tensors[k].dtype], k))
-    header: dict = {"__metadata__": training}
-    offset = 0
-    for name in names:
-        t = tensors[name]
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header_len = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
-    start = 8 + header_len + (-header_len % 8)          # where the data begins in the serialization
-    if start > LEGACY_WINDOW[0]:                        # metadata of over a MiB: the window holds header bytes
+    layout = data_layout({k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()})
+    start = sd_scripts_data_start(layout, metadata)
+    if start > LEGACY_WINDOW[0]:    # metadata of over a MiB: the window holds header bytes
+        training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
         data = safetensors.torch.save(dict(tensors), training)
         return (hashlib.sha256(memoryview(data)[start:]).hexdigest(),
                 hashlib.sha256(memoryview(data)[slice(*LEGACY_WINDOW)]).hexdigest()[:8])
-    model, legacy = hashlib.sha256(), hashlib.sha256()
-    lo, hi = LEGACY_WINDOW[0] - start, LEGACY_WINDOW[1] - start   # the window in data coordinates
-    position = 0
-    for name in names:
-        raw = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        model.update(raw)
-        end = position + len(raw)
-        if end > lo and position < hi:
-            legacy.update(raw[max(lo, position) - position:min(hi, end) - position])
-        position = end
-    return model.hexdigest(), legacy.hexdigest()[:8]
+    stream = HashStream(start)
+    for name in layout:
+        stream.update(tensor_bytes(tensors[name]))
+    return stream.hexdigests()
 
 
 def with_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:

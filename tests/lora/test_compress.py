@@ -261,7 +261,29 @@ def test_r_factor_matches_qr(rank_deficient):
     a = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
     if rank_deficient:
         a[:, 3] = 0
-    r = r_factor(a)
+    r = r_factor(a).double()
     exact = torch.linalg.svdvals(a.double())
     assert torch.allclose(r.T @ r, a.double().T @ a.double(), rtol=1e-5, atol=1e-4)   # a float32 Gram matrix
     assert torch.allclose(torch.linalg.svdvals(r), exact, atol=1e-5 * float(exact[0]))
+
+
+def test_two_pass_file_equals_the_one_shot_modules(lora_file, tmp_path):
+    """compress_file streams the new factors into the file; the same modules made one at a time
+    (compress_module) and saved whole give the same bytes."""
+    from charfw.lora.compress import compress_module
+    from charfw.lora.io import LoraReader, save_lora
+    from charfw.lora.metadata import record_compress
+
+    options = CompressOptions.of(method="sv_fro", value=0.9)
+    streamed = tmp_path / "streamed.safetensors"
+    compress_file(lora_file, streamed, options, threads=2)
+    with LoraReader(lora_file) as reader:
+        made = [compress_module(m, options) for m in reader]
+        metadata = dict(reader.metadata)
+    modules = [m for m, _ in made]
+    record_compress(metadata, method="sv_fro", param=0.9, old_dim=12, modules=[m for m in modules if m.kind == "lora"],
+                    options={"rank_rule": options.rank_rule, "max_rank": options.max_rank,
+                             "max_conv_rank": options.max_conv_rank, "dtype": options.dtype,
+                             "sd_scripts_compat": options.sd_scripts_compat, "to_lora": options.to_lora})
+    save_lora(tmp_path / "whole.safetensors", modules, metadata)
+    assert streamed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()

@@ -24,3 +24,32 @@ def test_written_file_is_the_canonical_bytes(tmp_path, comment):
     reordered = dict(reversed(list(tensors.items())))
     write_safetensors(tmp_path / "y.safetensors", reordered, dict(reversed(list(metadata.items()))))
     assert (tmp_path / "y.safetensors").read_bytes() == data   # same content, same bytes
+
+
+@pytest.mark.parametrize("comment", ["ascii only", "非ASCII: ことば"])
+@pytest.mark.parametrize("in_order", [True, False])
+def test_streamed_file_is_what_write_safetensors_writes(tmp_path, comment, in_order):
+    """Tensors put one by one in any order, the hashes fed as they come or read back from the file:
+    the same bytes as the in-memory writer with sd-scripts' hashes, mixed dtypes and a 1 MiB+ file."""
+    import random
+
+    from charfw.lora.io import StreamedLora
+    from charfw.lora.metadata import with_hashes
+
+    gen = torch.Generator().manual_seed(3)
+    tensors = {"b.lora_up.weight": torch.randn(300, 600, generator=gen).half(), "a.alpha": torch.tensor(2.0),
+               "c.idx": torch.arange(5), "a.lora_down.weight": torch.randn(400, 3, 1, 1, generator=gen).bfloat16(),
+               "d.lora_down.weight": torch.randn(700, 500, generator=gen).half()}
+    metadata = {"ss_training_comment": comment, "z": "1", "a": "2"}
+    write_safetensors(tmp_path / "ref.safetensors", tensors, with_hashes(tensors, metadata))
+    out = StreamedLora(tmp_path / "s.safetensors", {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()},
+                       metadata)
+    names = list(tensors)
+    random.Random(0).shuffle(names)
+    for name in names:
+        out.put(name, tensors[name])
+    for name in (out.order if in_order else names):
+        out.hash_in_order(name, tensors[name])
+    assert (out.hash is not None) == in_order
+    out.finish(metadata)
+    assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
