@@ -26,10 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DODO = '''from pathlib import Path
-try:
-    from charfw.pipeline import load_tasks
-except ImportError:  # an older checkout
-    from charfw.build.tasks import load_tasks
+from charfw.pipeline import load_tasks
 globals().update(load_tasks(Path(__file__).parent))
 '''
 
@@ -73,18 +70,11 @@ import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 ws = Path(sys.argv[1])
-try:
-    from charfw.config.workspace import load_project
-    from charfw.layout import Layout
-    from charfw.runkey import run_key
-    layout = Layout(load_project(ws))
-    reqs = [layout.train_request(t) for t in layout.project.trained_targets()]
-except ImportError:  # an older checkout
-    from charfw.build.tasks import Build
-    from charfw.build.training import run_key
-    from charfw.config.workspace import load_project
-    build = Build(load_project(ws))
-    reqs = [build.train_job(t) for t in build.trained_targets()]
+from charfw.config.workspace import load_project
+from charfw.layout import Layout
+from charfw.runkey import run_key
+layout = Layout(load_project(ws))
+reqs = [layout.train_request(t) for t in layout.project.trained_targets()]
 name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"   # block IN01: FACE and BODY keep it
 tensors = {f"{name}.lora_down.weight": torch.full((1, 320), 0.01), f"{name}.lora_up.weight": torch.full((320, 1), 0.01),
            f"{name}.alpha": torch.tensor(1.0)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from charfw.config.models import SampleSettings, TrainSettings
-from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
+from charfw.rules.training import resolved_dim, text_encoder_lr, trains_text_encoder
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,6 @@ class TrainRequest:
     @property
     def dim(self) -> int:
         return resolved_dim(self.settings.network, self.settings.dim)
-
-    @property
-    def alpha(self) -> float:
-        return resolved_alpha(self.settings.alpha, self.dim)
 
     @property
     def train_text_encoder(self) -> bool:

@@ -1,4 +1,4 @@
-"""Captions follow SPEC §3 exactly for every view code."""
+"""Captions follow docs/rules.md §3 exactly for every view code."""
 
 import itertools
 
@@ -13,7 +13,7 @@ REFERENCE = ("krnk, white background, black background, simple background, from 
 
 
 def spec_caption(keywords, s, pitch, yaw):
-    """SPEC §3 transcribed literally, as an oracle independent of the template data."""
+    """docs/rules.md §3 transcribed literally, as an oracle independent of the template data."""
     tags = list(keywords)
     tags += ["white background", "black background", "simple background"]
     tags.append({0: "from horizontal", 1: "from above", 2: "from below"}[pitch])

@@ -2,7 +2,7 @@
 """Draw the example workspace's training images as simple procedural figures.
 
 charfw's example workspace (``characters/``) needs view-coded training images
-(SPEC.md section 2) for two small demo characters modelled on the seed document's:
+(docs/rules.md §2) for two small demo characters modelled on the seed document's:
 
 * ``krnk`` ("kuroneko"): black-haired cat-eared girl with a hime cut and long hair.
   Symmetric, so only yaws 0-4.  Face set ``face/`` and outfit ``sf`` (sailor fuku).

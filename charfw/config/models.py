@@ -59,7 +59,7 @@ def setting(default=PydanticUndefined, *, effect: Effect, backend: Backend = "bo
 
 
 class TrainSettings(Strict):
-    """How a target is trained (SPEC §6). Read by the `train` stage."""
+    """How a target is trained (docs/rules.md §6). Read by the `train` stage."""
 
     trainer: Literal["embedded", "sd-scripts"] = setting("embedded", effect="weights")
     network: Literal["lora", "c3lier", "locon", "loha", "lokr"] = setting("c3lier", effect="weights")
@@ -147,13 +147,13 @@ BlockWeights = str | list[float] | dict[str, float]
 
 
 class MergeSettings(Strict):
-    """Block weights baked into the trained LoRA (SPEC §8). Read by the `merge` stage."""
+    """Block weights baked into the trained LoRA (docs/rules.md §8). Read by the `merge` stage."""
 
     weights: BlockWeights = "FULL"
 
 
 class CompressSettings(CompressOptions):
-    """SVD resize of the merged LoRA (SPEC §9). Read by the `compress` stage."""
+    """SVD resize of the merged LoRA (docs/rules.md §9). Read by the `compress` stage."""
 
     enabled: bool = True
 

@@ -234,7 +234,7 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
 
 
 def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines: dict[Loc, int]) -> list[Source]:
-    """The view-coded images of one set folder, checked against SPEC §2."""
+    """The view-coded images of one set folder, checked against docs/rules.md §2."""
     field_name = ".".join(field_loc)
     line = lines.get(field_loc) or lines.get(field_loc[:-1])
     if not folder.is_dir():

@@ -1,4 +1,4 @@
-"""Which prepared images a set produces: pure rules on source sizes (SPEC §4).
+"""Which prepared images a set produces: pure rules on source sizes (docs/rules.md §4).
 
 Each source is emitted once per size (its longer side), never upscaled: a size
 larger than the source's longer side skips that source.

@@ -1,4 +1,4 @@
-"""The dataset config that kohya sd-scripts' `--dataset_config` accepts unchanged (SPEC §4).
+"""The dataset config that kohya sd-scripts' `--dataset_config` accepts unchanged (docs/rules.md §4).
 
 sd-scripts validates the file with a closed schema and rejects unknown keys, so
 what we write is limited to the keys of charfw.dataset.schema (its config_util schema).

@@ -1,4 +1,4 @@
-"""Block maps, block-weight presets and the weight-spec parser (SPEC §8).
+"""Block maps, block-weight presets and the weight-spec parser (docs/rules.md §8).
 
 Blocks follow the LoRA Block Weight convention: SD1.5 has 26 blocks
 (BASE, IN00..IN11, M00, OUT00..OUT11), SDXL 20 (BASE, IN00..IN08, M00, OUT00..OUT08).

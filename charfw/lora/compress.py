@@ -1,4 +1,4 @@
-"""SVD compression ("resize") of LoRA files without ever forming ΔW (SPEC §9).
+"""SVD compression ("resize") of LoRA files without ever forming ΔW (docs/rules.md §9).
 
 ΔW = up · down has rank ≤ r, so its SVD comes from the factors: up (out × r) = Q_up R_up and
 downᵀ (in·k·k × r) = Q_down R_down (R from the r × r Gram matrix, see r_factor), take the SVD of
@@ -195,8 +195,15 @@ def core_svd(core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     core·coreᵀ (1.7x faster than an SVD at r = 128); singular values below √eps of the largest (1e-8
     in float64, 3e-4 in float32), far under any rank rule's cut, come out as zeros with zero right
     vectors."""
-    eigenvalues, vectors = torch.linalg.eigh(core @ core.T)
-    s = eigenvalues.flip(0).clamp_min(0).sqrt()
+    peak = float(core.abs().max()) if core.numel() else 0.0
+    if peak == 0.0:
+        n = core.shape[0]
+        return torch.eye(n, dtype=core.dtype), core.new_zeros(n), core.new_zeros(core.shape)
+    unit = core / peak   # O(1) entries: a trained LoRA's tiny values would underflow in float32 (NaN from LAPACK)
+    eigenvalues, vectors = torch.linalg.eigh(unit @ unit.T)
+    if not (torch.isfinite(eigenvalues).all() and torch.isfinite(vectors).all()):
+        eigenvalues, vectors = (t.to(core.dtype) for t in torch.linalg.eigh((unit @ unit.T).double()))
+    s = eigenvalues.flip(0).clamp_min(0).sqrt() * peak
     u = vectors.flip(1)
     floor = torch.finfo(core.dtype).eps ** 0.5
     s = torch.where(s > s[0] * floor, s, torch.zeros_like(s)) if len(s) else s

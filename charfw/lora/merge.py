@@ -1,4 +1,4 @@
-"""Block-weight merge ("bake"): multiply each module's ΔW by its block's weight (SPEC §8).
+"""Block-weight merge ("bake"): multiply each module's ΔW by its block's weight (docs/rules.md §8).
 
 LoRA modules (LoRA, C3Lier, LoCon) get w and their alpha/rank scale folded into both
 factors, balanced and computed in fp32 (`modules.folded`): ΔW scales by w to the file

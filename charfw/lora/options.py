@@ -37,7 +37,7 @@ def check_compress_values(method: str, value: float | None, max_rank: int | None
 
 
 class CompressOptions(BaseModel):
-    """SVD resize of a LoRA (SPEC §9): how ranks are chosen and how the result is stored.
+    """SVD resize of a LoRA (docs/rules.md §9): how ranks are chosen and how the result is stored.
 
     Validated as a whole unless the validation context says ``partial`` (one level of a
     workspace may set only `value`; the merged settings are checked).

@@ -19,7 +19,6 @@ LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".hada_w1_a", ".hada_w2
                  ".lokr_w2", ".lokr_w2_a")
 
 
-FAMILIES = ("sd15", "sdxl")
 FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL"}
 _EVIDENCE = {"sd15": "cond_stage_model.transformer.* tensors", "sdxl": "conditioner.embedders.* tensors"}
 

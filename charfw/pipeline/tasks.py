@@ -76,7 +76,7 @@ def task_images(layout: Layout):
 
 
 def task_captions(layout: Layout):
-    """Write one caption per prepared image, derived from its view code (SPEC §3)."""
+    """Write one caption per prepared image, derived from its view code (docs/rules.md §3)."""
     template = layout.project.config.captions.template
     for sid, s in layout.project.sets.items():
         items = layout.plans[sid]
@@ -93,7 +93,7 @@ def task_captions(layout: Layout):
 
 
 def task_dataset(layout: Layout):
-    """Write each target's dataset TOML for sd-scripts' --dataset_config (SPEC §4)."""
+    """Write each target's dataset TOML for sd-scripts' --dataset_config (docs/rules.md §4)."""
     table = layout.project.batch_table
     for name, target in layout.project.targets.items():
         path = layout.toml_path(name)
@@ -111,7 +111,7 @@ def task_dataset(layout: Layout):
 
 
 def task_train(layout: Layout):
-    """Train each target's LoRA (embedded trainer or kohya sd-scripts, SPEC §6)."""
+    """Train each target's LoRA (embedded trainer or kohya sd-scripts, docs/rules.md §6)."""
     targets = layout.project.targets
     for target in layout.project.trained_targets():
         req = layout.train_request(target)
@@ -133,7 +133,7 @@ def task_train(layout: Layout):
 
 
 def task_merge(layout: Layout):
-    """Bake each target's block weights into its trained LoRA (SPEC §8)."""
+    """Bake each target's block weights into its trained LoRA (docs/rules.md §8)."""
     for target in layout.project.targets.values():
         src, dst = layout.trained_path(target), layout.merged_path(target)
         yield {
@@ -149,7 +149,7 @@ def task_merge(layout: Layout):
 
 
 def task_compress(layout: Layout):
-    """SVD-compress each merged LoRA into dist/<keyword>.safetensors (SPEC §9)."""
+    """SVD-compress each merged LoRA into dist/<keyword>.safetensors (docs/rules.md §9)."""
     for target in layout.project.targets.values():
         s = target.compress
         src, dst = layout.merged_path(target), layout.dist_path(target)

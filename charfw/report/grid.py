@@ -1,4 +1,4 @@
-"""The view-code grid of one image set: rows pitch 0/1/2, columns yaw 0-7 (SPEC §2).
+"""The view-code grid of one image set: rows pitch 0/1/2, columns yaw 0-7 (docs/rules.md §2).
 
 Each cell is `present` (a source has that code; the first one by name stands in, the count is
 kept), `mirrored` (symmetric characters: yaws 5-7 come from flipping 3-1, so the cell shows

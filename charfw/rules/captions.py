@@ -1,4 +1,4 @@
-"""Captions derived from view codes (SPEC §3).
+"""Captions derived from view codes (docs/rules.md §3).
 
 The template is data: an ordered list of rules, each adding its tags when the
 image's set/pitch/yaw match. The seed's rules are the default; a workspace may

@@ -1,4 +1,4 @@
-"""Which manifest values may become part of a file or folder name (SPEC §1, "names").
+"""Which manifest values may become part of a file or folder name (docs/rules.md §12).
 
 Keywords name the LoRA files, outfit and group names name folders and files, the class
 word goes into the prepared-image folder name (`krnk girl_f0512`), a character's folder

@@ -1,4 +1,4 @@
-"""Size classes, batch sizes and default sizes of the dataset config (SPEC §4), per model family.
+"""Size classes, batch sizes and default sizes of the dataset config (docs/rules.md §4), per model family.
 
 Width and height are classed separately (LOW <= 512 < MID <= 768 < HIGH on SD1.5), so a
 tall 512x768 image trains at [512, 768] instead of being squeezed into 512x512.

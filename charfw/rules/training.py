@@ -1,4 +1,4 @@
-"""The seed's training numbers (SPEC §6) as functions of plain values.
+"""The seed's training numbers (docs/rules.md §6) as functions of plain values.
 
 One definition for both trainers: the sd-scripts command line prints these values and
 the embedded trainer trains with them and records them in the LoRA's metadata, so the

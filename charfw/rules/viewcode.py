@@ -1,4 +1,4 @@
-"""View codes: the file-name rule that makes every character's data alike (SPEC §2).
+"""View codes: the file-name rule that makes every character's data alike (docs/rules.md §2).
 
 `f01-alt.png` = face set, pitch 0 (horizontal), yaw 1 (front-diagonal), free suffix `-alt`.
 """

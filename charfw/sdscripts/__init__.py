@@ -1,6 +1,6 @@
 """The kohya sd-scripts training backend (`train.trainer: sd-scripts`).
 
-`command` builds the exact `train_network.py` invocation of the original LoRA.bat (SPEC §6)
+`command` builds the exact `train_network.py` invocation of the original LoRA.bat (docs/rules.md §6)
 as pure functions; `runner` checks the sd-scripts install, runs it and collects the LoRA.
 """
 

@@ -1,4 +1,4 @@
-"""The kohya sd-scripts command line, as the original LoRA.bat built it (SPEC §6).
+"""The kohya sd-scripts command line, as the original LoRA.bat built it (docs/rules.md §6).
 
 Pure functions: no file system, no processes. Tests and `charfw plan` call them directly.
 
@@ -15,7 +15,7 @@ scheme for what the seed did not have:
 
 Argument order and rules
 ------------------------
-`train_args` emits the options in the order of the SPEC §6 line. Differences from that line
+`train_args` emits the options in the order of the docs/rules.md §6 line. Differences from that line
 only appear for non-default settings:
 
 * Adafactor: ``--optimizer_type=Adafactor --optimizer_args relative_step=True
@@ -119,7 +119,7 @@ def _option_name(token: str) -> str | None:
 
 
 def train_args(req: TrainRequest) -> list[str]:
-    """The arguments to ``train_network.py`` for `req`, in the order of SPEC §6, then ``extra_args``.
+    """The arguments to ``train_network.py`` for `req`, in the order of docs/rules.md §6, then ``extra_args``.
 
     SDXL (``sdxl_train_network.py``): no ``--clip_skip`` (SDXL always uses the penultimate
     layers) and ``--no_half_vae``; when the text encoders are not trained (SDXL's default),

@@ -6,7 +6,7 @@ command needs (``accelerate``, ``library.train_util``, the network module, ``xfo
 when ``--xformers`` is used). ``library.train_util`` is the real check: it imports torch,
 diffusers and transformers as training will, so a wrong interpreter fails here in seconds
 with a clear message instead of minutes later inside accelerate. When ``bitsandbytes`` is
-missing, AdamW 8-bit falls back to plain AdamW (SPEC §6) with a note.
+missing, AdamW 8-bit falls back to plain AdamW (docs/rules.md §6) with a note.
 
 sd-scripts runs with the working directory = the dataset TOML's folder, because the TOML's
 ``image_dir`` entries are relative to it and sd-scripts resolves them against the working

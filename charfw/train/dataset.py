@@ -1,4 +1,4 @@
-"""The sd-scripts dataset TOML (SPEC §4) as the trainer's list of images.
+"""The sd-scripts dataset TOML (docs/rules.md §4) as the trainer's list of images.
 
 Settings inherit as in sd-scripts: `[general]` -> `[[datasets]]` -> `[[datasets.subsets]]`.
 `image_dir` is relative to the TOML's folder. Keys sd-scripts knows but this trainer

@@ -73,7 +73,7 @@ class NetworkSpec:
 
 
 def network_spec(settings: TrainSettings) -> NetworkSpec:
-    """Dim/alpha of SPEC §6 (charfw.rules.training); 3x3 convs use the same as the linear layers."""
+    """Dim/alpha of docs/rules.md §6 (charfw.rules.training); 3x3 convs use the same as the linear layers."""
     dim = resolved_dim(settings.network, settings.dim)
     alpha = resolved_alpha(settings.alpha, dim)
     return NetworkSpec(settings.network, dim, alpha, dim, alpha)

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (SPEC §6).
+"""Optimizer and learning-rate schedule (docs/rules.md §6).
 
 AdamW 8-bit needs bitsandbytes and a GPU it supports; where that fails, plain AdamW
 (same hyper-parameters) is used and the metadata says so. Adafactor runs as the

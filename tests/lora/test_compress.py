@@ -94,7 +94,7 @@ def sd_scripts_reference(s: torch.Tensor, method: str, p: float) -> int:
 
 
 def reference_rank(s: torch.Tensor, method: str, p: float) -> int:
-    """The definitions of SPEC §9, written independently of the implementation."""
+    """The definitions of docs/rules.md §9, written independently of the implementation."""
     if method == "sv_ratio":
         return int((s >= s[0] / p).sum())
     if method == "rank":
@@ -287,3 +287,48 @@ def test_two_pass_file_equals_the_one_shot_modules(lora_file, tmp_path):
                              "sd_scripts_compat": options.sd_scripts_compat, "to_lora": options.to_lora})
     save_lora(tmp_path / "whole.safetensors", modules, metadata)
     assert streamed.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("out, rank, magnitude", [(64, 128, 3e-3), (320, 32, 1e-4), (40, 40, 1.0)])
+def test_small_and_wide_modules_stay_finite(tmp_path, out, rank, magnitude):
+    """A module whose up has fewer rows than the rank (SDXL's 64-wide emb layers at dim 128: R comes from
+    QR, not square) and the small values of a freshly trained LoRA: ΔW matches a dense SVD at every
+    output dtype."""
+    from charfw.lora.compress import compress_module
+    from charfw.lora.modules import Module
+
+    gen = torch.Generator().manual_seed(5)
+    decay = 0.9 ** torch.arange(rank, dtype=torch.float32)
+    up = torch.randn(out, rank, generator=gen) * magnitude * decay
+    down = torch.randn(rank, 96, generator=gen) * magnitude
+    m = Module("lora_unet_input_blocks_4_0_emb_layers_1", {"lora_up.weight": up.half(), "lora_down.weight": down.half(),
+                                                         "alpha": torch.tensor(rank / 2)}, "lora")
+    dense = delta_matrix(m, torch.float64)
+    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    for dtype, tolerance in (("fp32", 1e-4), ("fp16", 3e-3)):
+        new, k = compress_module(m, CompressOptions.of(method="sv_ratio", value=16, dtype=dtype))
+        got = delta_matrix(new, torch.float64)
+        assert torch.isfinite(got).all(), dtype
+        ref = (u[:, :k] * s[:k]) @ vh[:k]
+        assert torch.linalg.norm(got - ref) <= tolerance * torch.linalg.norm(ref), dtype
+
+
+def test_core_svd_survives_a_lapack_failure(monkeypatch):
+    """The example's tiny SDXL build once got NaN from float32 eigh on one module's core (its eigenvalues
+    spanned 3e-5 down to 1e-36). The core is scaled to O(1) first, and a non-finite result is redone in
+    float64: simulated here by an eigh that returns NaN for float32."""
+    from charfw.lora import compress as C
+
+    real = torch.linalg.eigh
+
+    def flaky(a):
+        w, v = real(a)
+        return (w * float("nan"), v) if a.dtype == torch.float32 else (w, v)
+
+    gen = torch.Generator().manual_seed(0)
+    core = (torch.randn(64, 128, generator=gen) * 1e-3).float()
+    monkeypatch.setattr(C.torch.linalg, "eigh", flaky)
+    u, s, vh = C.core_svd(core)
+    assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vh).all()
+    torch.testing.assert_close(s.double(), torch.linalg.svdvals(core.double()), rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close((u * s) @ vh, core, rtol=1e-4, atol=1e-8)

@@ -22,7 +22,7 @@ def test_tiny_has_sd15_module_names(full, tiny):
     assert _types(tiny.text_encoder) == _types(te)
     assert tiny.text_encoder.config.num_hidden_layers == 12
     assert set(tiny.vae.state_dict()) == set(vae.state_dict())
-    # and hence SD1.5's LoRA targets (SPEC §7): 192 U-Net Linear/1x1 modules in the
+    # and hence SD1.5's LoRA targets (docs/rules.md §7): 192 U-Net Linear/1x1 modules in the
     # transformers, 278 with every resnet conv/time_emb_proj, shortcut and resampler
     names = _types(tiny.unet)
     attn = [n for n in names if ".attentions." in n and names[n] in ("Linear", "Conv2d")

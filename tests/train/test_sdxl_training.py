@@ -4,7 +4,6 @@ tiny-SDXL LoRA's key set and ΔW as diffusers' own SDXL LoRA loader applies it."
 from __future__ import annotations
 
 import contextlib
-import math
 
 import pytest
 import safetensors
@@ -44,17 +43,6 @@ def test_size_ids_are_what_diffusers_builds_from_the_same_sizes(tiny_xl):
     theirs = pipe._get_add_time_ids((1001, 1000), (0, 1), (1024, 1024), torch.float32,
                                     text_encoder_projection_dim=tiny_xl.text_encoder_2.config.projection_dim)
     assert theirs.tolist() == [list(map(float, ids))]
-
-
-def test_the_unet_embeds_each_size_id_as_sd_scripts_does(tiny_xl):
-    """sd-scripts' get_size_embeddings: per id, cos then sin of id * 10000^(-i/half), concatenated."""
-    dim = tiny_xl.unet.config.addition_time_embed_dim
-    ids = torch.tensor([[1001.0, 1000.0, 0.0, 1.0, 1024.0, 1024.0]])
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    by_hand = torch.cat([torch.cat([torch.cos(v * freqs), torch.sin(v * freqs)]) for v in ids[0]])
-    theirs = tiny_xl.unet.add_time_proj(ids.flatten()).reshape(1, -1)
-    torch.testing.assert_close(theirs[0], by_hand)
 
 
 def test_conditioning_matches_diffusers_sdxl_prompt_encoding(tiny_xl):
