@@ -20,6 +20,7 @@ from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import missing_yaws, required_yaws
 
+
 def check_project(root: Path) -> tuple[Project, list[str]]:
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)

@@ -9,34 +9,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
 from charfw.lora.options import CompressOptions
 
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag
-from charfw.rules.names import name_problem, read_path_problem, relative_dir_problem, words_problem
+from charfw.rules.names import checked, name_problem, read_path_problem, relative_dir_problem, words_problem
 from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Channel = Annotated[int, Field(ge=0, le=255)]
 
 
-def _rule(problem):
-    """A pydantic check from a rules.names function: its reason becomes the error message."""
-    def check(value: str) -> str:
-        reason = problem(value)
-        if reason:
-            raise ValueError(reason)
-        return value
-    return AfterValidator(check)
-
-
-Name = Annotated[str, _rule(name_problem)]                # becomes a file or folder name
-Keyword = Annotated[str, Field(pattern=KEYWORD), _rule(name_problem)]
-Words = Annotated[str, _rule(words_problem)]              # the class word(s): part of folder names
-ReadPath = Annotated[str, _rule(read_path_problem)]       # read only: may point outside the workspace
-OutputDir = Annotated[str, _rule(relative_dir_problem)]   # written to: inside the workspace
+Name = Annotated[str, checked(name_problem)]                # becomes a file or folder name
+Keyword = Annotated[str, Field(pattern=KEYWORD), checked(name_problem)]
+Words = Annotated[str, checked(words_problem)]              # the class word(s): part of folder names
+ReadPath = Annotated[str, checked(read_path_problem)]       # read only: may point outside the workspace
+OutputDir = Annotated[str, checked(relative_dir_problem)]   # written to: inside the workspace
 
 
 class Strict(BaseModel):

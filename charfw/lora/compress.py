@@ -246,7 +246,7 @@ def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: boo
     return choose_rank(S, o.method, o.param, cap)
 
 
-def _lora_shapes(name: str, k: int, shape: tuple[int, ...], out_dtype: torch.dtype,
+def _lora_shapes(k: int, shape: tuple[int, ...], out_dtype: torch.dtype,
                  extra: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """The tensors of a rank-k LoRA module for a layer of `shape` (no alpha: alpha = rank for every
     loader, so all apply the same ΔW; see modules.folded)."""
@@ -286,7 +286,7 @@ def plan_module(m: Module, s: CompressOptions, device: str = "cpu",
         svd = LowRankSVD.of(up, down, torch.float64 if out_dtype == torch.float32 else torch.float32)
         k = module_rank(s, svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
         shape = layer_shape(m, up.shape[0], down.shape[1])
-        return ModulePlan(m.name, m.rank, k, "lora", _lora_shapes(m.name, k, shape, out_dtype, extra),
+        return ModulePlan(m.name, m.rank, k, "lora", _lora_shapes(k, shape, out_dtype, extra),
                           rotations=svd.rotations(k, s_on_up=s.sd_scripts_compat, scale=m.scale))
     if not s.to_lora:
         ready = {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()}
@@ -297,7 +297,7 @@ def plan_module(m: Module, s: CompressOptions, device: str = "cpu",
     U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
     k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
     up, down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
-    shapes = _lora_shapes(m.name, k, shape, out_dtype, extra)
+    shapes = _lora_shapes(k, shape, out_dtype, extra)
     return ModulePlan(m.name, m.rank, k, "lora", shapes, ready=_lora_tensors(up, down, shapes, extra))
 
 

@@ -20,8 +20,8 @@ import torch
 
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
-from charfw.lora.metadata import (HASH_KEYS, LEGACY_WINDOW, HashStream, data_layout, sd_scripts_data_start,
-                                  tensor_bytes, with_hashes)
+from charfw.lora.metadata import (HASH_KEYS, LEGACY_WINDOW, HashStream, data_layout, safetensors_hashes,
+                                  sd_scripts_data_start, tensor_bytes, with_hashes)
 from charfw.lora.modules import KNOWN_SUFFIXES, Module, make_module
 
 
@@ -124,9 +124,7 @@ def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
     """
     data = safetensors.torch.save(dict(tensors), dict(metadata))
     n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+    return canonical_header(json.loads(data[8:8 + n])) + data[8 + n:]
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
@@ -149,10 +147,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
             f.write(header)
 
 
-def canonical_header(layout: Mapping[str, dict], metadata: Mapping[str, str]) -> bytes:
-    """The header charfw writes: sorted keys, compact, padded with spaces to a multiple of 8 bytes."""
-    header = json.dumps({"__metadata__": dict(metadata), **layout}, sort_keys=True, separators=(",", ":")).encode()
-    return len(header + b" " * (-len(header) % 8)).to_bytes(8, "little") + header + b" " * (-len(header) % 8)
+def canonical_header(header: Mapping) -> bytes:
+    """The length-prefixed header charfw writes: sorted keys, compact, padded with spaces to a multiple of 8."""
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
 
 
 class StreamedLora:
@@ -168,7 +167,7 @@ class StreamedLora:
         self.layout = data_layout(entries)
         self.order = list(self.layout)
         self.metadata = {**metadata, **{k: "0" * n for k, n in zip(HASH_KEYS, (64, 8))}}   # placeholders
-        self.header = canonical_header(self.layout, self.metadata)
+        self.header = canonical_header({"__metadata__": self.metadata, **self.layout})
         self.hash_start = sd_scripts_data_start(self.layout, metadata)
         self.hash = HashStream(self.hash_start) if self.hash_start <= LEGACY_WINDOW[0] else None
         self.hashed = 0   # tensors fed to the hash so far, in layout order
@@ -201,11 +200,9 @@ class StreamedLora:
 
     def finish(self, metadata: Mapping[str, str]) -> None:
         """Complete the hashes (reading back what was not fed in order) and write the final header."""
-        if self.hash is None or self.hashed != len(self.order):
-            self.hash = None
-        hashes = self.hash.hexdigests() if self.hash is not None else self._hashes_from_file(metadata)
-        final = {**metadata, **dict(zip(HASH_KEYS, hashes))}
-        header = canonical_header(self.layout, final)
+        fed_all = self.hash is not None and self.hashed == len(self.order)
+        hashes = self.hash.hexdigests() if fed_all else self._hashes_from_file(metadata)
+        header = canonical_header({"__metadata__": {**metadata, **dict(zip(HASH_KEYS, hashes))}, **self.layout})
         if len(header) != len(self.header):   # the hashes have fixed lengths: only other metadata could differ
             raise ValueError("the header changed length")
         os.pwrite(self.fd, header, 0)
@@ -214,7 +211,6 @@ class StreamedLora:
 
     def _hashes_from_file(self, metadata: Mapping[str, str]) -> tuple[str, str]:
         if self.hash_start > LEGACY_WINDOW[0]:   # the hash window holds header bytes: the in-memory definition
-            from charfw.lora.metadata import safetensors_hashes
             return safetensors_hashes(safetensors.torch.load_file(str(self.path)), metadata)
         stream = HashStream(self.hash_start)
         offset, end = len(self.header), os.fstat(self.fd).st_size

@@ -45,7 +45,7 @@ def data_layout(entries: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]) -> d
     out, offset = {}, 0
     for name in layout_order(entries):
         dtype, shape = entries[name]
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         out[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     return out

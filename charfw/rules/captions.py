@@ -9,20 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from charfw.rules.names import tag_problem
+from charfw.rules.names import checked, tag_problem
 from charfw.rules.viewcode import ViewCode
 
-
-def _tag(value: str) -> str:
-    problem = tag_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-Tag = Annotated[str, AfterValidator(_tag)]   # one caption tag: no comma, line break or control character
+Tag = Annotated[str, checked(tag_problem)]   # one caption tag: no comma, line break or control character
 
 FRONT = [0, 1, 2, 6, 7]
 BACK = [3, 4, 5]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from pydantic import AfterValidator
+
 MAX_NAME_BYTES = 96     # well under every filesystem's 255-byte component, with room for suffixes and temp names
 WINDOWS_RESERVED = {"con", "prn", "aux", "nul", "conin$", "conout$",
                     *(f"{p}{d}" for p in ("com", "lpt") for d in "0123456789¹²³")}
@@ -50,30 +52,31 @@ def _common(value: str) -> str | None:
     return None
 
 
-def name_problem(value: str) -> str | None:
-    """Why `value` cannot be a keyword, outfit, group, preset or character name; None when it can."""
+def _path_part_problem(value: str, extra: str, allowed: str) -> str | None:
+    """What every name that becomes one path component must be; `extra`: separators allowed besides
+    letters, marks and digits, which `allowed` describes."""
     problem = _common(value)
     if problem:
         return problem
-    odd = _odd_char(value, _NAME_EXTRA)
-    if odd is not None:
-        return f"contains {_describe(odd)}: use letters, digits, '_' and '-' only"
-    if value[0] in _NAME_EXTRA:
+    odd = _odd_char(value, extra)
+    return f"contains {_describe(odd)}: {allowed}" if odd is not None else None
+
+
+def name_problem(value: str) -> str | None:
+    """Why `value` cannot be a keyword, outfit, group, preset or character name; None when it can."""
+    problem = _path_part_problem(value, _NAME_EXTRA, "use letters, digits, '_' and '-' only")
+    if problem is None and value[0] in _NAME_EXTRA:
         return "must begin with a letter or digit"
-    return None
+    return problem
 
 
 def words_problem(value: str) -> str | None:
     """Why `value` cannot be the class word(s) (they go into folder names); None when it can."""
-    problem = _common(value)
-    if problem:
-        return problem
-    odd = _odd_char(value, _WORDS_EXTRA)
-    if odd is not None:
-        return f"contains {_describe(odd)}: use words of letters and digits, separated by single spaces or '-'"
-    if "  " in value:
+    problem = _path_part_problem(value, _WORDS_EXTRA,
+                                 "use words of letters and digits, separated by single spaces or '-'")
+    if problem is None and "  " in value:
         return "words must be separated by single spaces"
-    return None
+    return problem
 
 
 _TAG_FORBIDDEN = re.compile(r"[,\n\r]")
@@ -103,11 +106,21 @@ def relative_dir_problem(value: str) -> str | None:
     parts = re.split(r"[/\\]", value)
     if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or value.startswith("~"):
         return "must be a folder inside the workspace (a relative path)"
-    if any(p in ("..",) for p in parts):
+    if ".." in parts:
         return "must be a folder inside the workspace (no '..')"
     if all(p in ("", ".") for p in parts):
         return "must be a folder inside the workspace, not the workspace itself"
     return None
+
+
+def checked(problem) -> AfterValidator:
+    """A pydantic check from one of the `*_problem` rules: its reason becomes the field's error message."""
+    def check(value: str) -> str:
+        reason = problem(value)
+        if reason:
+            raise ValueError(reason)
+        return value
+    return AfterValidator(check)
 
 
 def read_path_problem(value: str) -> str | None:

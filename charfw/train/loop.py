@@ -29,7 +29,7 @@ import torch
 
 from charfw import interrupt
 from charfw.config.models import resume_fields
-from charfw.errors import CharfwError
+from charfw.errors import CharfwError, os_error_message
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
 from charfw.request import TrainRequest, progress_steps
@@ -283,8 +283,6 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
 
 def _unwritten(exc: OSError, job: TrainRequest, save: Callable[[], None]) -> CharfwError:
     """The LoRA could not be written: save the finished run's state if the disk allows, and say which happened."""
-    from charfw.errors import os_error_message
-
     try:
         save()
         after = f"the trained state is saved: after freeing space, rerun to write {job.output.name} without training again"
