@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from charfw.families import FAMILIES, family  # noqa: E402
 from charfw.lora.compress import sd_scripts_rank  # noqa: E402
 from charfw.lora.keys import lora_module_specs  # noqa: E402
 
@@ -55,7 +56,7 @@ def build_lora(path: Path, rank: int, seed: int, arch: str = "sd15") -> int:
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     decay = 0.97 ** torch.arange(rank, dtype=torch.float32)       # sv_ratio 16 keeps ~90 of 128
-    for s in lora_module_specs(arch, conv3x3=True).values():
+    for s in lora_module_specs(family(arch), conv3x3=True).values():
         n = s.in_dim * s.kernel * s.kernel
         down = torch.randn(rank, n, generator=gen) / n ** 0.5
         up = torch.randn(s.out_dim, rank, generator=gen) * 0.05 * decay
@@ -167,7 +168,7 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=128)
     ap.add_argument("--method", default="sv_ratio")
     ap.add_argument("--param", type=float, default=16.0)
-    ap.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    ap.add_argument("--arch", choices=list(FAMILIES), default="sd15")
     ap.add_argument("--modules", type=int, default=40, help="modules for the dense baseline (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline-threads", type=int, default=1)
@@ -186,7 +187,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / f"{args.arch}-c3lier-128.safetensors", Path(tmp) / "out.safetensors"
         size = build_lora(src, args.rank, args.seed, args.arch)
-        count = len(lora_module_specs(args.arch, conv3x3=True))
+        count = len(lora_module_specs(family(args.arch), conv3x3=True))
         print(f"input: {args.arch} C3Lier LoRA, {count} modules, rank {args.rank}, fp16, {size / 2**20:.1f} MiB")
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
               f"method {args.method} {args.param:g}")

@@ -111,6 +111,13 @@ def random_checkpoint(arch: str, folder: Path) -> Path:
     return path
 
 
+def family_of(spec: dict):
+    """The case's model family: SD1.5 unless the case names another."""
+    from charfw.families import family
+
+    return family(spec.get("family", "sd15"))
+
+
 def settings_for(case: str):
     from charfw.config.models import TrainSettings
 
@@ -118,7 +125,7 @@ def settings_for(case: str):
     cuda = spec["device"] == "cuda"   # the GPU cases: the seed's settings, checkpointing on as it sets it
     return TrainSettings(**{**dict(network="c3lier", dim=128, mixed_precision="fp16",
                                    gradient_checkpointing=True if cuda else "auto", save_every_n_steps=10_000,
-                                   optimizer="adamw8bit" if spec.get("family") == "sdxl" else "adamw",
+                                   optimizer="adamw8bit" if family_of(spec).name == "sdxl" else "adamw",
                                    batch_scale=1),   # each case measures the batch it names
                             **spec.get("settings", {})})
 
@@ -130,7 +137,7 @@ def one(case: str, steps: int, warmup: int, work: Path) -> dict:
     from charfw.train.loop import LOSS_READ_EVERY, reset_accelerate, run
 
     spec = CASES[case]
-    family = spec.get("family", "sd15")
+    family = family_of(spec)
     cuda = spec["device"] == "cuda"
     if cuda:  # losses (and so this hook) come back LOSS_READ_EVERY steps at a time: measure on those bounds
         round_up = lambda n: -(-n // LOSS_READ_EVERY) * LOSS_READ_EVERY  # noqa: E731
@@ -140,7 +147,7 @@ def one(case: str, steps: int, warmup: int, work: Path) -> dict:
     profile: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        toml = draw_dataset(tmp / "data", spec["size"], resolution=1024 if family == "sdxl" else 512,
+        toml = draw_dataset(tmp / "data", spec["size"], resolution=family.sample_size,
                             batch=spec.get("batch", 2))
         model = spec["model"]
         if model.startswith("random:"):
@@ -201,7 +208,7 @@ def sd_scripts_args(case: str, checkpoint: Path, toml: Path, out: Path, tokenize
     req = TrainRequest(name="sds", settings=settings_for(case).model_copy(update={"attention": "sdpa",
                                                                                   "color_aug": False}),
                        steps=steps, dataset_toml=toml, model=str(checkpoint), output=out / "sds.safetensors",
-                       state_dir=out, log_dir=out / "log", family=spec.get("family", "sd15"))
+                       state_dir=out, log_dir=out / "log", family=family_of(spec))
     drop = ("--save_every_n_steps", "--save_state", "--save_last_n_steps_state", "--persistent_data_loader_workers")
     args = [a for a in train_args(req) if not a.startswith(drop)]
     return args + [f"--tokenizer_cache_dir={tokenizers}", "--log_with=tensorboard"]
@@ -244,21 +251,19 @@ def gpu_memory_poll(stop: threading.Event, peak: list[int]) -> None:
 
 
 def run_sd_scripts(case: str, sd_scripts: Path, python: str, steps: int, warmup: int, work: Path) -> dict:
-    from charfw.sdscripts.command import SCRIPT
-
     spec = CASES[case]
-    family = spec.get("family", "sd15")
+    family = family_of(spec)
     checkpoint = random_checkpoint(spec["model"].split(":")[1], work)
     out = work / f"sds-{case}"
     shutil.rmtree(out, ignore_errors=True)
-    toml = draw_dataset(out / "data", spec["size"], resolution=1024 if family == "sdxl" else 512,
+    toml = draw_dataset(out / "data", spec["size"], resolution=family.sample_size,
                         batch=spec.get("batch", 2), color_aug=False)
     args = sd_scripts_args(case, checkpoint, toml, out, tokenizer_cache(work / "tokenizers"), warmup + steps)
     stop, peak = threading.Event(), [0]
     poll = threading.Thread(target=gpu_memory_poll, args=(stop, peak), daemon=True)
     poll.start()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([python, str(sd_scripts / SCRIPT[family]), *args], cwd=out, env=env,
+    proc = subprocess.run([python, str(sd_scripts / family.sd_scripts_script), *args], cwd=out, env=env,
                           capture_output=True, text=True)
     stop.set()
     poll.join()

@@ -14,8 +14,9 @@ from pathlib import Path
 from charfw.config.workspace import WORKSPACE_FILE, load_project
 from charfw.config.yamlfile import load_yaml
 from charfw.errors import CharfwError
+from charfw.families import Family
 from charfw.layout import Layout
-from charfw.models.family import FAMILY_LABEL, checkpoint_problem, lora_problem, safetensors_header, vae_problem
+from charfw.models.filekind import checkpoint_problem, lora_problem, safetensors_header, vae_problem
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import missing_yaws, required_yaws
@@ -62,7 +63,7 @@ def check_warnings(layout: Layout) -> list[str]:
     return warnings
 
 
-def odd_aspect(items, family: str) -> list[tuple[str, tuple[int, int]]]:
+def odd_aspect(items, family: Family) -> list[tuple[str, tuple[int, int]]]:
     """(image, bucket) of each image outside its set's most common bucket, at the set's largest size
     that every image reaches: mixed aspect ratios split the set's batches into several buckets."""
     from charfw.dataset.plan import bucket_of
@@ -98,7 +99,7 @@ def check_models(project: Project) -> None:
         keys = _tensor_names(path, field, where)
         problem = checkpoint_problem(keys, project.family) if field == "model" else vae_problem(keys)
         if problem:
-            label = FAMILY_LABEL[project.family]
+            label = project.family.label
             raise CharfwError(f"{path.name} is not an {label} {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
                               **where)
 

@@ -47,7 +47,7 @@ class Layout:
     def _plan_sets(self) -> dict[str, list[Prepared]]:
         """Every set's prepared images."""
         sizes = {path: header[:2] for path, header in self.headers.items()}
-        return {sid: plan_set(s, sizes, self.project.family) for sid, s in self.project.sets.items()}
+        return {sid: plan_set(s, self.project.family, sizes) for sid, s in self.project.sets.items()}
 
     @cached_property
     def _writable(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from charfw.config.models import Character, CompressSettings, MergeSettings, SampleSettings, TrainSettings, Workspace
+from charfw.families import Family
 from charfw.rules.sizeclass import batch_table
 from charfw.rules.training import DEFAULT_STEPS
 from charfw.rules.viewcode import ViewCode
@@ -86,11 +87,11 @@ class Skipped:
 class Project:
     root: Path
     config: Workspace
+    family: Family       # the base model's, which decides sizes, trainer and block maps
     sets: dict[str, ImageSet] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     characters: dict[str, Character] = field(default_factory=dict)
     skipped: dict[str, Skipped] = field(default_factory=dict)   # unfinished characters and their groups
-    family: str = "sd15"   # "sd15" or "sdxl": the base model's, which decides sizes, trainer and block maps
 
     @property
     def batch_table(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from charfw.config.models import SampleSettings, TrainSettings
+from charfw.families import Family
 from charfw.rules.training import resolved_dim, text_encoder_lr, trains_text_encoder
 
 
@@ -37,6 +38,7 @@ class TrainRequest:
     model: str
     output: Path                        # the LoRA file, written atomically
     state_dir: Path                     # resumable state / sd-scripts' working folder
+    family: Family                      # the base model's
     vae: str | None = None
     log_dir: Path | None = None         # TensorBoard logs
     trigger_words: tuple[str, ...] = ()
@@ -45,7 +47,6 @@ class TrainRequest:
     inputs: tuple[Path | str, ...] = ()  # every file whose content the run reads (for the run key)
     device: str | None = None           # None: CUDA when available (embedded trainer)
     progress: bool = True
-    family: str = "sd15"                # the base model's: "sd15" or "sdxl"
     progress_samples: "ProgressSamples | None" = None   # images during training (sample_every_n_steps)
 
     @property

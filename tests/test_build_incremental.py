@@ -1,5 +1,6 @@
 """doit reruns exactly what changed, observed through doit's own output on a copy of the example."""
 
+from charfw.families import SD15
 import json
 import shutil
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_editing_merge_weights_reruns_only_merge_and_compress_of_that_target(bui
     assert (built / "dist/krnksf_tyankps.safetensors").read_bytes() != before
     # the same weights written as a list are the same weights: nothing to do
     from charfw.lora.blocks import PRESETS
-    face = ", ".join(f"{v:g}" for v in PRESETS["sd15"]["FACE"])
+    face = ", ".join(f"{v:g}" for v in SD15.blocks.presets["FACE"])
     path.write_text(path.read_text().replace("weights: FACE", f"weights: [{face}]"))
     assert executed(run_doit(built)) == set()
 

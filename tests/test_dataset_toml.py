@@ -9,17 +9,19 @@ from charfw.config.workspace import load_project
 from charfw.dataset.plan import folder_name, plan_set, scaled_size
 from charfw.dataset.schema import SD_SCRIPTS_KEYS
 from charfw.dataset.toml import dataset_config, render_toml
-from charfw.rules.sizeclass import BATCH_PROFILES, batch_size, class_pair
+from charfw.families import SD15
+from charfw.rules.sizeclass import batch_size, class_pair
 from wsutil import run_doit, use_spec_sizes
 
 
-def configs(ws: Path, table=BATCH_PROFILES["default"]):
+def configs(ws: Path, table=SD15.size_classes.batch_profiles["default"]):
     project = load_project(ws)
-    plans = {sid: plan_set(s) for sid, s in project.sets.items()}
+    plans = {sid: plan_set(s, project.family) for sid, s in project.sets.items()}
     out = {}
     for name, target in project.targets.items():
         toml_dir = project.build_dir / "datasets"
-        text = render_toml(dataset_config(target, plans, project.build_dir / "images", toml_dir, table))
+        text = render_toml(dataset_config(target, plans, project.build_dir / "images", toml_dir, table,
+                                                 project.family))
         out[name] = tomllib.loads(text)
     return project, out
 
@@ -75,26 +77,26 @@ def test_written_toml_paths_resolve_relative_to_the_toml(workspace):
                 from PIL import Image
                 with Image.open(p) as im:
                     assert im.mode == "RGB"
-                    assert class_pair(*im.size) == {(512, 512): "LOW_LOW", (512, 768): "LOW_MID",
+                    assert class_pair(*im.size, SD15) == {(512, 512): "LOW_LOW", (512, 768): "LOW_MID",
                                                     (768, 512): "MID_LOW", (768, 768): "MID_MID"}[tuple(ds["resolution"])]
 
 
 def test_12gb_profile(workspace):
     use_spec_sizes(workspace)
-    _, cfgs = configs(workspace, BATCH_PROFILES["12gb"])
+    _, cfgs = configs(workspace, SD15.size_classes.batch_profiles["12gb"])
     assert [ds["batch_size"] for ds in cfgs["krnk"]["datasets"]] == [4, 2]
 
 
 @pytest.mark.parametrize("w,h,cls", [(512, 512, "LOW_LOW"), (513, 512, "MID_LOW"), (512, 769, "LOW_HIGH"),
                                      (768, 768, "MID_MID"), (1024, 640, "HIGH_MID")])
 def test_class_pair(w, h, cls):
-    assert class_pair(w, h) == cls
+    assert class_pair(w, h, SD15) == cls
 
 
 def test_batch_tables():
-    assert batch_size("LOW_LOW", BATCH_PROFILES["default"]) == 2
-    assert batch_size("MID_MID", BATCH_PROFILES["default"]) == 1
-    assert {p: batch_size(p, BATCH_PROFILES["12gb"]) for p in ("LOW_LOW", "MID_LOW", "LOW_MID", "MID_MID",
+    assert batch_size("LOW_LOW", SD15.size_classes.batch_profiles["default"]) == 2
+    assert batch_size("MID_MID", SD15.size_classes.batch_profiles["default"]) == 1
+    assert {p: batch_size(p, SD15.size_classes.batch_profiles["12gb"]) for p in ("LOW_LOW", "MID_LOW", "LOW_MID", "MID_MID",
                                                                 "HIGH_LOW", "LOW_HIGH", "HIGH_HIGH")} == {
         "LOW_LOW": 4, "MID_LOW": 3, "LOW_MID": 3, "MID_MID": 2, "HIGH_LOW": 2, "LOW_HIGH": 2, "HIGH_HIGH": 1}
 

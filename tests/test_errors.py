@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from charfw.families import SDXL
 from charfw.check import check_project
 from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
@@ -192,7 +193,7 @@ def test_a_family_setting_must_agree_with_the_model(workspace):
     save_file({"conditioner.embedders.0.transformer.w": torch.zeros(1), "model.diffusion_model.x": torch.zeros(1)},
               str(workspace / "models/xl.safetensors"))
     set_model(workspace, "models/xl.safetensors")
-    assert load_project(workspace).family == "sdxl"
+    assert load_project(workspace).family is SDXL
     append(workspace / "charfw.yaml", "family: sd15\n")
     line = len((workspace / "charfw.yaml").read_text().splitlines())
     msg = error_of(workspace)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from charfw.lora.keys import sd15_lora_module_names
+from charfw.families import SD15, SDXL
+from charfw.lora.keys import lora_module_specs
 from wsutil import ROOT, copy_example, executed, run_doit
 
 TARGETS = ("krnk", "krnksf", "tyank", "tyankps", "krnksf_tyankps")
@@ -41,8 +42,8 @@ def test_example_builds_end_to_end(tmp_path):
     for name in TARGETS:
         assert (ws / "dist" / f"{name}.safetensors").is_file(), name
     # trained C3Lier LoRAs carry exactly SD1.5's 350 modules; merge/compress keep a subset
-    assert modules(ws / "build/train/krnk.safetensors") == set(sd15_lora_module_names(conv3x3=True))
-    assert modules(ws / "dist/krnk.safetensors") < set(sd15_lora_module_names(conv3x3=True))
+    assert modules(ws / "build/train/krnk.safetensors") == set(list(lora_module_specs(SD15, conv3x3=True)))
+    assert modules(ws / "dist/krnk.safetensors") < set(list(lora_module_specs(SD15, conv3x3=True)))
     with safe_open(ws / "dist/krnksf.safetensors", "pt") as f:
         meta = f.metadata()
     assert meta["modelspec.trigger_phrase"] == "krnksf, krnk" and meta["ss_network_dim"] == "Dynamic"
@@ -70,7 +71,7 @@ def test_sdxl_example_builds_end_to_end(tmp_path):
     for name in TARGETS:
         assert (ws / "dist" / f"{name}.safetensors").is_file(), name
     # U-Net only (SDXL's default): sd-scripts' 788 SDXL C3Lier modules, LDM-style names
-    unet = {n for n in lora_module_specs("sdxl", conv3x3=True) if n.startswith("lora_unet_")}
+    unet = {n for n in lora_module_specs(SDXL, conv3x3=True) if n.startswith("lora_unet_")}
     assert modules(ws / "build/train/krnk.safetensors") == unet and len(unet) == 788
     assert modules(ws / "dist/krnk.safetensors") < unet
     with safe_open(ws / "dist/krnksf_tyankps.safetensors", "pt") as f:

@@ -2,10 +2,11 @@
 
 import pytest
 
+from charfw.families import SD15, SDXL
 from charfw.rules.memory import GIB, training_bytes, use_checkpointing
 
-SD15 = dict(family="sd15", batch=2, pixels=512 * 512, adapter_params=200_000_000, weight_bytes=2.0 * GIB)
-SDXL = dict(family="sdxl", batch=1, pixels=1024 * 1024, adapter_params=450_000_000, weight_bytes=5.2 * GIB)
+SD15 = dict(family=SD15, batch=2, pixels=512 * 512, adapter_params=200_000_000, weight_bytes=2.0 * GIB)
+SDXL = dict(family=SDXL, batch=1, pixels=1024 * 1024, adapter_params=450_000_000, weight_bytes=5.2 * GIB)
 
 
 def test_explicit_settings_are_kept_whatever_the_memory():

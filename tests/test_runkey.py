@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.request import TrainRequest
 from charfw.runkey import DigestCache, digest_cache, run_key
@@ -10,7 +11,7 @@ from charfw.runkey import DigestCache, digest_cache, run_key
 
 def request(tmp_path: Path, **settings) -> TrainRequest:
     return TrainRequest(name="krnk", settings=TrainSettings(**settings), steps=10, dataset_toml=tmp_path / "a.toml",
-                        model="builtin:tiny-sd15", output=tmp_path / "krnk.safetensors", state_dir=tmp_path / "s",
+                        model="builtin:tiny-sd15", output=tmp_path / "krnk.safetensors", state_dir=tmp_path / "s", family=SD15,
                         root=tmp_path, inputs=(tmp_path / "a.toml", tmp_path / "f00.png"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from charfw.families import SD15
 from charfw.config.models import SampleSettings
 from charfw.config.workspace import load_project
 from charfw.lora.keys import lora_module_specs
@@ -21,15 +22,15 @@ SETTINGS = SampleSettings(width=64, height=64, steps=3, seeds=[5])
 
 @pytest.fixture(scope="module")
 def tiny():
-    return render.load("builtin:tiny-sd15", None, "sd15")
+    return render.load("builtin:tiny-sd15", None, SD15)
 
 
 def lora(seed: int, scale: float = 1.0) -> list[Module]:
     """A random rank-2 LoRA for every SD1.5 module (the tiny model has SD1.5's names, tiny widths)."""
     gen = torch.Generator().manual_seed(seed)
-    layers = render.lora_layers(render.load("builtin:tiny-sd15", None, "sd15"))
+    layers = render.lora_layers(render.load("builtin:tiny-sd15", None, SD15))
     modules = []
-    for name in list(lora_module_specs("sd15", conv3x3=False))[::7]:
+    for name in list(lora_module_specs(SD15, conv3x3=False))[::7]:
         w = layers[name].weight
         down = torch.randn(2, w[0].numel(), generator=gen) * scale
         up = torch.randn(w.shape[0], 2, generator=gen) * 0.1
@@ -104,7 +105,7 @@ def test_training_renders_progress_samples_every_n_steps(tmp_path):
         samples = ProgressSamples("krnk, from front", SETTINGS, tmp_path / run / "progress") if every else None
         req = TrainRequest(name="krnk", settings=settings, steps=4, dataset_toml=toml, model="builtin:tiny-sd15",
                            output=tmp_path / run / "out.safetensors", state_dir=tmp_path / run / "state",
-                           progress=False, progress_samples=samples)
+                           progress=False, progress_samples=samples, family=SD15)
         loop.reset_accelerate()
         loop.run(req)
         outs[run] = req

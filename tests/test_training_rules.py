@@ -2,6 +2,7 @@
 
 import pytest
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.request import TrainRequest
 from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr
@@ -14,7 +15,7 @@ from charfw.train.optim import text_encoder_lr as embedded_te_lr
 def test_text_encoder_lr_is_the_same_float_in_both_trainers(lr):
     s = TrainSettings(lr=lr)
     args = train_args(TrainRequest(name="k", settings=s, steps=1, dataset_toml="d.toml", model="/m.safetensors",
-                                   output="o.safetensors", state_dir="s"))
+                                   output="o.safetensors", state_dir="s", family=SD15))
     printed = next(a.split("=", 1)[1] for a in args if a.startswith("--text_encoder_lr="))
     assert embedded_te_lr(s) == float(printed) == text_encoder_lr(lr, None)
     assert text_encoder_lr(1e-3, None) == 0.00044       # not 0.00044000000000000007
@@ -25,7 +26,7 @@ def test_network_dim_and_alpha_agree(network, dim, alpha):
     s = TrainSettings(network=network, dim=dim, alpha=alpha)
     spec = network_spec(s)
     args = train_args(TrainRequest(name="k", settings=s, steps=1, dataset_toml="d.toml", model="/m.safetensors",
-                                   output="o.safetensors", state_dir="s"))
+                                   output="o.safetensors", state_dir="s", family=SD15))
     assert f"--network_dim={spec.dim}" in args and spec.dim == resolved_dim(network, dim)
     assert float(next(a for a in args if a.startswith("--network_alpha=")).split("=")[1]) == spec.alpha
     assert spec.alpha == resolved_alpha(alpha, spec.dim)

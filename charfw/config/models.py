@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
+from charfw.families import FAMILIES
 from charfw.lora.options import CompressOptions
 
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag
@@ -210,7 +211,7 @@ class Workspace(Stages):
         "missing": "set it to your SD1.5 or SDXL checkpoint, e.g. `model: models/animefull-final.safetensors` "
                    "(or `model: builtin:tiny-sd15` for a quick test run)"})
     vae: ReadPath | None = None
-    family: Literal["sd15", "sdxl"] | None = Field(
+    family: Literal[tuple(FAMILIES)] | None = Field(
         None, description="model family; None = read from the model file (it must agree when set)")
     sizes: Sizes = Field(default_factory=Sizes)
     repeats: Repeats = Field(default_factory=Repeats)

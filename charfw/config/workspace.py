@@ -16,10 +16,10 @@ from charfw.config.models import (Character, CompressSettings, Group, MergeSetti
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
+from charfw.families import DEFAULT, Family, family, from_checkpoint, of_builtin
 from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
 from charfw.rules.names import name_problem
-from charfw.rules.modelref import BUILTIN_FAMILY, builtin_name, is_builtin, resolve_model_ref
-from charfw.rules.sizeclass import SIZE_CLASSES
+from charfw.rules.modelref import builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
@@ -77,33 +77,33 @@ def load_project(root: str | Path) -> Project:
     return project
 
 
-def _family(config: Workspace, root: Path, ws_file: Path, lines: dict) -> str:
+def _family(config: Workspace, root: Path, ws_file: Path, lines: dict) -> Family:
     """The base model's family: from a builtin's name or a safetensors header, checked against `family:`.
 
-    A file that cannot be read here (missing, or a pickle) leaves it to `family:` (default SD1.5);
-    `charfw check` and the loader still refuse a wrong file.
+    A file that cannot be read here (missing, or a pickle) leaves it to `family:` (else
+    families.DEFAULT); `charfw check` and the loader still refuse a wrong file.
     """
-    from charfw.models.family import FAMILY_LABEL, checkpoint_family, safetensors_header
+    from charfw.models.filekind import safetensors_header
 
     found = None
     if is_builtin(config.model):
-        found = BUILTIN_FAMILY.get(builtin_name(config.model))
+        found = of_builtin(builtin_name(config.model))
     else:
         path = Path(resolve_model_ref(config.model, root))
         if path.suffix.lower() == ".safetensors" and path.is_file():
             try:
-                found = checkpoint_family(k for k in safetensors_header(path) if k != "__metadata__")
+                found = from_checkpoint(k for k in safetensors_header(path) if k != "__metadata__")
             except CharfwError:
                 found = None  # unreadable: charfw check says why
-    if config.family and found and config.family != found:
-        raise CharfwError(f"the model is an {FAMILY_LABEL[found]} checkpoint but `family: {config.family}` is set; "
-                          f"set `family: {found}` or remove the line (it is read from the model)",
+    if config.family and found and config.family != found.name:
+        raise CharfwError(f"the model is an {found.label} checkpoint but `family: {config.family}` is set; "
+                          f"set `family: {found.name}` or remove the line (it is read from the model)",
                           file=ws_file, line=lines.get(("family",)), field="family")
-    return found or config.family or "sd15"
+    return found or (family(config.family) if config.family else DEFAULT)
 
 
 def _default_sizes(project: Project) -> list[int]:
-    return list(SIZE_CLASSES[project.family].default_sizes)
+    return list(project.family.size_classes.default_sizes)
 
 
 def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -> None:

@@ -10,18 +10,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from charfw.project import ImageSet, Source
 from charfw.errors import CharfwError
+from charfw.families import Family
+from charfw.project import ImageSet, Source
+from charfw.rules.buckets import no_upscale_placement
 from charfw.rules.sizeclass import class_pair as pair_of, resolution
 
 EXIF_ORIENTATION = 0x0112
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-def bucket_of(item: "Prepared", family: str) -> tuple[int, int]:
+def bucket_of(item: "Prepared", family: Family) -> tuple[int, int]:
     """The aspect-ratio bucket a prepared image trains in: its size class's resolution, no upscaling."""
-    from charfw.train.buckets import no_upscale_placement
-
     w, h = resolution(pair_of(item.width, item.height, family), family)
     return no_upscale_placement(item.width, item.height, w * h).bucket
 
@@ -100,8 +100,8 @@ def image_size(path: Path) -> tuple[int, int]:
     return image_header(path)[:2]
 
 
-def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None = None,
-             family: str = "sd15") -> list[Prepared]:
+def plan_set(image_set: ImageSet, family: Family,
+             sizes_of: dict[Path, tuple[int, int]] | None = None) -> list[Prepared]:
     """Every prepared image of a set, checked so each folder falls in one size class."""
     out: list[Prepared] = []
     sizes = {src.path: sizes_of[src.path] if sizes_of else image_size(src.path) for src in image_set.sources}
@@ -114,7 +114,7 @@ def plan_set(image_set: ImageSet, sizes_of: dict[Path, tuple[int, int]] | None =
     return out
 
 
-def _one_size_class(items: list[Prepared], size: int, family: str) -> None:
+def _one_size_class(items: list[Prepared], size: int, family: Family) -> None:
     """All of a folder in one size class; else the error names an image that differs from most of them."""
     def class_pair(w: int, h: int) -> str:
         return pair_of(w, h, family)

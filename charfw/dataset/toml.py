@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from charfw.project import Target
 from charfw.dataset.plan import Prepared
+from charfw.families import Family
+from charfw.project import Target
 from charfw.rules.sizeclass import CLASS_PAIRS, batch_size, class_pair, resolution
 from charfw.rules.training import dataset_color_aug
 
 
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
-                   toml_dir: Path, batch_table: dict[str, int], family: str = "sd15") -> dict:
+                   toml_dir: Path, batch_table: dict[str, int], family: Family) -> dict:
     """The config as a dict: one dataset per (width class, height class), subsets in set/size order."""
     by_pair: dict[str, list[dict]] = {}
     for sub in target.subsets:

@@ -2,16 +2,17 @@
 
 Functions the build calls (all write their output atomically, raise CharfwError on bad input):
 
-    merge_file(src, dst, weights, presets=None, arch=None) -> dict
+    merge_file(src, dst, weights, presets=None, family=None) -> dict
         weights: preset name | "v,v,..." (26/17 or SDXL 20/12) | "NAME=v,..." | list | {block: w}
-        presets: {name: weights}, user presets shadowing built-ins; arch: "sd15"/"sdxl"/None (detect)
-    compress_file(src, dst, options=CompressOptions(), *, device="cpu", progress=False, arch=None) -> dict
+        presets: {name: weights}, user presets shadowing built-ins;
+        family: a charfw.families.Family or its name, None = detected from the module names
+    compress_file(src, dst, options=CompressOptions(), *, device="cpu", progress=False, family=None) -> dict
         options: charfw.lora.options.CompressOptions (method, value, max_rank, dtype, ...);
         CompressOptions.of(method="sv_fro", value=0.9) raises CharfwError on bad values
-    inspect_file(src, arch=None) -> dict          (JSON-ready per-block summary)
+    inspect_file(src, family=None) -> dict          (JSON-ready per-block summary)
     load_lora(path) -> LoraFile; save_lora(path, lora_or_modules, metadata=None)
 
-Module names for trainers: keys.lora_module_specs("sd15"|"sdxl", conv3x3) -> {name: ModuleSpec}.
+Module names for trainers: keys.lora_module_specs(family, conv3x3) -> {name: ModuleSpec}.
 """
 
 import importlib

@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 
 from charfw.errors import CharfwError
+from charfw.families import FAMILIES
 
 
 def register(subparsers) -> None:
     lora = subparsers.add_parser("lora", help="inspect, merge and compress LoRA files", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = lora.add_subparsers(dest="lora_command", required=True)
-    arch = dict(choices=["sd15", "sdxl"], default=None, help="architecture (default: detected from the keys)")
+    arch = dict(choices=list(FAMILIES), default=None, help="model family (default: detected from the keys)")
 
     p = sub.add_parser("inspect", help="per-block modules, ranks and ΔW norms")
     p.add_argument("file", type=Path)
@@ -123,7 +124,7 @@ def _compress(args) -> int:
         dst = _output_for(src, args.output, compress_suffix(method, value))
         with cpu_threads(1 if args.device == "cpu" else torch.get_num_threads()):
             report = compress_file(src, dst, options, device=args.device, threads=parallel_share(),
-                                   progress=not args.quiet and sys.stderr.isatty(), arch=args.arch)
+                                   progress=not args.quiet and sys.stderr.isatty(), family=args.arch)
         new = sorted(k for _, k in report["ranks"].values())
         span = f", ranks {new[0]}..{new[-1]}" if new else ""
         print(f"{dst}: {report['compressed']} modules compressed, {report['unchanged']} unchanged{span}")

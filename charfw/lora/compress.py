@@ -58,7 +58,7 @@ import torch
 from tqdm import tqdm
 
 from charfw.errors import CharfwError
-from charfw.lora.blocks import detect_arch
+from charfw.families import Family, from_lora
 from charfw.fsutil import atomic_path
 from charfw.lora.io import LoraReader, StreamedLora
 from charfw.lora.keys import lora_module_specs
@@ -326,7 +326,8 @@ def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
 
 
 def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | None = None, *,
-                  device: str = "cpu", progress: bool = False, arch: str | None = None, threads: int = 1) -> dict:
+                  device: str = "cpu", progress: bool = False, family: Family | str | None = None,
+                  threads: int = 1) -> dict:
     """Compress `src` into `dst` (written atomically) in two passes over the modules, `threads` modules
     at a time on the CPU (each on one torch thread: the caller sets torch's own count to 1, see the
     module docstring).
@@ -340,7 +341,7 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
     _check_device(device)
     workers = max(1, threads if device == "cpu" else 1)
     with LoraReader(src) as reader, _pool(workers) as map_:
-        specs = _specs_for(reader.names, arch) if s.to_lora else {}
+        specs = _specs_for(reader.names, family) if s.to_lora else {}
         bar = tqdm(total=2 * len(reader.names), desc=f"compress {Path(src).name}", unit="module",
                    disable=not progress, leave=False)
 
@@ -396,12 +397,12 @@ def _pool(workers: int):
         yield pool.map
 
 
-def _specs_for(names: list[str], arch: str | None):
-    """The architecture's module table, for LyCORIS factors that hide the conv kernel."""
+def _specs_for(names: list[str], family: Family | str | None):
+    """The family's module table, for LyCORIS factors that hide the conv kernel."""
     try:
-        return lora_module_specs(detect_arch(names, arch))
+        return lora_module_specs(from_lora(names, family))
     except CharfwError:
-        if arch:
+        if family:
             raise
         return {}
 

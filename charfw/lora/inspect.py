@@ -18,7 +18,8 @@ import torch
 
 from charfw.errors import CharfwError
 from charfw.fsutil import atomic_path
-from charfw.lora.blocks import BLOCKS, block_of, detect_arch
+from charfw.families import Family, from_lora
+from charfw.lora.blocks import block_of
 from charfw.lora.io import LoraReader
 from charfw.lora.metadata import summary
 from charfw.lora.modules import Module, delta_matrix, lora_factors
@@ -40,32 +41,37 @@ def delta_norm(m: Module) -> float:
     return float(torch.linalg.norm(delta_matrix(m, torch.float64)))
 
 
-def inspect_file(path: str | Path, arch: str | None = None) -> dict:
+def inspect_file(path: str | Path, family: Family | str | None = None) -> dict:
     """Per-block summary of a LoRA file as a JSON-ready dict."""
     with LoraReader(path) as reader:
         try:
-            arch = detect_arch(reader.names, arch)
+            family = from_lora(reader.names, family)
         except CharfwError:
-            if arch:
+            if family:
                 raise
-            arch = None
+            family = None
         rows: dict[str, dict] = {}
         kinds: Counter = Counter()
         for m in reader:
             kinds[m.kind + ("+dora" if m.dora else "")] += 1
-            block = block_of(m.name, arch) or OUTSIDE
+            block = block_of(m.name, family) or OUTSIDE
             row = rows.setdefault(block, {"modules": 0, "ranks": set(), "norm_sq": 0.0})
             row["modules"] += 1
             if m.rank:
                 row["ranks"].add(m.rank)
             row["norm_sq"] += delta_norm(m) ** 2
         metadata = summary(reader.metadata)
-    order = BLOCKS[arch or "sd15"] + [OUTSIDE]
     blocks = [{"block": b, "modules": rows[b]["modules"], "ranks": sorted(rows[b]["ranks"]),
-               "norm": math.sqrt(rows[b]["norm_sq"])}
-              for b in sorted(rows, key=lambda b: order.index(b) if b in order else len(order))]
-    return {"file": str(path), "arch": arch, "modules": sum(kinds.values()), "kinds": dict(kinds),
+               "norm": math.sqrt(rows[b]["norm_sq"])} for b in sorted(rows, key=_block_order)]
+    return {"file": str(path), "arch": family and family.name, "modules": sum(kinds.values()), "kinds": dict(kinds),
             "blocks": blocks, "metadata": metadata}
+
+
+def _block_order(block: str) -> tuple[int, int]:
+    """LoRA Block Weight's order, whatever the family: BASE, IN00.., M00, OUT00.., then the rest."""
+    kind, number = block.rstrip("0123456789"), block[len(block.rstrip("0123456789")):]
+    rank = {"BASE": 0, "IN": 1, "M": 2, "OUT": 3}.get(kind, 4) if block != OUTSIDE else 5
+    return rank, int(number or 0)
 
 
 def format_table(report: dict) -> str:

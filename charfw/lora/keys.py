@@ -17,7 +17,11 @@ SDXL the LDM-style names sd-scripts' SDXL U-Net has (`lora_unet_input_blocks_4_1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from charfw.families import Family
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,6 @@ class TextEncoderArch:
     layers: int
     width: int
     mlp: int
-
-
-SD15_UNET = UNetArch(channels=(320, 640, 1280, 1280), depth=(1, 1, 1, 0), mid_depth=1,
-                     context_dim=768, linear_proj=False)
-SDXL_UNET = UNetArch(channels=(320, 640, 1280), depth=(0, 2, 10), mid_depth=10,
-                     context_dim=2048, linear_proj=True, ldm_names=True)
-SD15_TE = (TextEncoderArch("lora_te_", 12, 768, 3072),)
-SDXL_TE = (TextEncoderArch("lora_te1_", 12, 768, 3072), TextEncoderArch("lora_te2_", 32, 1280, 5120))
-
-ARCHS = {"sd15": (SD15_UNET, SD15_TE), "sdxl": (SDXL_UNET, SDXL_TE)}
 
 
 def _resnet(prefix: str, cin: int, cout: int, temb: int, ldm: bool) -> list[ModuleSpec]:
@@ -176,22 +170,8 @@ def text_encoder_module_specs(te: TextEncoderArch) -> list[ModuleSpec]:
     return specs
 
 
-def lora_module_specs(arch: str, conv3x3: bool = True) -> dict[str, ModuleSpec]:
-    """name -> spec for every module a kohya LoRA for `arch` ("sd15"/"sdxl") can hold."""
-    unet, tes = ARCHS[arch]
-    specs = [s for te in tes for s in text_encoder_module_specs(te)] + unet_module_specs(unet, conv3x3)
-    return {s.name: s for s in specs}
-
-
-def sd15_lora_module_names(conv3x3: bool) -> list[str]:
-    """264 names for plain LoRA (U-Net 192 + TE 72), 350 with 3x3 convs (U-Net 278)."""
-    return list(lora_module_specs("sd15", conv3x3))
-
-
-def sdxl_lora_module_names(conv3x3: bool) -> list[str]:
-    return list(lora_module_specs("sdxl", conv3x3))
-
-
-def scaled_arch(arch: UNetArch, factor: int, context_dim: int) -> UNetArch:
-    """The same topology at 1/factor width: for fast tests with real block structure."""
-    return replace(arch, channels=tuple(c // factor for c in arch.channels), context_dim=context_dim)
+def lora_module_specs(family: Family, conv3x3: bool = True) -> dict[str, ModuleSpec]:
+    """name -> spec for every module a kohya LoRA for `family` can hold (SD1.5: 264 names for plain
+    LoRA, U-Net 192 + text encoder 72; 350 with 3x3 convs)."""
+    specs = [s for te in family.text_encoders for s in text_encoder_module_specs(te)]
+    return {s.name: s for s in specs + unet_module_specs(family.unet, conv3x3)}

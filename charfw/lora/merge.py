@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from charfw.errors import CharfwError
-from charfw.lora.blocks import BLOCKS, block_of, detect_arch, format_weights, parse_weights
+from charfw.families import Family, from_lora
+from charfw.lora.blocks import block_of, format_weights, parse_weights
 from charfw.lora.io import LoraReader, save_lora
 from charfw.lora.metadata import record_merge, record_ranks
 from charfw.lora.modules import Module, folded
@@ -38,10 +39,10 @@ def scale_module(m: Module, w: float) -> Module | None:
     return Module(m.name, {**m.tensors, key: (t.float() * w).to(t.dtype)}, m.kind)
 
 
-def apply_block_weights(modules: Iterable[Module], weights: Mapping[str, float], arch: str) -> Iterator[Module]:
+def apply_block_weights(modules: Iterable[Module], weights: Mapping[str, float], family: Family) -> Iterator[Module]:
     """Scale every module by its block's weight; modules outside blocks keep weight 1."""
     for m in modules:
-        block = block_of(m.name, arch)
+        block = block_of(m.name, family)
         try:
             scaled = scale_module(m, 1.0 if block is None else weights[block])
         except CharfwError as exc:
@@ -51,30 +52,31 @@ def apply_block_weights(modules: Iterable[Module], weights: Mapping[str, float],
 
 
 def merge_file(src: str | Path, dst: str | Path, weights: str | Sequence[float] | Mapping[str, float],
-               presets: Mapping[str, str | Sequence[float]] | None = None, arch: str | None = None) -> dict:
+               presets: Mapping[str, str | Sequence[float]] | None = None,
+               family: Family | str | None = None) -> dict:
     """Bake block weights into `src`, writing `dst` atomically. Returns a small report.
 
     `weights` is a spec string (preset name, value list, NAME=v,...), a value list, or a
-    {block: weight} mapping; `presets` are user presets by name; `arch` overrides detection.
+    {block: weight} mapping; `presets` are user presets by name; `family` overrides detection.
     """
     with LoraReader(src) as reader:
         try:
-            arch = detect_arch(reader.names, arch)
-            table = parse_weights(weights, arch, presets)
-            spec = weights if isinstance(weights, str) else format_weights(table, arch)
-            kept = list(apply_block_weights(reader, table, arch))
+            family = from_lora(reader.names, family)
+            table = parse_weights(weights, family, presets)
+            spec = weights if isinstance(weights, str) else format_weights(table, family)
+            kept = list(apply_block_weights(reader, table, family))
         except CharfwError as exc:
             raise CharfwError(exc.message, file=src, field=exc.field) from None
         metadata = dict(reader.metadata)
         total = len(reader.names)
         names = list(reader.names)
     if not kept:
-        raise CharfwError(f"block weights {format_weights(table, arch)} drop every module of this LoRA "
-                          f"(its modules are in blocks {', '.join(_blocks_present(names, arch))})", file=src)
-    record_merge(metadata, spec, arch, format_weights(table, arch))
+        raise CharfwError(f"block weights {format_weights(table, family)} drop every module of this LoRA "
+                          f"(its modules are in blocks {', '.join(_blocks_present(names, family))})", file=src)
+    record_merge(metadata, spec, family.name, format_weights(table, family))
     record_ranks(metadata, [m for m in kept if m.kind == "lora"])
     save_lora(dst, kept, metadata)
-    return {"arch": arch, "weights": table, "modules_in": total, "modules_out": len(kept)}
+    return {"arch": family.name, "weights": table, "modules_in": total, "modules_out": len(kept)}
 
 
 def merge_suffix(weights: object) -> str:
@@ -84,6 +86,6 @@ def merge_suffix(weights: object) -> str:
     return "-BW"
 
 
-def _blocks_present(names: list[str], arch: str) -> list[str]:
-    present = {block_of(n, arch) for n in names} - {None}
-    return [b for b in BLOCKS[arch] if b in present]
+def _blocks_present(names: list[str], family: Family) -> list[str]:
+    present = {block_of(n, family) for n in names} - {None}
+    return [b for b in family.blocks.blocks if b in present]

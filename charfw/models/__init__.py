@@ -2,7 +2,7 @@
 
     from charfw.models import load_model, Sd
     sd = load_model("model.safetensors", vae="vae.ckpt")   # or load_model("builtin:tiny-sdxl")
-    sd.family                                              # "sd15" or "sdxl", from the file
+    sd.family                                              # its charfw.families.Family, from the file
     pipe = sd.pipeline()
 
 Nothing is ever downloaded: architecture configs, the noise schedule and the CLIP
@@ -13,8 +13,8 @@ import importlib
 
 # Lazy, so the build's up-to-date checks (model hashes) do not pay for importing torch.
 _EXPORTS = {"default_cache_dir": "configs", "model_hash": "hashing", "model_sha256": "hashing",
-            "Sd": "loader", "load_model": "loader", "load_sd15": "loader", "load_sdxl": "loader",
-            "BUILTINS": "tiny", "builtin_path": "tiny", "write_random": "tiny", "write_tiny_sd15": "tiny"}
+            "Sd": "loader", "load_model": "loader",
+            "BUILTINS": "tiny", "builtin_path": "tiny", "write_random": "tiny"}
 __all__ = list(_EXPORTS)
 
 

@@ -7,7 +7,8 @@ from math import prod
 import torch
 
 from charfw.models import keymap, openclip
-from charfw.models.configs import FAMILY, arch_config, parts
+from charfw.families import of_config
+from charfw.models.configs import arch_config, parts
 
 
 def empty_models(arch: str) -> dict:
@@ -47,7 +48,7 @@ def ldm_names(models: dict, arch: str, vae_prefix: str = keymap.VAE_PREFIX) -> d
     return {
         "unet": keymap.unet_to_ldm(unet.state_dict().keys(), unet.config),
         "vae": keymap.vae_to_ldm(vae.state_dict().keys(), vae.config, vae_prefix),
-        "text_encoder": keymap.te_to_ldm(te.state_dict().keys(), te_is_flat(te), keymap.TE_PREFIXES[FAMILY[arch]]),
+        "text_encoder": keymap.te_to_ldm(te.state_dict().keys(), te_is_flat(te), of_config(arch).text_encoder_prefix),
     }
 
 

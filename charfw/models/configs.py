@@ -6,21 +6,31 @@ import json
 import os
 from pathlib import Path
 
+from charfw.families import FAMILIES, of_config
+
 DATA = Path(__file__).parent / "data"
 TOKENIZER_DIR = DATA / "tokenizer"
 
-# Architectures with a config set under data/<name>/ (unet.json, vae.json, text_encoder.json and,
-# for SDXL, text_encoder_2.json), and the model family each belongs to.
-ARCHS = ("sd15", "tiny-sd15", "sdxl", "tiny-sdxl")
-FAMILY = {"sd15": "sd15", "tiny-sd15": "sd15", "sdxl": "sdxl", "tiny-sdxl": "sdxl"}
-ARCH_LABEL = {"sd15": "SD1.5", "tiny-sd15": "tiny-sd15", "sdxl": "SDXL", "tiny-sdxl": "tiny-sdxl"}
-ARTICLE = {"sd15": "an", "tiny-sd15": "a", "sdxl": "an", "tiny-sdxl": "a"}  # "an SD1.5 checkpoint"
+# Config sets under data/<name>/ (unet.json, vae.json and one file per text encoder), each
+# family's (charfw.families: Family.configs), full size first
+ARCHS = tuple(config for f in FAMILIES.values() for config in f.configs)
+
+
+def label(arch: str) -> str:
+    """How messages name a config set: the family's label for its full-size one ("SD1.5")."""
+    family = of_config(arch)
+    return family.label if arch == family.configs[0] else arch
+
+
+def with_article(arch: str) -> str:
+    """ "an SD1.5", "a tiny-sd15" """
+    text = label(arch)
+    return f"{'an' if text[0] in 'AEFHILMNORSX' else 'a'} {text}"
 
 
 def parts(arch: str) -> tuple[str, ...]:
-    """The networks of one architecture, in checkpoint order."""
-    base = ("unet", "vae", "text_encoder")
-    return base + ("text_encoder_2",) if FAMILY[arch] == "sdxl" else base
+    """The networks of one config set, in checkpoint order."""
+    return ("unet", "vae", *of_config(arch).text_encoder_parts)
 
 
 def arch_config(arch: str, part: str) -> dict:

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from charfw.models.family import UNET_PREFIX, VAE_PREFIX  # noqa: F401  (one spelling)
-TE_PREFIX = "cond_stage_model.transformer."
-TE_PREFIXES = {"sd15": TE_PREFIX, "sdxl": "conditioner.embedders.0.transformer."}
+from charfw.families import UNET_PREFIX  # noqa: F401  (one spelling)
+from charfw.models.filekind import VAE_PREFIX  # noqa: F401
 
 # Sub-module renames inside one residual block (diffusers -> LDM).
 _UNET_RESNET = {
@@ -155,12 +154,12 @@ def te_canonical(key: str, flattened: bool) -> str:
     return "text_model." + key if flattened else key
 
 
-def te_to_ldm(keys: Iterable[str], flattened: bool, prefix: str = TE_PREFIX) -> dict[str, str]:
-    """CLIPTextModel state-dict key -> checkpoint key (SD1.5's CLIP, or SDXL's first encoder)."""
+def te_to_ldm(keys: Iterable[str], flattened: bool, prefix: str) -> dict[str, str]:
+    """CLIPTextModel state-dict key -> checkpoint key under `prefix` (the family's text_encoder_prefix)."""
     return {k: prefix + te_canonical(k, flattened) for k in keys}
 
 
-def te_legacy_ldm(ldm_key: str, prefix: str = TE_PREFIX) -> str:
+def te_legacy_ldm(ldm_key: str, prefix: str) -> str:
     """The same tensor as very old checkpoints name it (transformers < 4.?, no `text_model.` level)."""
     assert ldm_key.startswith(prefix + "text_model.")
     return prefix + ldm_key[len(prefix + "text_model."):]

@@ -13,8 +13,9 @@ from charfw.errors import CharfwError
 from charfw.models import keymap, openclip
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
-from charfw.models.configs import ARCH_LABEL, ARCHS, ARTICLE, FAMILY, TOKENIZER_DIR, arch_config, scheduler_config
-from charfw.models.family import FAMILY_LABEL, checkpoint_family, checkpoint_problem
+from charfw.families import DEFAULT, Family, family as family_named, from_checkpoint, of_config
+from charfw.models.configs import ARCHS, TOKENIZER_DIR, arch_config, label, scheduler_config, with_article
+from charfw.models.filekind import checkpoint_problem
 from charfw.rules.modelref import builtin_name, is_builtin
 
 
@@ -32,15 +33,15 @@ class Sd:
     tokenizer: Any       # transformers.CLIPTokenizer
     noise_scheduler: Any  # diffusers.DDPMScheduler (training schedule)
     name: str            # file stem, or 'builtin:tiny-sd15'
-    arch: str = "sd15"   # which shipped config set: 'sd15', 'tiny-sd15', 'sdxl', 'tiny-sdxl'
+    arch: str            # which shipped config set (a Family's configs): 'sd15', 'tiny-sdxl', ...
     path: Path | None = None      # the weights file actually read (for builtins: the cached file)
     vae_path: Path | None = None  # the separate VAE file, if one was given
     text_encoder_2: Any = None    # SDXL: transformers.CLIPTextModelWithProjection
     tokenizer_2: Any = None       # SDXL: CLIPTokenizer padding with "!" (id 0), as OpenCLIP and sd-scripts
 
     @property
-    def family(self) -> str:
-        return FAMILY[self.arch]
+    def family(self) -> Family:
+        return of_config(self.arch)
 
     @property
     def text_encoders(self) -> list:
@@ -56,7 +57,7 @@ class Sd:
         from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         scheduler = scheduler or DDIMScheduler.from_config(self.noise_scheduler.config)
-        if self.family == "sdxl":
+        if self.family.pooled_conditioning:
             return StableDiffusionXLPipeline(
                 vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
                 tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=scheduler)
@@ -66,23 +67,13 @@ class Sd:
         )
 
 
-def load_sd15(model: str | Path, vae: str | Path | None = None, **kwargs) -> Sd:
-    """load_model for an SD1.5-family checkpoint: any other family is a CharfwError."""
-    return load_model(model, vae, family="sd15", **kwargs)
-
-
-def load_sdxl(model: str | Path, vae: str | Path | None = None, **kwargs) -> Sd:
-    """load_model for an SDXL-family checkpoint (SDXL base, Illustrious, NoobAI, Pony...)."""
-    return load_model(model, vae, family="sdxl", **kwargs)
-
-
-def load_model(model: str | Path, vae: str | Path | None = None, *, family: str | None = None,
+def load_model(model: str | Path, vae: str | Path | None = None, *, family: Family | str | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                cache_dir: str | Path | None = None) -> Sd:
     """Load a single-file checkpoint (`.safetensors`, or tensor-only `.ckpt`/`.pt`) or a builtin model.
 
-    The family (SD1.5 or SDXL) is read from the file's tensor names; `family`, when given, must
-    match it. `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
+    The family is read from the file's tensor names; `family` (a Family or its name), when given,
+    must match it. `vae` optionally replaces the checkpoint's VAE (LDM layout with or without the
     `first_stage_model.` prefix, or diffusers layout). Nothing is downloaded.
     """
     if is_builtin(model):
@@ -93,6 +84,7 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: str 
         path = Path(model).expanduser()
         name = path.stem
     vae_path = Path(vae).expanduser() if vae is not None else None
+    family = family_named(family) if family else None
 
     with ExitStack() as stack:
         # The VAE file first: a wrong VAE path fails before seconds of checkpoint reading.
@@ -102,7 +94,7 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: str 
         _check_family(src, arch, family)
         models = empty_models(arch)
         names = ldm_names(models, arch)
-        prefix = keymap.TE_PREFIXES[FAMILY[arch]]
+        prefix = of_config(arch).text_encoder_prefix
         _assign(models["unet"], _gather(src, {k: [v] for k, v in names["unet"].items()}, models["unet"], dtype, arch,
                                         "checkpoint"))
         te_sources = {k: [v, keymap.te_legacy_ldm(v, prefix)] for k, v in names["text_encoder"].items()}
@@ -139,31 +131,31 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: str 
 _PROBE = keymap.UNET_PREFIX + "input_blocks.0.0.weight"  # conv_in: its width tells the config apart
 
 
-def _arch_of(src: TensorFile, family: str | None) -> str:
-    """Which shipped config set the file needs: its `charfw_arch` marker, else its family (from the
-    tensor names, else `family`, else SD1.5) and the conv_in width."""
+def _arch_of(src: TensorFile, family: Family | None) -> str:
+    """Which shipped config set the file needs: its `charfw_arch` marker, else its family's (from the
+    tensor names, else `family`, else families.DEFAULT) of the file's conv_in width."""
     marked = src.metadata.get("charfw_arch")
     if marked in ARCHS:
         return marked
-    found = checkpoint_family(src.keys()) or family or "sd15"
+    found = from_checkpoint(src.keys()) or family or DEFAULT
     if _PROBE in src:
         width = src.shape(_PROBE)[0]
-        for arch in ARCHS:
-            if FAMILY[arch] == found and arch_config(arch, "unet")["block_out_channels"][0] == width:
+        for arch in found.configs:
+            if arch_config(arch, "unet")["block_out_channels"][0] == width:
                 return arch
-    return found
+    return found.configs[0]
 
 
 def _has(src: TensorFile, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in src.keys())
 
 
-def _check_family(src: TensorFile, arch: str, family: str | None) -> None:
+def _check_family(src: TensorFile, arch: str, family: Family | None) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
-    want = family or FAMILY[arch]
+    want = family or of_config(arch)
     problem = checkpoint_problem(src.keys(), want)
     if problem:
-        raise CharfwError(f"not {ARTICLE[want]} {FAMILY_LABEL[want]} checkpoint: {problem}", file=src.path)
+        raise CharfwError(f"not {with_article(want.configs[0])} checkpoint: {problem}", file=src.path)
 
 
 def _gather_openclip(src: TensorFile, module, dtype: torch.dtype, arch: str) -> dict[str, torch.Tensor]:
@@ -171,7 +163,7 @@ def _gather_openclip(src: TensorFile, module, dtype: torch.dtype, arch: str) -> 
     layers = module.config.num_hidden_layers
     missing = [k for k in openclip.checkpoint_keys(layers) if k not in src]
     if missing:
-        raise CharfwError(f"incomplete {ARCH_LABEL[arch]} checkpoint: {len(missing)} tensors of the second text "
+        raise CharfwError(f"incomplete {label(arch)} checkpoint: {len(missing)} tensors of the second text "
                           f"encoder (OpenCLIP bigG) are missing, e.g. {missing[0]}", file=src.path)
     state = openclip.from_openclip(src.get, layers)
     own = module.state_dict()
@@ -199,14 +191,14 @@ def _vae_sources(src: TensorFile, vae_model, arch: str) -> dict[str, list[str]]:
             return {k: [v] for k, v in names.items()}
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in src:  # already diffusers layout
         return {k: [k] for k in keys}
-    raise CharfwError(f"not {ARTICLE[arch]} {ARCH_LABEL[arch]} VAE: no encoder tensors in LDM (encoder.down.*) "
+    raise CharfwError(f"not {with_article(arch)} VAE: no encoder tensors in LDM (encoder.down.*) "
                       "or diffusers (encoder.down_blocks.*) layout", file=src.path)
 
 
 def _gather(src: TensorFile, sources: dict[str, list[str]], module, dtype: torch.dtype, arch: str,
             what: str) -> dict[str, torch.Tensor]:
     """Every tensor `module` needs, from `src`; CharfwError on wrong shapes or missing tensors."""
-    label, a = ARCH_LABEL[arch], ARTICLE[arch]
+    name, named = label(arch), with_article(arch)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     missing: list[str] = []
@@ -230,14 +222,14 @@ def _gather(src: TensorFile, sources: dict[str, list[str]], module, dtype: torch
         elif "attn2.to_k" in key and len(got) == 2 and got[1] != want[1]:
             hint = f" (cross-attention width {got[1]}: another model family)"
         more = f"; {len(wrong) - 1} more tensors differ" if len(wrong) > 1 else ""
-        raise CharfwError(f"not {a} {label} {what}: {key} has shape {list(got)}, {label} needs {list(want)}"
+        raise CharfwError(f"not {named} {what}: {key} has shape {list(got)}, {name} needs {list(want)}"
                           f"{hint}{more}", file=src.path)
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         if len(missing) * 2 > len(sources):
-            raise CharfwError(f"not {a} {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
+            raise CharfwError(f"not {named} {what}: {len(missing)} of the {len(sources)} tensors it needs "
                               f"are missing, e.g. {shown}", file=src.path)
-        raise CharfwError(f"incomplete {label} {what}: {len(missing)} of the {len(sources)} tensors it needs "
+        raise CharfwError(f"incomplete {name} {what}: {len(missing)} of the {len(sources)} tensors it needs "
                           f"are missing: {shown}", file=src.path)
     return out
 

@@ -73,11 +73,6 @@ def random_state_dict(arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = 
     return {k: v.contiguous() for k, v in checkpoint_tensors(drawn, arch, names).items()}
 
 
-def tiny_state_dict(seed: int = DEFAULT_SEED, arch: str = "tiny-sd15") -> dict[str, torch.Tensor]:
-    """The tiny model's tensors under their single-file checkpoint names."""
-    return random_state_dict(arch, seed)
-
-
 def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = torch.float32) -> Path:
     """Write a random-weight `arch` model as one single-file .safetensors checkpoint (atomically)."""
     from safetensors.torch import save_file
@@ -90,7 +85,3 @@ def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: t
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
-
-
-def write_tiny_sd15(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
-    return write_random(path, "tiny-sd15", seed)

@@ -15,6 +15,7 @@ from charfw.config.models import CompressSettings
 from charfw.dataset.images import remove_stale, write_set
 from charfw.dataset.plan import Prepared
 from charfw.errors import CharfwError, os_error_message
+from charfw.families import Family
 from charfw.fsutil import atomic_path, write_text
 from charfw.request import TrainRequest
 
@@ -172,7 +173,7 @@ def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[s
 
 
 @reported
-def samples(model: str, vae: str | None, family: str, lora: str, prompts: list[str], settings, clip_skip: int,
+def samples(model: str, vae: str | None, family: Family, lora: str, prompts: list[str], settings, clip_skip: int,
             outs: list[str]) -> None:
     """One image per (prompt, seed) with the finished LoRA at strength 1."""
     from charfw.lora import load_lora
@@ -186,7 +187,7 @@ def samples(model: str, vae: str | None, family: str, lora: str, prompts: list[s
 
 
 @reported
-def xy_grid(model: str, vae: str | None, family: str, lora: str, prompt: str, settings, clip_skip: int,
+def xy_grid(model: str, vae: str | None, family: Family, lora: str, prompt: str, settings, clip_skip: int,
             rows: dict[str, dict[str, float]], out: str) -> None:
     """Block weights (rows) x strength (columns) of the trained LoRA, one prompt and seed."""
     from charfw.lora import load_lora

@@ -1,7 +1,7 @@
 """What a target trains on, in numbers, from the plans alone (no image is decoded, no torch).
 
 The same rules the build and the trainers use: size classes (rules.sizeclass), buckets
-without upscaling (train.buckets), batches per epoch (train.buckets.batches_per_epoch),
+without upscaling (rules.buckets), batches per epoch (rules.buckets.batches_per_epoch),
 captions (rules.captions).
 """
 
@@ -16,7 +16,7 @@ from charfw.project import Target
 from charfw.rules.captions import caption
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
-from charfw.train.buckets import Size, batches_per_epoch
+from charfw.rules.buckets import Size, batches_per_epoch
 
 
 @dataclass

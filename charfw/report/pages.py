@@ -88,7 +88,7 @@ def index_page(layout: Layout, warnings: list[str]) -> str:
                        f"{escape(t.name)}</a></td><td>{t.kind}</td><td>{n.samples}</td><td>{n.batches_per_epoch}</td>"
                        f"<td>{n.epochs}</td><td>{n.steps}</td><td>{'declared' if t.lora else t.train.trainer}</td></tr>")
     body = (_warnings(warnings)
-            + f"<p>Model: {escape(layout.project.config.model)} ({layout.project.family})</p>\n"
+            + f"<p>Model: {escape(layout.project.config.model)} ({layout.project.family.name})</p>\n"
             + "<h2>Characters</h2>\n<table><tr><th>character</th><th>sets</th><th>contact sheet</th></tr>"
             + "".join(rows) + "</table>\n<h2>Targets</h2>\n<table><tr><th>target</th><th>kind</th>"
             "<th>images x repeats</th><th>batches / epoch</th><th>epochs</th><th>steps</th><th>trainer</th></tr>"

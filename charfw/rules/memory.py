@@ -3,33 +3,35 @@
 
 A pure function of the free memory figure, so the choice is the same every time for the same
 machine state and tests need no GPU. The per-sample activation figures are upper estimates
-for fp16 training with LoRA adapters on every attention/resnet layer (SD1.5 at 512x512 and
-SDXL at 1024x1024, scaled by pixel count); gradient checkpointing keeps about a sixth of them.
+for fp16 training with LoRA adapters on every attention/resnet layer (each family's figure at its
+base size, in its module under charfw/families, scaled by pixel count); gradient checkpointing keeps about a sixth of them.
 They are deliberately generous: choosing checkpointing when it was not needed costs speed,
 the other mistake costs the run.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from charfw.families import Family
+
 GIB = 2**30
-# (activations per sample without checkpointing, at the family's base size in pixels)
-FAMILY_COST = {"sd15": (5.0 * GIB, 512 * 512), "sdxl": (12.0 * GIB, 1024 * 1024)}
 CHECKPOINTED_SHARE = 1 / 6
 MARGIN = 1.5 * GIB   # allocator fragmentation, the VAE, CUDA context
 ADAPTER_BYTES_PER_PARAM = 18   # fp32 weight + gradient + two AdamW moments + the step's fp16 copy (train.network)
 
 
-def training_bytes(family: str, batch: int, pixels: int, adapter_params: int, weight_bytes: float,
+def training_bytes(family: Family, batch: int, pixels: int, adapter_params: int, weight_bytes: float,
                    checkpointing: bool) -> float:
     """Estimated peak memory of one training step; `weight_bytes`: the frozen model where it trains."""
-    per_sample, base_pixels = FAMILY_COST[family]
-    activations = per_sample * batch * pixels / base_pixels
+    activations = family.activation_bytes * batch * pixels / family.base_pixels
     if checkpointing:
         activations *= CHECKPOINTED_SHARE
     return weight_bytes + activations + adapter_params * ADAPTER_BYTES_PER_PARAM + MARGIN
 
 
-def use_checkpointing(setting: bool | str, free_bytes: float | None, family: str, batch: int, pixels: int,
+def use_checkpointing(setting: bool | str, free_bytes: float | None, family: Family, batch: int, pixels: int,
                       adapter_params: int, weight_bytes: float) -> bool:
     """The setting when it is True/False; for "auto", off only when the step fits without it.
 
@@ -45,7 +47,7 @@ def use_checkpointing(setting: bool | str, free_bytes: float | None, family: str
 BATCH_SCALES = (8, 4, 2, 1)   # auto never goes past 8x the profile: beyond that a GPU step is no longer free
 
 
-def auto_batch_scale(setting: int | str, free_bytes: float | None, on_gpu: bool, family: str, batch: int, pixels: int,
+def auto_batch_scale(setting: int | str, free_bytes: float | None, on_gpu: bool, family: Family, batch: int, pixels: int,
                      adapter_params: int, weight_bytes: float, checkpointing: bool | str, largest_bucket: int) -> int:
     """How many times the profile's batch sizes a run trains at.
 

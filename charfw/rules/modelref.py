@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from charfw.families import FAMILIES
+
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("tiny-sd15", "tiny-sdxl")  # charfw.models.tiny writes them
-BUILTIN_FAMILY = {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
+BUILTIN_MODELS = tuple(f.builtin_model for f in FAMILIES.values())  # charfw.models.tiny writes them
 
 
 def is_builtin(ref: str | Path | None) -> bool:

@@ -1,4 +1,5 @@
-"""Size classes, batch sizes and default sizes of the dataset config (docs/rules.md §4), per model family.
+"""Size classes, batch sizes and default sizes of the dataset config (docs/rules.md §4), per model family
+(the numbers are each family's, in its module under charfw/families).
 
 Width and height are classed separately (LOW <= 512 < MID <= 768 < HIGH on SD1.5), so a
 tall 512x768 image trains at [512, 768] instead of being squeezed into 512x512.
@@ -12,6 +13,10 @@ class trains at batch 1 in both profiles (give a table of your own on a bigger c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from charfw.families import Family
 
 CLASSES = ("LOW", "MID", "HIGH")
 CLASS_PAIRS = tuple(f"{w}_{h}" for w in CLASSES for h in CLASSES)
@@ -31,19 +36,8 @@ class SizeClasses:
         return {"LOW": self.low, "MID": self.mid, "HIGH": self.high}
 
 
-SIZE_CLASSES = {
-    "sd15": SizeClasses(512, 768, 1024, {
-        "default": {"LOW_LOW": 2},
-        "12gb": {"LOW_LOW": 4, "MID_LOW": 3, "LOW_MID": 3, "MID_MID": 2, "HIGH_LOW": 2, "LOW_HIGH": 2},
-    }, (128, 192, 256, 384, 512, 768)),
-    "sdxl": SizeClasses(1024, 1536, 2048, {"default": {"LOW_LOW": 1}, "12gb": {"LOW_LOW": 1}},
-                        (512, 768, 1024, 1536)),
-}
-BATCH_PROFILES = SIZE_CLASSES["sd15"].batch_profiles  # SD1.5's, as the seed defines them
-
-
-def size_class(pixels: int, family: str = "sd15") -> str:
-    c = SIZE_CLASSES[family]
+def size_class(pixels: int, family: Family) -> str:
+    c = family.size_classes
     if pixels <= c.low:
         return "LOW"
     if pixels <= c.mid:
@@ -51,20 +45,20 @@ def size_class(pixels: int, family: str = "sd15") -> str:
     return "HIGH"
 
 
-def class_pair(width: int, height: int, family: str = "sd15") -> str:
+def class_pair(width: int, height: int, family: Family) -> str:
     """`MID_LOW` = width class MID, height class LOW (the seed's table keys)."""
     return f"{size_class(width, family)}_{size_class(height, family)}"
 
 
-def resolution(pair: str, family: str = "sd15") -> tuple[int, int]:
+def resolution(pair: str, family: Family) -> tuple[int, int]:
     w, h = pair.split("_")
-    res = SIZE_CLASSES[family].resolutions
+    res = family.size_classes.resolutions
     return res[w], res[h]
 
 
-def batch_table(profile: str | dict[str, int], family: str = "sd15") -> dict[str, int]:
+def batch_table(profile: str | dict[str, int], family: Family) -> dict[str, int]:
     """A named profile of the family, or the user's own table as it is."""
-    return profile if isinstance(profile, dict) else SIZE_CLASSES[family].batch_profiles[profile]
+    return profile if isinstance(profile, dict) else family.size_classes.batch_profiles[profile]
 
 
 def batch_size(pair: str, table: dict[str, int]) -> int:

@@ -9,6 +9,10 @@ as the seed's LoRA.bat wrote them (`100e-6`, text encoder `44e-6`).
 from __future__ import annotations
 
 from decimal import ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from charfw.families import Family
 
 DEFAULT_DIM = 128
 LOHA_DIM = 32          # LoHa squares its rank: the seed used 32 where LoRA uses 128
@@ -16,10 +20,10 @@ TE_LR_PERCENT = 44     # text encoder: floor(lr in 1e-6 x 44 / 100) x 1e-6
 DEFAULT_STEPS = {"face": 1000, "outfit": 1200, "group": 1600}
 
 
-def trains_text_encoder(family: str, setting: bool | None) -> bool:
-    """SD1.5 trains its text encoder (the seed's settings); SDXL by default trains the U-Net only, with
-    the text encoders' outputs cached, as sd-scripts recommends for SDXL LoRAs."""
-    return setting if setting is not None else family == "sd15"
+def trains_text_encoder(family: Family, setting: bool | None) -> bool:
+    """The setting, else the family's default: SD1.5 trains its text encoder (the seed's settings);
+    SDXL trains the U-Net only, with the text encoders' outputs cached, as sd-scripts recommends."""
+    return setting if setting is not None else family.trains_text_encoder
 
 
 def resolved_dim(network: str, dim: int | None) -> int:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
+from charfw.families import Family
+
 SAMPLERS = {"euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
             "dpmpp_2m": "DPMSolverMultistepScheduler"}
 _MODELS: dict = {}   # one loaded model per process (a build renders every target with the same one)
 
 
-def load(model: str, vae: str | None, family: str):
+def load(model: str, vae: str | None, family: Family):
     key = (model, vae)
     if key not in _MODELS:
         from charfw.models import load_model
@@ -76,7 +78,7 @@ def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 
     scheduler = getattr(diffusers, SAMPLERS[settings.sampler]).from_config(sd.noise_scheduler.config)
     pipe = sd.pipeline(scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    base = 1024 if sd.family == "sdxl" else 512
+    base = sd.family.sample_size
     width, height = settings.width or base, settings.height or base
     device = next(sd.unet.parameters()).device
     images = []
@@ -102,7 +104,7 @@ def _decode(sd, pipe, latents: torch.Tensor):
 def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
     """SD1.5: the context as training builds it (clip skip included), which diffusers' own prompt
     encoding cannot do here; SDXL: the pipeline's encoding (the penultimate layers, as training)."""
-    if sd.family == "sdxl":
+    if sd.family.pooled_conditioning:
         return {"prompt": prompt, "negative_prompt": settings.negative_prompt}
     from charfw.train.conditioning import encode_text, tokenize
 

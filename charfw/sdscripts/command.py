@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from charfw.config.models import TrainSettings
+from charfw.families import Family
 from charfw.request import TrainRequest
 from charfw.rules.training import (decimal_text, in_e6, number_text, resolved_alpha, resolved_dim,
                                    text_encoder_lr_e6)
@@ -66,7 +67,6 @@ OPTIMIZER_LOGIC = {"adamw8bit": "AdamW8", "adamw": "AdamW", "adafactor": "AdaFac
 OPTIMIZER_TYPE = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adafactor"}
 ADAFACTOR_ARGS = ("relative_step=True", "scale_parameter=True", "warmup_init=False")
 ATTENTION_SWITCH = {"xformers": "--xformers", "sdpa": "--sdpa", "none": None}
-SCRIPT = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py"}
 
 Launcher = Literal["accelerate", "python"]
 
@@ -121,8 +121,9 @@ def _option_name(token: str) -> str | None:
 def train_args(req: TrainRequest) -> list[str]:
     """The arguments to ``train_network.py`` for `req`, in the order of docs/rules.md §6, then ``extra_args``.
 
-    SDXL (``sdxl_train_network.py``): no ``--clip_skip`` (SDXL always uses the penultimate
-    layers) and ``--no_half_vae``; when the text encoders are not trained (SDXL's default),
+    The family decides the script and what differs between them (charfw.families): SDXL's
+    ``sdxl_train_network.py`` gets no ``--clip_skip`` (SDXL always uses the penultimate layers),
+    ``--no_half_vae``, and, when the text encoders are not trained (SDXL's default),
     ``--network_train_unet_only --cache_text_encoder_outputs`` after ``--gradient_checkpointing``
     (SD1.5's train_network.py has only the first).
 
@@ -166,7 +167,7 @@ def train_args(req: TrainRequest) -> list[str]:
     add([f"--pretrained_model_name_or_path={req.model}"])
     if req.vae:
         add([f"--vae={req.vae}"])
-    if req.family == "sd15":  # sdxl_train_network.py warns that clip_skip "will be unexpected"
+    if req.family.uses_clip_skip:  # sdxl_train_network.py warns that clip_skip "will be unexpected"
         add([f"--clip_skip={s.clip_skip}"])
     if req.init_weights:
         add([f"--network_weights={req.init_weights}"])
@@ -182,10 +183,10 @@ def train_args(req: TrainRequest) -> list[str]:
         add(["--gradient_checkpointing"])
     if not req.train_text_encoder:
         add(["--network_train_unet_only"])
-        if req.family == "sdxl":  # only sdxl_train_network.py has the option
+        if req.family.sd_scripts_caches_te_outputs:  # only sdxl_train_network.py has the option
             add(["--cache_text_encoder_outputs"])
-    if req.family == "sdxl":
-        add(["--no_half_vae"])  # SDXL's VAE overflows in fp16 (the embedded trainer keeps it in fp32)
+    for flag in req.family.sd_scripts_flags:
+        add([flag])
     if not s.color_aug:
         add(["--cache_latents_to_disk" if s.cache_latents == "disk" else "--cache_latents"])
     add(["--persistent_data_loader_workers"])
@@ -204,7 +205,7 @@ def train_args(req: TrainRequest) -> list[str]:
 
 
 def launch_command(python: str | Path, sd_scripts_dir: str | Path, args: Sequence[str],
-                   *, launcher: Launcher = "accelerate", family: str = "sd15") -> list[str]:
+                   *, family: Family, launcher: Launcher = "accelerate") -> list[str]:
     """The full command line running ``train_network.py`` (``sdxl_train_network.py``) with `args`.
 
     ``launcher="accelerate"`` (default): ``<python> -m accelerate.commands.launch
@@ -217,7 +218,7 @@ def launch_command(python: str | Path, sd_scripts_dir: str | Path, args: Sequenc
     The script is given by path, so its folder is on ``sys.path`` and sd-scripts finds
     its ``library`` / ``networks`` packages whatever the working directory.
     """
-    script = str(Path(sd_scripts_dir) / SCRIPT[family])
+    script = str(Path(sd_scripts_dir) / family.sd_scripts_script)
     if launcher == "accelerate":
         prefix = [str(python), "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process=1", script]
     elif launcher == "python":

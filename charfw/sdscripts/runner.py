@@ -30,12 +30,13 @@ from pathlib import Path
 from charfw.config.models import TrainSettings
 from charfw import interrupt
 from charfw.errors import CharfwError
+from charfw.families import Family
 from charfw.fsutil import atomic_path
 from charfw.interrupt import Interrupted
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import extra_caches_latents
-from charfw.sdscripts.command import SCRIPT, Launcher, _option_name, launch_command, output_name, train_args
+from charfw.sdscripts.command import Launcher, _option_name, launch_command, output_name, train_args
 
 TAIL_LINES = 20
 _TAIL_CHARS = 64 * 1024
@@ -64,7 +65,7 @@ def _abs(path: str | Path, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def sd_scripts_dir(settings: TrainSettings, *, root: Path | None = None, family: str = "sd15") -> Path:
+def sd_scripts_dir(settings: TrainSettings, family: Family, *, root: Path | None = None) -> Path:
     """The configured sd-scripts checkout (relative paths from `root`, default the cwd)."""
     root = Path.cwd() if root is None else Path(root)
     if not settings.sd_scripts:
@@ -73,7 +74,7 @@ def sd_scripts_dir(settings: TrainSettings, *, root: Path | None = None, family:
     folder = _abs(settings.sd_scripts, root)
     if not folder.is_dir():
         raise CharfwError(f"sd-scripts folder {folder} does not exist", field="train.sd_scripts")
-    script = SCRIPT[family]
+    script = family.sd_scripts_script
     if not (folder / script).is_file():
         raise CharfwError(f"no {script} in {folder}: this is not a kohya sd-scripts checkout",
                           field="train.sd_scripts")
@@ -252,7 +253,7 @@ def sd_scripts_command(req: TrainRequest, *, launcher: Launcher = "accelerate",
         raise CharfwError(f"{req.model!r} is charfw's built-in test model; the sd-scripts backend needs a "
                           "checkpoint file (.safetensors / .ckpt) or a diffusers model", field="model")
     root = req.root
-    sd_dir = sd_scripts_dir(req.settings, root=root, family=req.family)
+    sd_dir = sd_scripts_dir(req.settings, req.family, root=root)
     python = python or resolve_python(req.settings, sd_dir, root=root)
     absolute = replace(
         req, model=_model_path(req.model, root, "model"),
@@ -276,7 +277,7 @@ def run_sd_scripts(req: TrainRequest, *, launcher: Launcher = "accelerate") -> P
         raise CharfwError(f"dataset config {dataset_toml} does not exist")
     if req.init_weights is not None and not _abs(req.init_weights, root).is_file():
         raise CharfwError(f"initial LoRA {_abs(req.init_weights, root).absolute()} does not exist")
-    sd_dir = sd_scripts_dir(req.settings, root=root, family=req.family)
+    sd_dir = sd_scripts_dir(req.settings, req.family, root=root)
     python = resolve_python(req.settings, sd_dir, root=root)
     work_dir = _abs(req.state_dir, root).absolute()
 

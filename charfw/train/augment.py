@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from charfw.errors import CharfwError
-from charfw.train.buckets import Placement, center_crop_box
+from charfw.rules.buckets import Placement, center_crop_box
 
 COLOR_VARIANTS = 6          # augmented looks per image (variant 0 = unchanged)
 COLOR_PROBABILITY = 1 / 3   # share of samples that get one (as sd-scripts)

@@ -93,7 +93,8 @@ class TextConditioner:
 
     @property
     def sdxl(self) -> bool:
-        return self.sd.text_encoder_2 is not None
+        """SDXL-style conditioning: two text encoders, the pooled embedding and size/crop ids."""
+        return self.sd.family.pooled_conditioning
 
     def _tokens(self, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if caption not in self._ids:

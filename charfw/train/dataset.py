@@ -18,7 +18,7 @@ from PIL import Image
 
 from charfw.dataset import schema
 from charfw.errors import CharfwError
-from charfw.train.buckets import Placement, Size, bucket_resolutions, cover_placement, no_upscale_placement
+from charfw.rules.buckets import Placement, Size, bucket_resolutions, cover_placement, no_upscale_placement
 
 log = logging.getLogger("charfw.train")
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from charfw import __version__
+from charfw.families import Family
 from charfw.train.dataset import Dataset, tag_frequency
 from charfw.train.network import NetworkSpec
 
@@ -64,10 +65,10 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
                       model_name: str, model_hashes: tuple[str, str] | None, vae_name: str | None,
                       vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
                       started_at: float, batches_per_epoch: int, epochs: int, session_id: int,
-                      family: str = "sd15") -> dict[str, str]:
+                      family: Family) -> dict[str, str]:
     """Everything known when training starts; `finish_metadata` adds the end."""
     adafactor = settings.optimizer == "adafactor"
-    sdxl = family == "sdxl"
+    clip_skip = settings.clip_skip if family.uses_clip_skip else None   # SDXL: always the penultimate layers
     meta: dict[str, object] = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
@@ -92,8 +93,8 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_mixed_precision": mixed_precision,
         "ss_full_fp16": False,
         "ss_v2": False,
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
-        "ss_clip_skip": None if sdxl else settings.clip_skip,   # SDXL: always the penultimate layers
+        "ss_base_model_version": family.base_model_version,
+        "ss_clip_skip": clip_skip,
         "ss_max_token_length": None,
         "ss_cache_latents": True,
         "ss_seed": settings.seed,
@@ -145,8 +146,7 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         if vae_hashes:
             meta["ss_vae_hash"], meta["ss_new_vae_hash"] = vae_hashes
     out = {k: str(v) for k, v in meta.items()}
-    out.update(modelspec(name, trigger_words, datasets[0].resolution, None if sdxl else settings.clip_skip,
-                         started_at, family))
+    out.update(modelspec(name, trigger_words, datasets[0].resolution, clip_skip, started_at, family))
     return out
 
 
@@ -161,22 +161,17 @@ def _dataset_dirs(datasets: list[Dataset]) -> dict[str, dict]:
     return dirs
 
 
-ARCHITECTURE = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
-# sd-scripts' sai_model_spec: SDXL LoRAs name Stability's reference implementation, SD1.5 ones diffusers
-IMPLEMENTATION_URL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
-
-
 def modelspec(title: str, trigger_words: list[str], resolution: tuple[int, int], clip_skip: int | None,
-              timestamp: float, family: str = "sd15") -> dict[str, str]:
+              timestamp: float, family: Family) -> dict[str, str]:
     meta = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": ARCHITECTURE[family],
-        "modelspec.implementation": IMPLEMENTATION_URL[family],
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": family.modelspec_implementation,
         "modelspec.implementation_version": IMPLEMENTATION,
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": family.prediction_type,
     }
     if clip_skip is not None:
         meta["modelspec.encoder_layer"] = str(clip_skip)

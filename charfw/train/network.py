@@ -200,12 +200,11 @@ def target_layers(sd, conv3x3: bool, text_encoders: bool = True) -> dict[str, nn
              if text_encoders or n.startswith("lora_unet_")}
     roots = [("lora_unet_", sd.unet)]
     if text_encoders:
-        roots += [("lora_te_", sd.text_encoder)] if family == "sd15" else \
-            [("lora_te1_", sd.text_encoder), ("lora_te2_", sd.text_encoder_2)]
+        roots += list(zip((te.prefix for te in family.text_encoders), sd.text_encoders))
     found: dict[str, nn.Module] = {}
     for prefix, root in roots:
         layers = {p: m for p, m in root.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-        if root is sd.unet and family == "sdxl":
+        if root is sd.unet and family.unet.ldm_names:
             ldm = unet_module_to_ldm(layers, sd.unet.config)
             layers = {ldm[p]: m for p, m in layers.items()}
         for path, module in layers.items():
@@ -214,7 +213,7 @@ def target_layers(sd, conv3x3: bool, text_encoders: bool = True) -> dict[str, nn
             name = prefix + path.replace(".", "_")
             if name in specs:
                 found[name] = module
-    label = "SD1.5" if family == "sd15" else "SDXL"
+    label = family.label
     missing = [n for n in specs if n not in found]
     if missing:
         raise CharfwError(f"the base model lacks {len(missing)} {label} layers a LoRA needs, e.g. {missing[0]}; "

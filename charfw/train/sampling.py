@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from charfw.train.augment import COLOR_PROBABILITY, COLOR_VARIANTS
-from charfw.train.buckets import batches_per_epoch
+from charfw.rules.buckets import batches_per_epoch
 from charfw.train.dataset import Dataset
 
 

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 
 from charfw.errors import CharfwError
-from charfw.lora.blocks import (BLOCKS, PRESETS, block_of, detect_arch, expand, parse_preset_lines,
-                                parse_weights)
-from charfw.lora.keys import sd15_lora_module_names, sdxl_lora_module_names
+from charfw.families import SD15, SDXL, from_lora
+from charfw.lora.blocks import block_of, expand, parse_preset_lines, parse_weights
+from charfw.lora.keys import lora_module_specs
 
 # Expected module counts per block, written out by hand from the SD1.5 U-Net layout:
 # attention = 12 modules (proj_in/out + 8 attention + 2 ff); resnet = conv1, conv2,
@@ -38,24 +38,24 @@ SDXL_C3LIER = {
 
 
 def test_sd15_c3lier_blocks():
-    names = sd15_lora_module_names(conv3x3=True)
+    names = list(lora_module_specs(SD15, conv3x3=True))
     assert len(names) == 350 and sum(SD15_C3LIER.values()) == 350
-    assert Counter(block_of(n, "sd15") for n in names) == SD15_C3LIER
+    assert Counter(block_of(n, SD15) for n in names) == SD15_C3LIER
 
 
 def test_sd15_plain_blocks_are_the_17_lbw_blocks():
-    names = sd15_lora_module_names(conv3x3=False)
-    counts = Counter(block_of(n, "sd15") for n in names)
+    names = list(lora_module_specs(SD15, conv3x3=False))
+    counts = Counter(block_of(n, SD15) for n in names)
     assert counts == {"BASE": 72, **{b: 12 for b in ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00")},
                       **{f"OUT{i:02d}": 12 for i in range(3, 12)}}
 
 
 def test_sdxl_ldm_blocks():
-    names = sdxl_lora_module_names(conv3x3=True)
-    assert Counter(block_of(n, "sdxl") for n in names) == SDXL_C3LIER
-    assert block_of("lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k", "sdxl") == "IN04"
-    assert block_of("lora_unet_output_blocks_5_2_conv", "sdxl") == "OUT05"
-    assert block_of("lora_unet_middle_block_1_proj_in", "sdxl") == "M00"
+    names = list(lora_module_specs(SDXL, conv3x3=True))
+    assert Counter(block_of(n, SDXL) for n in names) == SDXL_C3LIER
+    assert block_of("lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k", SDXL) == "IN04"
+    assert block_of("lora_unet_output_blocks_5_2_conv", SDXL) == "OUT05"
+    assert block_of("lora_unet_middle_block_1_proj_in", SDXL) == "M00"
 
 
 @pytest.mark.parametrize("name, block", [
@@ -74,15 +74,16 @@ def test_single_names(name, block):
 
 def test_block_outside_architecture_is_an_error():
     with pytest.raises(CharfwError, match="IN11"):
-        block_of("lora_unet_input_blocks_11_0_in_layers_2", "sdxl")
+        block_of("lora_unet_input_blocks_11_0_in_layers_2", SDXL)
 
 
-def test_detect_arch():
-    assert detect_arch(sd15_lora_module_names(False)) == "sd15"
-    assert detect_arch(sdxl_lora_module_names(False)) == "sdxl"
-    assert detect_arch(["lora_unet_input_blocks_4_1_proj_in"], "sd15") == "sd15"
+def test_from_lora():
+    assert from_lora(list(lora_module_specs(SD15, False))) is SD15
+    assert from_lora(list(lora_module_specs(SDXL, False))) is SDXL
+    assert from_lora(["lora_unet_input_blocks_4_1_proj_in"], SD15) is SD15
+    assert from_lora(["lora_unet_input_blocks_4_1_proj_in"], "sd15") is SD15
     with pytest.raises(CharfwError, match="--arch"):
-        detect_arch(["lora_unet_down_blocks_1_attentions_0_proj_in"])
+        from_lora(["lora_unet_down_blocks_1_attentions_0_proj_in"])
 
 
 def test_lbw_presets_match_the_extension():
@@ -93,60 +94,60 @@ def test_lbw_presets_match_the_extension():
            "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1", "NONE": "0," * 16 + "0", "ALL": "1," * 16 + "1",
            "ALL0.5": "0.5," * 16 + "0.5"}
     for name, values in lbw.items():
-        assert PRESETS["sd15"][name] == [float(v) for v in values.split(",")], name
+        assert SD15.blocks.presets[name] == [float(v) for v in values.split(",")], name
     # SDXL 12-value lists: BASE, IN04, IN05, IN07, IN08, M00, OUT00..OUT05
-    assert PRESETS["sdxl"]["INALL"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
-    assert PRESETS["sdxl"]["OUTALL"] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
-    for arch in ("sd15", "sdxl"):
-        for name, values in PRESETS[arch].items():
-            table = parse_weights(name, arch)
-            assert len(table) == len(BLOCKS[arch])
-        assert set(parse_weights("FULL", arch).values()) == {1.0}         # charfw's identity
-    lbw_all = parse_weights("ALL", "sd15")   # LBW's ALL: the blocks its 17-value list lacks are 0
+    assert SDXL.blocks.presets["INALL"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert SDXL.blocks.presets["OUTALL"] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    for family in (SD15, SDXL):
+        for name, values in family.blocks.presets.items():
+            table = parse_weights(name, family)
+            assert len(table) == len(family.blocks.blocks)
+        assert set(parse_weights("FULL", family).values()) == {1.0}         # charfw's identity
+    lbw_all = parse_weights("ALL", SD15)   # LBW's ALL: the blocks its 17-value list lacks are 0
     assert {b for b, w in lbw_all.items() if w == 0} == {"IN00", "IN03", "IN06", "IN09", "IN10", "IN11",
                                                          "OUT00", "OUT01", "OUT02"}
 
 
 def test_face_preset_is_the_seed_list():
-    w = parse_weights("FACE", "sd15")
-    assert [w[b] for b in BLOCKS["sd15"]] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
+    w = parse_weights("FACE", SD15)
+    assert [w[b] for b in SD15.blocks.blocks] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,0,0,0,1,0,1,1,1,0,1,1,1,0,0,1".split(",")]
     # SDXL: the same blocks at the same resolution levels; SD1.5's lowest level (IN09-11, OUT00-02) has no
     # SDXL counterpart, and SDXL's OUT00-08 are SD1.5's OUT03-11
-    xl = parse_weights("FACE", "sdxl")
-    assert [xl[b] for b in BLOCKS["sdxl"]] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,1,1,0,1,1,1,0,0,1".split(",")]
-    body = parse_weights("BODY", "sdxl")
-    assert [body[b] for b in BLOCKS["sdxl"]] == [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,1,1,1,1,1,1,0,0,1".split(",")]
+    xl = parse_weights("FACE", SDXL)
+    assert [xl[b] for b in SDXL.blocks.blocks] == [float(v) for v in "0,1,1,1,1,1,0,0,0,1,0,1,1,0,1,1,1,0,0,1".split(",")]
+    body = parse_weights("BODY", SDXL)
+    assert [body[b] for b in SDXL.blocks.blocks] == [float(v) for v in "0,1,1,1,0,1,0,0,0,1,0,1,1,1,1,1,1,0,0,1".split(",")]
 
 
 def test_short_lists_expand_with_zero():
-    w = parse_weights(",".join(["1"] * 17), "sd15")
+    w = parse_weights(",".join(["1"] * 17), SD15)
     assert w["IN00"] == w["IN03"] == w["IN10"] == w["OUT00"] == w["OUT02"] == 0 and w["OUT03"] == 1
-    w = expand([2.0] * 12, "sdxl")
+    w = expand([2.0] * 12, SDXL)
     assert w["IN01"] == w["IN06"] == w["OUT08"] == 0 and w["IN04"] == w["OUT05"] == 2
     with pytest.raises(CharfwError, match="takes 26 or 17"):
-        parse_weights("1,2,3", "sd15")
+        parse_weights("1,2,3", SD15)
 
 
 def test_named_weights_default_to_one():
-    w = parse_weights("IN04=0.5, out03=0,MID=-1", "sd15")
+    w = parse_weights("IN04=0.5, out03=0,MID=-1", SD15)
     assert (w["IN04"], w["OUT03"], w["M00"], w["IN05"], w["BASE"]) == (0.5, 0, -1, 1, 1)
-    w = parse_weights("FACE,OUT03=0.25", "sd15")
+    w = parse_weights("FACE,OUT03=0.25", SD15)
     assert w["OUT03"] == 0.25 and w["BASE"] == 0 and w["IN01"] == 1
-    assert parse_weights({"IN04": 0}, "sdxl")["IN04"] == 0
+    assert parse_weights({"IN04": 0}, SDXL)["IN04"] == 0
     with pytest.raises(CharfwError, match="unknown block"):
-        parse_weights("IN12=1", "sd15")
+        parse_weights("IN12=1", SD15)
     with pytest.raises(CharfwError, match="not a number"):
-        parse_weights("IN04=x", "sd15")
+        parse_weights("IN04=x", SD15)
     with pytest.raises(CharfwError, match="unknown preset"):
-        parse_weights("NOPE", "sd15")
+        parse_weights("NOPE", SD15)
 
 
 def test_user_presets_shadow_and_nest():
     presets = {"MINE": "FACE,IN04=0.5", "FACE": "HALF", "LOOP": "LOOP"}
-    assert set(parse_weights("FACE", "sd15", presets).values()) == {0.5}
-    assert parse_weights("MINE", "sd15", presets)["IN04"] == 0.5
+    assert set(parse_weights("FACE", SD15, presets).values()) == {0.5}
+    assert parse_weights("MINE", SD15, presets)["IN04"] == 0.5
     with pytest.raises(CharfwError, match="itself"):
-        parse_weights("LOOP", "sd15", presets)
+        parse_weights("LOOP", SD15, presets)
 
 
 def test_preset_file_lines():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from charfw.families import SD15
 from charfw.cli import main
 from charfw.lora import load_lora
 from charfw.lora.keys import lora_module_specs
@@ -15,7 +16,7 @@ from lora_factory import lora_tensors, make_tensors, write
 
 @pytest.fixture
 def files(tmp_path):
-    specs = lora_module_specs("sd15", True)
+    specs = lora_module_specs(SD15, True)
     gen = torch.Generator().manual_seed(2)
     names = ["lora_te_text_model_encoder_layers_0_self_attn_q_proj",
              "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",

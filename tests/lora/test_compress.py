@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from charfw.families import SD15, SDXL
 from charfw.errors import CharfwError
 from charfw.lora import compress_file, load_lora
 from charfw.lora.compress import (choose_rank, rank_sv_cumulative, rank_sv_fro, rank_sv_ratio,
@@ -178,7 +179,7 @@ def test_lora_modules_never_form_dense_delta(lora_file, tmp_path, monkeypatch):
 
 
 def test_loha_lokr_unchanged_unless_to_lora(tmp_path):
-    specs = lora_module_specs("sd15", True)
+    specs = lora_module_specs(SD15, True)
     q = specs["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]   # 320 x 320 Linear
     conv = specs["lora_unet_down_blocks_0_resnets_0_conv1"]                              # 320 x 320 x 3 x 3
     gen = torch.Generator().manual_seed(9)

@@ -7,18 +7,21 @@ resulting LoRA pair must land on a real layer with matching shapes and run forwa
 (`load_lora_weights` itself needs the optional `peft` package, not installed here.)
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from charfw.families import SD15
 from charfw.lora import compress_file, merge_file
 from charfw.lora.options import CompressOptions
-from charfw.lora.keys import (SD15_UNET, TextEncoderArch, scaled_arch, text_encoder_module_specs,
+from charfw.lora.keys import (TextEncoderArch, text_encoder_module_specs,
                               unet_module_specs)
 
 from lora_factory import lora_tensors, write
 from test_keys import kohya_targets
 
-TINY_UNET = scaled_arch(SD15_UNET, 40, context_dim=16)        # channels 8, 16, 32, 32
+TINY_UNET = replace(SD15.unet, channels=tuple(c // 40 for c in SD15.unet.channels), context_dim=16)  # 8, 16, 32, 32
 TINY_TE = TextEncoderArch("lora_te_", 12, 16, 32)
 
 

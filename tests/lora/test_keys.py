@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from charfw.lora.keys import (SD15_TE, SDXL_TE, lora_module_specs, sd15_lora_module_names,
-                              sdxl_lora_module_names, text_encoder_module_specs)
+from charfw.families import SD15, SDXL
+from charfw.lora.keys import lora_module_specs, text_encoder_module_specs
 
 SD15_CONFIG = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
                    attention_head_dim=8)
@@ -39,9 +39,9 @@ def kohya_targets(unet, conv3x3: bool) -> dict[str, tuple[int, ...]]:
 
 
 def test_counts():
-    assert len(sd15_lora_module_names(False)) == 264
-    assert len(sd15_lora_module_names(True)) == 350
-    specs = lora_module_specs("sd15", True)
+    assert len(list(lora_module_specs(SD15, False))) == 264
+    assert len(list(lora_module_specs(SD15, True))) == 350
+    specs = lora_module_specs(SD15, True)
     assert sum(s.name.startswith("lora_unet_") for s in specs.values()) == 278
     assert sum("conv_shortcut" in n for n in specs) == 14
     assert sum("samplers" in n for n in specs) == 6
@@ -50,14 +50,14 @@ def test_counts():
 @pytest.mark.parametrize("conv3x3", [False, True])
 def test_sd15_unet_matches_diffusers(conv3x3):
     expected = kohya_targets(meta_unet(SD15_CONFIG), conv3x3)
-    ours = {n: s.weight_shape for n, s in lora_module_specs("sd15", conv3x3).items() if n.startswith("lora_unet_")}
+    ours = {n: s.weight_shape for n, s in lora_module_specs(SD15, conv3x3).items() if n.startswith("lora_unet_")}
     assert ours == expected
 
 
 def test_text_encoders_match_transformers():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    for te in (*SD15_TE, *SDXL_TE):
+    for te in (*SD15.text_encoders, *SDXL.text_encoders):
         with torch.device("meta"):
             model = CLIPTextModel(CLIPTextConfig(hidden_size=te.width, intermediate_size=te.mlp,
                                                  num_hidden_layers=te.layers, num_attention_heads=16))
@@ -80,7 +80,7 @@ def test_sdxl_ldm_names_convert_onto_diffusers_sdxl_unet():
     from diffusers.utils import convert_unet_state_dict_to_peft
 
     unet = meta_unet(SDXL_CONFIG)
-    specs = lora_module_specs("sdxl", True)
+    specs = lora_module_specs(SDXL, True)
     state = {}
     for s in specs.values():
         if s.name.startswith("lora_unet_"):
@@ -99,5 +99,5 @@ def test_sdxl_ldm_names_convert_onto_diffusers_sdxl_unet():
             up = peft[f"{path}.lora_B.weight"]
             assert (up.shape[0], *down.shape[1:]) == tuple(weight.shape), path
             landed["lora_unet_" + path.replace(".", "_")] = tuple(weight.shape)
-    assert len(landed) == n_modules == len(sdxl_lora_module_names(True)) - 264
+    assert len(landed) == n_modules == len(list(lora_module_specs(SDXL, True))) - 264
     assert landed == kohya_targets(unet, conv3x3=True)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from charfw.families import SD15
 from charfw.errors import CharfwError
 from charfw.lora import load_lora, merge_file
 from charfw.lora.modules import delta_matrix
@@ -88,9 +89,9 @@ def test_presets_and_all_zero(tmp_path):
     sampler, attn = "lora_unet_down_blocks_0_downsamplers_0_conv", WEIGHTED["IN04"].format("a")   # IN03, IN04
     both = write(tmp_path / "both.safetensors", {sampler: make_tensors("c3lier_conv3x3"),
                                                   attn: make_tensors("lora_linear")})
-    merge_file(both, tmp_path / "lbw.safetensors", "ALL", arch="sd15")    # LBW's ALL: blocks its 17 values lack are 0
+    merge_file(both, tmp_path / "lbw.safetensors", "ALL", family=SD15)    # LBW's ALL: blocks its 17 values lack are 0
     assert set(load_lora(tmp_path / "lbw.safetensors").modules) == {attn}
-    merge_file(both, tmp_path / "full.safetensors", "FULL", arch="sd15")
+    merge_file(both, tmp_path / "full.safetensors", "FULL", family=SD15)
     assert set(load_lora(tmp_path / "full.safetensors").modules) == {sampler, attn}
     merge_file(src, tmp_path / "none.safetensors", "NONE")  # outside-block modules keep weight 1
     assert {n.split("_conv_out_")[0] for n in load_lora(tmp_path / "none.safetensors").modules} == {"lora_unet"}

@@ -7,6 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from charfw.families import SD15
 from charfw.lora import compress_file, load_lora, merge_file
 from charfw.lora.options import CompressOptions
 from charfw.lora.keys import lora_module_specs
@@ -21,7 +22,7 @@ INPUT_META = {"ss_network_dim": "8", "ss_network_alpha": "4.0", "ss_training_com
 @pytest.fixture(scope="module")
 def big_lora(tmp_path_factory):
     """> 1.1 MB, so the legacy hash window (bytes 0x100000..0x10FFFF) holds tensor data."""
-    specs = lora_module_specs("sd15", True)
+    specs = lora_module_specs(SD15, True)
     names = ["lora_unet_down_blocks_2_resnets_0_conv1", "lora_unet_down_blocks_2_resnets_0_conv2",
              "lora_unet_up_blocks_1_resnets_0_conv1", "lora_te_text_model_encoder_layers_0_mlp_fc1"]
     gen = torch.Generator().manual_seed(11)

@@ -41,7 +41,7 @@ def tiny_tensors(tiny_path):
 
 @pytest.fixture(scope="session")
 def tiny(cache_dir, tiny_path):
-    from charfw.models import load_sd15
+    from modelutil import load_sd15
     return load_sd15("builtin:tiny-sd15", cache_dir=cache_dir)
 
 
@@ -59,5 +59,5 @@ def tiny_xl_tensors(tiny_xl_path):
 
 @pytest.fixture(scope="session")
 def tiny_xl(tiny_xl_path):
-    from charfw.models import load_sdxl
+    from modelutil import load_sdxl
     return load_sdxl(tiny_xl_path)

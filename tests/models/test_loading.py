@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from charfw.errors import CharfwError
-from charfw.models import load_sd15, model_hash, model_sha256
-from charfw.models.tiny import tiny_state_dict
+from charfw.models import model_hash, model_sha256
+from charfw.models.tiny import random_state_dict
+from modelutil import load_sd15
 
 UNPICKLED = []
 
@@ -28,7 +29,7 @@ def _part(tensors, prefix, strip=False):
 @pytest.fixture(scope="module")
 def other_vae():
     """A different VAE (seed 1) in LDM layout with the first_stage_model. prefix."""
-    return _part(tiny_state_dict(seed=1), "first_stage_model.")
+    return _part(random_state_dict("tiny-sd15", seed=1), "first_stage_model.")
 
 
 def _assert_vae_is(sd, ldm_vae, prefix="first_stage_model."):

@@ -4,8 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from charfw.families import SD15, SDXL
 from charfw.errors import CharfwError
-from charfw.models import load_model, load_sd15, load_sdxl, openclip
+from charfw.models import load_model, openclip
+from modelutil import load_sd15, load_sdxl
 from charfw.models.build import checkpoint_tensors, empty_models, ldm_names
 
 
@@ -59,7 +61,7 @@ def test_tiny_sdxl_has_sdxl_topology(full, tiny_xl):
         tiny_xl.text_encoder_2.config.projection_dim
     assert tiny_xl.text_encoder_2.config.num_hidden_layers == 32
     assert tiny_xl.vae.config.scaling_factor == 0.13025
-    assert tiny_xl.family == "sdxl" and tiny_xl.arch == "tiny-sdxl"
+    assert tiny_xl.family is SDXL and tiny_xl.arch == "tiny-sdxl"
 
 
 def test_tiny_sdxl_file_has_every_real_sdxl_key_family(tiny_xl_tensors, full):
@@ -120,8 +122,8 @@ def test_pooled_output_is_the_projected_eos_state(tiny_xl):
 
 
 def test_family_is_detected_and_wrong_family_is_one_clear_error(tiny_xl_path, tiny_path):
-    assert load_model(tiny_xl_path).family == "sdxl"
-    assert load_model(tiny_path).family == "sd15"
+    assert load_model(tiny_xl_path).family is SDXL
+    assert load_model(tiny_path).family is SD15
     with pytest.raises(CharfwError, match=rf"{tiny_xl_path.name}: not an SD1\.5 checkpoint: it is an SDXL checkpoint"):
         load_sd15(tiny_xl_path)
     with pytest.raises(CharfwError, match=rf"{tiny_path.name}: not an SDXL checkpoint: it is an SD1\.5 checkpoint"):
@@ -158,7 +160,7 @@ def test_model_random_writes_a_loadable_single_file_checkpoint(tmp_path, tiny_xl
     out = tmp_path / "rand-xl.safetensors"
     assert main(["model", "random", "tiny-sdxl", str(out), "--dtype", "fp32"]) == 0
     sd = load_model(out)
-    assert sd.family == "sdxl" and sd.arch == "tiny-sdxl"
+    assert sd.family is SDXL and sd.arch == "tiny-sdxl"
     from safetensors.torch import load_file
     written = load_file(str(out))
     assert written.keys() == tiny_xl_tensors.keys()

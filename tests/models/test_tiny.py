@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from charfw.models import builtin_path, load_sd15, write_tiny_sd15
+from charfw.models import builtin_path
+from modelutil import load_sd15, write_tiny_sd15
 from charfw.models.build import ldm_names
 
 
@@ -19,7 +20,7 @@ def _sha(path):
 def test_generation_is_deterministic(tiny_path, tmp_path):
     # in a fresh interpreter: nothing (hash seeds, init order) may leak into the bytes
     again = tmp_path / "again.safetensors"
-    code = f"from charfw.models import write_tiny_sd15; write_tiny_sd15({str(again)!r})"
+    code = f"from charfw.models import write_random; write_random({str(again)!r}, 'tiny-sd15', 0)"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert _sha(again) == _sha(tiny_path)
     other = write_tiny_sd15(tmp_path / "other.safetensors", seed=1)

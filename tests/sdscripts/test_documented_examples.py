@@ -59,7 +59,8 @@ def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, var
         assert argv[script].endswith("/sdxl_train_network.py" if family == "sdxl" else "/train_network.py")
         toml_path = layout.toml_path(target.name)
         dataset = tomllib.loads(render_toml(dataset_config(target, layout.plans, layout.images_root,
-                                                           toml_path.parent, layout.project.batch_table)))
+                                                           toml_path.parent, layout.project.batch_table,
+                                                           layout.project.family)))
         assert problems(argv[script + 1:], dataset, sdxl=family == "sdxl") == [], (target.name, argv)
         args = parse(argv[script + 1:])
         if "cache_latents" in args or "cache_latents_to_disk" in args:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from charfw.families import SD15, SDXL
 from charfw.config.models import TrainSettings
 from charfw.sdscripts.command import (
     format_bat,
@@ -43,6 +44,7 @@ def request(settings: TrainSettings, steps: int = 1000, name: str = "krnk", **ov
     kw.update(over)
     if kw.get("init_weights") is not None:
         kw["init_weights"] = Path(kw["init_weights"])
+    kw.setdefault("family", SD15)
     return TrainRequest(name=name, settings=settings, steps=steps, **kw)
 
 
@@ -214,18 +216,18 @@ def test_extra_args_pass_through_and_override():
 
 
 def test_launch_command():
-    cmd = launch_command("/venv/bin/python", "/opt/sd-scripts", ["--a=1"])
+    cmd = launch_command("/venv/bin/python", "/opt/sd-scripts", ["--a=1"], family=SD15)
     assert cmd == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process=1",
                    "/opt/sd-scripts/train_network.py", "--a=1"]
-    assert launch_command("py", "/sd", ["--b"], launcher="python") == ["py", "/sd/train_network.py", "--b"]
+    assert launch_command("py", "/sd", ["--b"], launcher="python", family=SD15) == ["py", "/sd/train_network.py", "--b"]
     with pytest.raises(ValueError):
-        launch_command("py", "/sd", [], launcher="nope")
+        launch_command("py", "/sd", [], launcher="nope", family=SD15)
 
 
 def test_format_shell_round_trips():
     args = args_for(TrainSettings(extra_args=["--x=it's", "a b", "$HOME", "ü*", ""]),
                     model="/my models/Defmix v2.safetensors")
-    cmd = launch_command("/venv/bin/python", "/opt/sd scripts", args)
+    cmd = launch_command("/venv/bin/python", "/opt/sd scripts", args, family=SD15)
     line = format_shell(cmd)
     assert "\n" not in line
     assert shlex.split(line) == cmd
@@ -237,7 +239,7 @@ def test_format_bat_form():
                               state_dir=Path(r"..\LoRAOutput\krnk"),
                               model=r"C:\SD Models\Defmix-v2.0.safetensors", vae=r"..\LoRAInput\kl-f8-anime2.ckpt",
                               log_dir=Path(r"..\LoRALog"))) + ["--caption_prefix=100%"]
-    text = format_bat(launch_command("python", "/sd", args))
+    text = format_bat(launch_command("python", "/sd", args, family=SD15))
     lines = text.split("\n")
     assert lines[0] == "python -m accelerate.commands.launch --num_cpu_threads_per_process=1 /sd/train_network.py^"
     assert lines[1] == " --network_module=networks.lora^"
@@ -268,11 +270,11 @@ def test_sdxl_is_the_spec_line_for_sdxl_train_network():
     gc = base.index("--gradient_checkpointing") + 1
     expected = [a for a in base[:gc] if a != "--clip_skip=2"] + [
         "--network_train_unet_only", "--cache_text_encoder_outputs", "--no_half_vae"] + base[gc:] + RESUME
-    assert args_for(TrainSettings(), family="sdxl") == expected
-    with_te = args_for(TrainSettings(train_text_encoder=True), family="sdxl")
+    assert args_for(TrainSettings(), family=SDXL) == expected
+    with_te = args_for(TrainSettings(train_text_encoder=True), family=SDXL)
     assert "--network_train_unet_only" not in with_te and "--cache_text_encoder_outputs" not in with_te
     assert "--no_half_vae" in with_te
     sd15_unet_only = args_for(TrainSettings(train_text_encoder=False))
     assert "--network_train_unet_only" in sd15_unet_only and "--cache_text_encoder_outputs" not in sd15_unet_only
-    assert launch_command("py", "/sd", ["--b"], launcher="python", family="sdxl") == [
+    assert launch_command("py", "/sd", ["--b"], launcher="python", family=SDXL) == [
         "py", "/sd/sdxl_train_network.py", "--b"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.request import TrainRequest
@@ -44,7 +45,8 @@ def ws(tmp_path: Path) -> Path:
 def run(ws: Path, settings: TrainSettings, launcher: str = "python", **over) -> Path:
     kw = dict(dataset_toml=ws / "build/krnk/face/dataset.toml", settings=settings, steps=1000,
               model="models/base model.safetensors", output=ws / "dist/krnk.safetensors",
-              state_dir=ws / "build/krnk/face/sd-scripts", log_dir=ws / "build/logs", name="krnk", root=ws)
+              state_dir=ws / "build/krnk/face/sd-scripts", log_dir=ws / "build/logs", name="krnk", root=ws,
+              family=SD15)
     kw.update(over)
     return run_sd_scripts(TrainRequest(**kw), launcher=launcher)
 

@@ -35,5 +35,5 @@ def dataset_toml(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny():
     """builtin:tiny-sd15, shared: tests that inject adapters must restore() them."""
-    from charfw.models import load_sd15
+    from modelutil import load_sd15
     return load_sd15("builtin:tiny-sd15")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.request import TrainRequest
 from charfw.train import loop
@@ -23,7 +24,7 @@ def train(toml, tmp, steps=8, **settings):
     losses = []
     req = TrainRequest(name="krnk", settings=TrainSettings(**{**FAST, **settings}), steps=steps, dataset_toml=toml,
                        model="builtin:tiny-sd15", output=tmp / "out.safetensors", state_dir=tmp / "state",
-                       progress=False)
+                       progress=False, family=SD15)
     loop.reset_accelerate()
     loop.run(req, on_step=lambda step, loss: losses.append((step, loss)))
     return losses, load_file(str(req.output))
@@ -86,7 +87,8 @@ def test_auto_batch_scale_grows_on_a_gpu_with_room(dataset_toml, tmp_path):
 
     datasets = load_datasets(dataset_toml)
     req = TrainRequest(name="krnk", settings=TrainSettings(**FAST), steps=100, dataset_toml=dataset_toml,
-                       model="builtin:tiny-sd15", output=tmp_path / "o.safetensors", state_dir=tmp_path / "state")
+                       model="builtin:tiny-sd15", output=tmp_path / "o.safetensors", state_dir=tmp_path / "state",
+                       family=SD15)
     footprint = dict(pixels=64 * 128, adapter_params=10**6, weight_bytes=10**8)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert loop._batch_scale(req, datasets, footprint, 80 * GIB, cpu) == 1
@@ -117,7 +119,8 @@ def test_an_auto_run_resumes_at_the_scale_it_began_with(dataset_toml, tmp_path, 
     req = TrainRequest(name="krnk", settings=TrainSettings(**{**FAST, "save_every_n_steps": 3, "compile": "off",
                                                               "gradient_checkpointing": False}),
                        steps=6, dataset_toml=dataset_toml, model="builtin:tiny-sd15",
-                       output=tmp_path / "b/out.safetensors", state_dir=tmp_path / "b/state", progress=False)
+                       output=tmp_path / "b/out.safetensors", state_dir=tmp_path / "b/state", progress=False,
+                       family=SD15)
     loop.reset_accelerate()
     with pytest.raises(Stop):
         loop.run(req, on_step=stop_at_4)

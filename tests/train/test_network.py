@@ -5,9 +5,10 @@ import collections
 import pytest
 import torch
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
-from charfw.lora.keys import sd15_lora_module_names
+from charfw.lora.keys import lora_module_specs
 from charfw.train.network import Network, network_spec
 from charfw.train.optim import build_optimizer, build_scheduler, text_encoder_lr
 
@@ -31,7 +32,7 @@ def modules_of(state: dict) -> dict[str, set[str]]:
 def test_module_sets_and_zero_init(tiny, algo):
     net = Network(network_spec(TrainSettings(network=algo, dim=4)), tiny)
     mods = modules_of(net.kohya_state_dict())
-    assert set(mods) == set(sd15_lora_module_names(conv3x3=algo != "lora"))
+    assert set(mods) == set(list(lora_module_specs(SD15, conv3x3=algo != "lora")))
     assert len(mods) == (264 if algo == "lora" else 350)
     assert sum(n.startswith("lora_te_text_model_encoder_layers_") for n in mods) == 72
     for suffixes in mods.values():

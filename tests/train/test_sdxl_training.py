@@ -9,6 +9,7 @@ import pytest
 import safetensors
 import torch
 
+from charfw.families import SDXL
 from charfw.config.models import TrainSettings
 from charfw.lora.keys import lora_module_specs
 from charfw.request import TrainRequest
@@ -18,7 +19,7 @@ from charfw.train.conditioning import TextConditioner, size_ids
 
 @pytest.fixture(scope="module")
 def tiny_xl():
-    from charfw.models import load_sdxl
+    from modelutil import load_sdxl
     return load_sdxl("builtin:tiny-sdxl")
 
 
@@ -67,7 +68,7 @@ def test_conditioning_matches_diffusers_sdxl_prompt_encoding(tiny_xl):
 def _train(toml, tmp, settings, steps=2) -> TrainRequest:
     req = TrainRequest(name="krnk", settings=settings, steps=steps, dataset_toml=toml, model="builtin:tiny-sdxl",
                        output=tmp / "krnk.safetensors", state_dir=tmp / "state", trigger_words=("krnk",),
-                       progress=False, family="sdxl")
+                       progress=False, family=SDXL)
     loop.reset_accelerate()
     loop.run(req)
     return req
@@ -82,7 +83,7 @@ def _modules(path) -> set[str]:
 def test_unet_only_is_the_sdxl_default(dataset_toml, tmp_path):
     req = _train(dataset_toml, tmp_path, TrainSettings(network="lora", dim=4, gradient_checkpointing=False))
     assert not req.train_text_encoder
-    unet = {n for n in lora_module_specs("sdxl", conv3x3=False) if n.startswith("lora_unet_")}
+    unet = {n for n in lora_module_specs(SDXL, conv3x3=False) if n.startswith("lora_unet_")}
     assert _modules(req.output) == unet and len(unet) == 722   # sd-scripts: "create LoRA for U-Net: 722 modules"
     with safetensors.safe_open(str(req.output), "pt") as f:
         meta = f.metadata()
@@ -101,7 +102,7 @@ def test_trained_sdxl_lora_loads_into_diffusers_with_the_same_delta(dataset_toml
     req = _train(dataset_toml, tmp_path, TrainSettings(network="c3lier", dim=4, lr=1e-2, train_text_encoder=True,
                                                        gradient_checkpointing=False))
     names = _modules(req.output)
-    assert names == set(lora_module_specs("sdxl", conv3x3=True))
+    assert names == set(lora_module_specs(SDXL, conv3x3=True))
     assert sum(n.startswith("lora_te1_") for n in names) == 72 and sum(n.startswith("lora_te2_") for n in names) == 192
     assert len(names) == 788 + 72 + 192
 
@@ -147,7 +148,7 @@ def xl_files(dataset_toml, tmp_path_factory):
         req = TrainRequest(name=algo, settings=TrainSettings(network=algo, dim=4, lr=1e-2, train_text_encoder=True,
                                                              gradient_checkpointing=False, save_every_n_steps=1000),
                            steps=2, dataset_toml=dataset_toml, model="builtin:tiny-sdxl",
-                           output=tmp / f"{algo}.safetensors", state_dir=tmp / algo, progress=False, family="sdxl")
+                           output=tmp / f"{algo}.safetensors", state_dir=tmp / algo, progress=False, family=SDXL)
         loop.reset_accelerate()
         out[algo] = loop.run(req)
     return out
@@ -163,15 +164,15 @@ def test_block_weights_bake_exactly_into_trained_sdxl_files(xl_files, tmp_path, 
     from charfw.lora.modules import delta_matrix
 
     values = [0.5, 1, 0.25, 0, -0.7, 0.3, 1, 2, 0, 0.8, 0.6, -1, 0.4, 1, 0, 0.9, 0.2, 1.5, 0.7, 1]
-    weights = dict(zip(BLOCKS["sdxl"], values))
+    weights = dict(zip(SDXL.blocks.blocks, values))
     src = xl_files[algo]
     report = merge_file(src, tmp_path / "baked.safetensors", values)
     assert report["arch"] == "sdxl"
     before, after = load_lora(src), load_lora(tmp_path / "baked.safetensors")
-    kept = {n for n in before.modules if weights.get(block_of(n, "sdxl"), 1.0) != 0}
+    kept = {n for n in before.modules if weights.get(block_of(n, SDXL), 1.0) != 0}
     assert set(after.modules) == kept and len(kept) < len(before.modules)
     for name in kept:
-        w = weights.get(block_of(name, "sdxl"), 1.0)
+        w = weights.get(block_of(name, SDXL), 1.0)
         want = w * delta_matrix(before.modules[name], torch.float64)
         got = delta_matrix(after.modules[name], torch.float64)
         assert torch.linalg.norm(got - want) <= 2e-3 * torch.linalg.norm(want) + 1e-12, name

@@ -19,9 +19,10 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
+from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
-from charfw.lora.keys import sd15_lora_module_names
+from charfw.lora.keys import lora_module_specs
 from charfw.request import TrainRequest
 from charfw.train import train_lora
 from charfw.train import loop
@@ -39,7 +40,7 @@ FAST = dict(dim=4, save_every_n_steps=1000, gradient_checkpointing=False)
 
 def job(toml, tmp, settings, steps, **kw) -> TrainRequest:
     defaults = dict(output=tmp / "out.safetensors", state_dir=tmp / "state", name="krnk",
-                    trigger_words=("krnk",), progress=False)
+                    trigger_words=("krnk",), progress=False, family=SD15)
     defaults.update(kw)
     return TrainRequest(settings=settings, steps=steps, dataset_toml=toml, model="builtin:tiny-sd15", **defaults)
 
@@ -110,7 +111,7 @@ def test_c3lier_file_has_the_sd15_c3lier_key_set(trained):
     j, settings, _ = trained
     tensors, _ = read(j.output)
     mods = modules(tensors)
-    assert set(mods) == set(sd15_lora_module_names(conv3x3=True)) and len(mods) == 350
+    assert set(mods) == set(list(lora_module_specs(SD15, conv3x3=True))) and len(mods) == 350
     assert all(s == {"lora_down.weight", "lora_up.weight", "alpha"} for s in mods.values())
     assert all(t.dtype == torch.float16 for t in tensors.values())   # save_precision fp16
     assert tensors["lora_unet_mid_block_attentions_0_proj_in.alpha"].dim() == 0
@@ -232,7 +233,7 @@ def test_plain_lora_key_set(dataset_toml, tmp_path):
     settings = TrainSettings(network="lora", **FAST)
     out = run(job(dataset_toml, tmp_path, settings, 2))
     tensors, meta = read(out)
-    assert set(modules(tensors)) == set(sd15_lora_module_names(conv3x3=False)) and len(modules(tensors)) == 264
+    assert set(modules(tensors)) == set(list(lora_module_specs(SD15, conv3x3=False))) and len(modules(tensors)) == 264
     assert "ss_network_args" not in meta and meta["ss_network_module"] == "networks.lora"
 
 
@@ -244,7 +245,7 @@ def test_lycoris_key_forms(dataset_toml, tmp_path, algo, marker):
     out = run(job(dataset_toml, tmp_path, settings, 2))
     tensors, meta = read(out)
     mods = modules(tensors)
-    assert set(mods) == set(sd15_lora_module_names(conv3x3=True))
+    assert set(mods) == set(list(lora_module_specs(SD15, conv3x3=True)))
     assert all(marker in s and "alpha" in s for s in mods.values())
     assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"])["algo"] == algo
     lora = load_lora(out)   # charfw's own reader understands what the trainer wrote
@@ -298,12 +299,13 @@ import logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from charfw.config.models import TrainSettings
+from charfw.families import SD15
 from charfw.request import TrainRequest
 from charfw.train import train_lora
 tmp = Path(sys.argv[1])
 train_lora(TrainRequest(name="krnk", settings=TrainSettings.model_validate_json(sys.argv[3]), steps=int(sys.argv[4]),
                         dataset_toml=Path(sys.argv[2]), model="builtin:tiny-sd15", output=tmp / "out.safetensors",
-                        state_dir=tmp / "state", trigger_words=("krnk",), progress=False))
+                        state_dir=tmp / "state", trigger_words=("krnk",), progress=False, family=SD15))
 """
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from charfw.train.buckets import bucket_resolutions, center_crop_box, cover_placement, no_upscale_placement
+from charfw.rules.buckets import bucket_resolutions, center_crop_box, cover_placement, no_upscale_placement
 
 AREA = 512 * 512
 

@@ -12,40 +12,24 @@ from pathlib import Path
 from typing import Iterable
 
 from charfw.errors import CharfwError
+from charfw.families import UNET_PREFIX, Family, from_checkpoint
 
-UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".hada_w1_a", ".hada_w2_a", ".lokr_w1", ".lokr_w1_a",
                  ".lokr_w2", ".lokr_w2_a")
 
 
-FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL"}
-_EVIDENCE = {"sd15": "cond_stage_model.transformer.* tensors", "sdxl": "conditioner.embedders.* tensors"}
-
-
-def checkpoint_family(keys: Iterable[str]) -> str | None:
-    """'sdxl' or 'sd15' for a single-file Stable Diffusion checkpoint, None for anything else."""
-    keys = list(keys)
-    if not any(k.startswith(UNET_PREFIX) for k in keys):
-        return None
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return None  # SD 2.x
-    return "sd15"
-
-
-def checkpoint_problem(keys: Iterable[str], family: str = "sd15") -> str | None:
+def checkpoint_problem(keys: Iterable[str], family: Family) -> str | None:
     """Why these tensors are not a `family` single-file checkpoint, or None."""
     keys = list(keys)
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    found = checkpoint_family(keys)
-    if found is not None and found != family:
-        return f"it is an {FAMILY_LABEL[found]} checkpoint ({_EVIDENCE[found]})"
-    if found == family:
+    found = from_checkpoint(keys)
+    if found is not None and found is not family:
+        return f"it is an {found.label} checkpoint ({found.checkpoint_evidence})"
+    if found is family:
         return None
     if has("cond_stage_model.model."):
         return "it is an SD 2.x checkpoint (OpenCLIP text encoder)"
