@@ -8,11 +8,12 @@ absolute; `model`/`vae` are "builtin:<name>" or absolute file paths (see rules.m
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from charfw.config.models import SampleSettings, TrainSettings
 from charfw.families import Family
-from charfw.rules.training import resolved_dim, text_encoder_lr, trains_text_encoder
+from charfw.recipe import Recipe, recipe_of
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,10 @@ class TrainRequest:
         """Where the run key of the finished LoRA is recorded."""
         return self.output.with_name(self.output.name + ".key")
 
-    @property
-    def dim(self) -> int:
-        return resolved_dim(self.settings.network, self.settings.dim)
-
-    @property
-    def train_text_encoder(self) -> bool:
-        return trains_text_encoder(self.family, self.settings.train_text_encoder)
-
-    @property
-    def text_encoder_lr(self) -> float:
-        return text_encoder_lr(self.settings.lr, self.settings.text_encoder_lr)
+    @cached_property
+    def recipe(self) -> Recipe:
+        """What this training trains with (charfw.recipe): both trainers and the metadata read it."""
+        return recipe_of(self.settings, self.family, self.steps)
 
     def with_settings(self, **changes) -> "TrainRequest":
         """The same request with some settings replaced (e.g. AdamW where 8-bit is unavailable)."""

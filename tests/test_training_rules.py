@@ -2,13 +2,12 @@
 
 import pytest
 
-from charfw.families import SD15
 from charfw.config.models import TrainSettings
+from charfw.families import SD15
+from charfw.recipe import network_spec, recipe_of
 from charfw.request import TrainRequest
 from charfw.rules.training import resolved_alpha, resolved_dim, text_encoder_lr
 from charfw.sdscripts.command import train_args
-from charfw.train.network import network_spec
-from charfw.train.optim import text_encoder_lr as embedded_te_lr
 
 
 @pytest.mark.parametrize("lr", [1e-4, 1e-3, 3e-5, 2.5e-6, 7e-4])
@@ -17,7 +16,7 @@ def test_text_encoder_lr_is_the_same_float_in_both_trainers(lr):
     args = train_args(TrainRequest(name="k", settings=s, steps=1, dataset_toml="d.toml", model="/m.safetensors",
                                    output="o.safetensors", state_dir="s", family=SD15))
     printed = next(a.split("=", 1)[1] for a in args if a.startswith("--text_encoder_lr="))
-    assert embedded_te_lr(s) == float(printed) == text_encoder_lr(lr, None)
+    assert recipe_of(s, SD15, 1).text_encoder_lr == float(printed) == text_encoder_lr(lr, None)
     assert text_encoder_lr(1e-3, None) == 0.00044       # not 0.00044000000000000007
 
 

@@ -121,7 +121,7 @@ def task_train(layout: Layout):
         s = target.train
         yield {
             "name": target.name,
-            "doc": f"{s.trainer}: {s.network} dim {req.dim}, {req.steps} steps"
+            "doc": f"{s.trainer}: {s.network} dim {req.recipe.network.dim}, {req.steps} steps"
                    + (f", from {target.init}" if target.init else ""),
             "actions": [(actions.train, [req, str(layout.build_dir)])],
             "task_dep": deps,

@@ -53,19 +53,20 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
-from charfw.config.models import TrainSettings
 from charfw.families import Family
+from charfw.recipe import network_spec
 from charfw.request import TrainRequest
-from charfw.rules.training import (decimal_text, in_e6, number_text, resolved_alpha, resolved_dim,
-                                   text_encoder_lr_e6)
+from charfw.rules.training import decimal_text, in_e6, number_text
+
+if TYPE_CHECKING:
+    from charfw.config.models import TrainSettings
 
 NETWORK_LOGIC = {"c3lier": "Lora3x3", "lora": "Lora1x1", "locon": "Locon", "loha": "Loha", "lokr": "Lokr"}
 LYCORIS_ALGO = {"locon": "lora", "loha": "loha", "lokr": "lokr"}
 OPTIMIZER_LOGIC = {"adamw8bit": "AdamW8", "adamw": "AdamW", "adafactor": "AdaFactor"}
 OPTIMIZER_TYPE = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adafactor"}
-ADAFACTOR_ARGS = ("relative_step=True", "scale_parameter=True", "warmup_init=False")
 ATTENTION_SWITCH = {"xformers": "--xformers", "sdpa": "--sdpa", "none": None}
 
 Launcher = Literal["accelerate", "python"]
@@ -83,18 +84,10 @@ def _name_number(text: str) -> str:
     return text.replace(".", "p")
 
 
-def _dim(s: TrainSettings) -> int:
-    return resolved_dim(s.network, s.dim)
-
-
-def _alpha(s: TrainSettings) -> float:
-    return resolved_alpha(s.alpha, _dim(s))
-
-
 def _alpha_code(settings: TrainSettings) -> str:
     if settings.alpha == "half":
         return "A50p"
-    return "A" + _name_number(number_text(_alpha(settings)))
+    return "A" + _name_number(number_text(network_spec(settings).alpha))
 
 
 def logic_name(settings: TrainSettings) -> str:
@@ -109,7 +102,7 @@ def output_name(name: str, settings: TrainSettings, steps: int) -> str:
     decimals with ``p`` for the point (2.5e-6 -> ``2p5``).
     """
     lr = _name_number(decimal_text(in_e6(settings.lr)))
-    return f"{name}-{logic_name(settings)}-{_dim(settings)}-{lr}-{steps}"
+    return f"{name}-{logic_name(settings)}-{network_spec(settings).dim}-{lr}-{steps}"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -130,45 +123,43 @@ def train_args(req: TrainRequest) -> list[str]:
     sd-scripts writes into ``req.state_dir`` under `output_name`; paths are passed through
     as the request has them (the runner makes them absolute).
     """
-    s = req.settings
-    dim = _dim(s)
-    alpha = number_text(_alpha(s))
+    s, r = req.settings, req.recipe
+    net = r.network
+    alpha = number_text(net.alpha)
     out = output_name(req.name, s, req.steps)
     groups: list[list[str]] = []
     add = groups.append
 
-    if s.network in LYCORIS_ALGO:
-        add(["--network_module=lycoris.kohya"])
-        add(["--network_args", f"conv_dim={dim}", f"conv_alpha={alpha}", f"algo={LYCORIS_ALGO[s.network]}"])
-    else:
-        add(["--network_module=networks.lora"])
-        if s.network == "c3lier":
-            add(["--network_args", f"conv_dim={dim}", f"conv_alpha={alpha}"])
+    add([f"--network_module={net.module}"])
+    if net.conv3x3:
+        conv = [f"conv_dim={number_text(net.conv_dim)}", f"conv_alpha={number_text(net.conv_alpha)}"]
+        add(["--network_args", *conv, *([f"algo={LYCORIS_ALGO[net.algo]}"] if net.algo in LYCORIS_ALGO else [])])
 
-    add([f"--optimizer_type={OPTIMIZER_TYPE[s.optimizer]}"])
-    if s.optimizer == "adafactor":
-        add(["--optimizer_args", *ADAFACTOR_ARGS])
-        add(["--lr_scheduler=adafactor"])
+    add([f"--optimizer_type={OPTIMIZER_TYPE[r.optimizer]}"])
+    if r.optimizer_args:
+        add(["--optimizer_args", *(f"{k}={v}" for k, v in r.optimizer_args)])
+    if r.own_schedule:
+        add([f"--lr_scheduler={r.scheduler}"])
     else:
-        add([f"--learning_rate={_lr_text(s.lr)}"])
-        add([f"--text_encoder_lr={decimal_text(text_encoder_lr_e6(s.lr, s.text_encoder_lr))}e-6"])
-        add([f"--lr_scheduler={s.scheduler}"])
-        if s.restarts != 1:
-            add([f"--lr_scheduler_num_cycles={s.restarts}"])
-        if s.warmup_steps:
-            add([f"--lr_warmup_steps={s.warmup_steps}"])
+        add([f"--learning_rate={_lr_text(r.lr)}"])
+        add([f"--text_encoder_lr={_lr_text(r.text_encoder_lr)}"])
+        add([f"--lr_scheduler={r.scheduler}"])
+        if r.restarts != 1:
+            add([f"--lr_scheduler_num_cycles={r.restarts}"])
+        if r.warmup_steps:
+            add([f"--lr_warmup_steps={r.warmup_steps}"])
 
-    add([f"--network_dim={dim}"])
+    add([f"--network_dim={net.dim}"])
     add([f"--network_alpha={alpha}"])
     add([f"--dataset_config={req.dataset_toml}"])
-    add([f"--max_train_steps={req.steps}"])
+    add([f"--max_train_steps={r.steps}"])
     add([f"--output_dir={req.state_dir}"])
     add([f"--output_name={out}"])
     add([f"--pretrained_model_name_or_path={req.model}"])
     if req.vae:
         add([f"--vae={req.vae}"])
-    if req.family.uses_clip_skip:  # sdxl_train_network.py warns that clip_skip "will be unexpected"
-        add([f"--clip_skip={s.clip_skip}"])
+    if r.clip_skip is not None:  # sdxl_train_network.py warns that clip_skip "will be unexpected"
+        add([f"--clip_skip={r.clip_skip}"])
     if req.init_weights:
         add([f"--network_weights={req.init_weights}"])
     if req.log_dir is not None:
@@ -181,20 +172,20 @@ def train_args(req: TrainRequest) -> list[str]:
     add([f"--save_precision={s.save_precision}"])
     if s.gradient_checkpointing:
         add(["--gradient_checkpointing"])
-    if not req.train_text_encoder:
+    if not r.train_text_encoder:
         add(["--network_train_unet_only"])
-        if req.family.sd_scripts_caches_te_outputs:  # only sdxl_train_network.py has the option
+        if r.family.sd_scripts_caches_te_outputs:  # only sdxl_train_network.py has the option
             add(["--cache_text_encoder_outputs"])
-    for flag in req.family.sd_scripts_flags:
+    for flag in r.family.sd_scripts_flags:
         add([flag])
     if not s.color_aug:
         add(["--cache_latents_to_disk" if s.cache_latents == "disk" else "--cache_latents"])
     add(["--persistent_data_loader_workers"])
-    add([f"--seed={s.seed}"])
-    if s.noise_offset is not None:
-        add([f"--noise_offset={number_text(s.noise_offset)}"])
-    if s.min_snr_gamma is not None:
-        add([f"--min_snr_gamma={number_text(s.min_snr_gamma)}"])
+    add([f"--seed={r.seed}"])
+    if r.noise_offset is not None:
+        add([f"--noise_offset={number_text(r.noise_offset)}"])
+    if r.min_snr_gamma is not None:
+        add([f"--min_snr_gamma={number_text(r.min_snr_gamma)}"])
     add([f"--save_every_n_steps={s.save_every_n_steps}"])
     add(["--save_state"])
     add([f"--save_last_n_steps_state={s.save_every_n_steps}"])

@@ -26,8 +26,8 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from charfw.config.models import TrainSettings
 from charfw import interrupt
 from charfw.errors import CharfwError
 from charfw.families import Family
@@ -37,6 +37,9 @@ from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import extra_caches_latents
 from charfw.sdscripts.command import Launcher, _option_name, launch_command, output_name, train_args
+
+if TYPE_CHECKING:
+    from charfw.config.models import TrainSettings
 
 TAIL_LINES = 20
 _TAIL_CHARS = 64 * 1024

@@ -32,6 +32,7 @@ from charfw.config.models import resume_fields
 from charfw.errors import CharfwError, os_error_message
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
+from charfw.recipe import Recipe
 from charfw.request import TrainRequest, progress_steps
 from charfw.rules.compilation import cuda_graphs_blocker, use_compile
 from charfw.rules.memory import auto_batch_scale, use_checkpointing
@@ -41,10 +42,10 @@ from charfw.train.compiled import CompiledBlocks
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_identity, training_metadata
-from charfw.train.network import Network, network_spec
+from charfw.train.network import Network
 from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.objective import diffusion_loss, draw_noise
-from charfw.train.optim import build_optimizer, build_scheduler, scheduler_name
+from charfw.train.optim import build_optimizer, build_scheduler
 from charfw.train.sampling import BatchPlan, bucket_counts
 from charfw.train.state import clear_state, load_state, run_id, save_state, saved_state_info
 from charfw.train.transfer import to_device
@@ -52,7 +53,6 @@ from charfw.train.transfer import to_device
 log = logging.getLogger("charfw.train")
 
 TRAINER_VERSION = 3   # bump when a change alters what the same inputs train to: old states are then discarded
-MAX_GRAD_NORM = 1.0   # sd-scripts' default gradient clipping
 LOSS_READ_EVERY = 16  # on a GPU, losses are read back (a sync) this many steps at a time
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
@@ -129,10 +129,9 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
             part.to(base_dtype)
     sd.vae.to(device)  # fp32: it runs once per cached sample, and fp16 SD VAEs can overflow
 
-    spec = network_spec(settings)
     with torch.random.fork_rng(devices=[]):  # the adapters' random init follows the seed, as in sd-scripts
         torch.manual_seed(settings.seed)
-        network = Network(spec, sd, req.train_text_encoder)
+        network = Network(req.recipe.network, sd, req.recipe.train_text_encoder)
     if req.init_weights is not None:
         _load_init(network, req.init_weights)
     network.apply_to()
@@ -163,7 +162,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     checkpointing = use_checkpointing(settings.gradient_checkpointing, free, sd.family,
                                       max(d.batch_size for d in datasets), **footprint)
     if checkpointing:
-        _enable_checkpointing(sd, job.train_text_encoder)
+        _enable_checkpointing(sd, job.recipe.train_text_encoder)
     if settings.gradient_checkpointing == "auto":
         log.info("gradient checkpointing (auto): %s", "on" if checkpointing else "off")
     if settings.cuda_graphs:
@@ -172,26 +171,25 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
             blocks.use_graphs()
         else:
             log.warning("cuda_graphs: true is not used: %s", blocker)
-    conditioner = TextConditioner(sd, settings.clip_skip, trained=job.train_text_encoder)
+    conditioner = TextConditioner(sd, settings.clip_skip, trained=job.recipe.train_text_encoder)
     samples = job.progress_samples
     extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
-    if not job.train_text_encoder:
+    if not job.recipe.train_text_encoder:
         conditioner.precompute([im.caption for d in datasets for im in d.images] + extra, device,
                                accelerator.autocast)
     sample_at = set(progress_steps(settings.sample_every_n_steps, steps)) if samples else set()
 
     unet_params, te_params = network.param_groups()
     params = unet_params + te_params
-    optimizer, optimizer_name = build_optimizer(settings, unet_params, te_params, device)
-    lr_scheduler = build_scheduler(settings, optimizer, steps)
+    optimizer, optimizer_name = build_optimizer(job.recipe, unet_params, te_params, device)
+    lr_scheduler = build_scheduler(job.recipe, optimizer)
     optimizer = accelerator.prepare_optimizer(optimizer)
     start = _resume(job, run, network, optimizer, lr_scheduler, accelerator)
 
     epochs = _epochs(steps, world, plan.per_epoch)
     meta = None
     if accelerator.is_main_process:
-        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, plan.per_epoch, epochs, run)
-        meta["ss_gradient_checkpointing"] = str(checkpointing)
+        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, checkpointing, plan.per_epoch, epochs, run)
         meta["charfw_batch_scale"] = str(batch_scale)
     disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
     latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
@@ -239,11 +237,11 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
         images = [datasets[s.dataset].images[s.image] for s in samples]
         sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
         value = _step_with_fallback(blocks, optimizer, lambda: _step(
-            sd, network, settings, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
+            sd, network, job.recipe, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
             sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))))
         if world > 1:
             _average_gradients(accelerator, params)
-        accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        accelerator.clip_grad_norm_(params, job.recipe.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -327,7 +325,7 @@ def _grow_batches(job: TrainRequest, datasets: list[Dataset], scale: int) -> tup
     steps, warmup, factor = scaled_schedule(job.steps, settings.warmup_steps, BatchPlan(datasets, 0).per_epoch,
                                             BatchPlan(grown, 0).per_epoch)
     return dataclasses.replace(job, steps=steps, settings=settings.model_copy(update={
-        "lr": settings.lr * factor, "text_encoder_lr": job.text_encoder_lr * factor, "warmup_steps": warmup})), grown
+        "lr": settings.lr * factor, "text_encoder_lr": job.recipe.text_encoder_lr * factor, "warmup_steps": warmup})), grown
 
 
 def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -345,18 +343,18 @@ def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable
         return step()
 
 
-def _step(sd, network: Network, settings, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
+def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
           sizes: list[tuple[int, ...]], gen: torch.Generator) -> torch.Tensor:
     """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
     device = accelerator.device
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
-                                  settings.noise_offset)
+                                  recipe.noise_offset)
     network.refresh(compute_dtype(accelerator))
     try:
         with accelerator.autocast():
             cond = conditioner(captions, device, sizes)
             loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, to_device(noise, device),
-                                  to_device(timesteps, device), settings.min_snr_gamma, **cond.unet_kwargs())
+                                  to_device(timesteps, device), recipe.min_snr_gamma, **cond.unet_kwargs())
         accelerator.backward(loss)
     finally:
         network.release()
@@ -513,18 +511,15 @@ def _run_parts(job: TrainRequest, datasets: list[Dataset], sd, world: int) -> di
             "vae": _file_id(sd.vae_path), "data": data, "init": init, "world": world}
 
 
-def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator, per_epoch: int, epochs: int,
-              run: str) -> dict:
-    settings = job.settings
+def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator, checkpointing: bool,
+              per_epoch: int, epochs: int, run: str) -> dict:
     model_name = job.model if is_builtin(job.model) else (sd.path.name if sd.path else str(job.model))
     return training_metadata(
-        settings=settings, spec=network_spec(settings), steps=job.steps, datasets=datasets,
-        unet_lr=settings.lr, te_lr=job.text_encoder_lr, optimizer_name=optimizer_name,
-        scheduler_name=scheduler_name(settings), mixed_precision=accelerator.mixed_precision,
-        model_name=model_name, model_hashes=model_identity(sd.path),
+        recipe=job.recipe, datasets=datasets, optimizer_name=optimizer_name,
+        mixed_precision=accelerator.mixed_precision, checkpointing=checkpointing, model_name=model_name, model_hashes=model_identity(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
         name=job.name, trigger_words=list(job.trigger_words), started_at=_now(), batches_per_epoch=per_epoch,
-        epochs=epochs, session_id=int(run[:8], 16), family=sd.family)
+        epochs=epochs, session_id=int(run[:8], 16))
 
 
 def _now() -> float:

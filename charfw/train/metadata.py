@@ -14,8 +14,8 @@ from pathlib import Path
 
 from charfw import __version__
 from charfw.families import Family
+from charfw.recipe import Recipe
 from charfw.train.dataset import Dataset, tag_frequency
-from charfw.train.network import NetworkSpec
 
 
 IMPLEMENTATION = f"charfw/{__version__}"  # where sd-scripts writes sd-scripts/<commit>
@@ -60,32 +60,31 @@ def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
     return out
 
 
-def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list[Dataset], unet_lr: float,
-                      te_lr: float, optimizer_name: str, scheduler_name: str, mixed_precision: str,
-                      model_name: str, model_hashes: tuple[str, str] | None, vae_name: str | None,
-                      vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
-                      started_at: float, batches_per_epoch: int, epochs: int, session_id: int,
-                      family: Family) -> dict[str, str]:
-    """Everything known when training starts; `finish_metadata` adds the end."""
-    adafactor = settings.optimizer == "adafactor"
-    clip_skip = settings.clip_skip if family.uses_clip_skip else None   # SDXL: always the penultimate layers
+def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name: str, mixed_precision: str,
+                      checkpointing: bool, model_name: str, model_hashes: tuple[str, str] | None,
+                      vae_name: str | None, vae_hashes: tuple[str, str] | None, name: str, trigger_words: list[str],
+                      started_at: float, batches_per_epoch: int, epochs: int, session_id: int) -> dict[str, str]:
+    """Everything known when training starts (the recipe as sd-scripts records it); `finish_metadata`
+    adds the end."""
+    rates = not recipe.own_schedule
+    spec, family = recipe.network, recipe.family
     meta: dict[str, object] = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
         "ss_output_name": name,
-        "ss_learning_rate": None if adafactor else settings.lr,
-        "ss_text_encoder_lr": None if adafactor else te_lr,
-        "ss_unet_lr": None if adafactor else unet_lr,
+        "ss_learning_rate": recipe.lr if rates else None,
+        "ss_text_encoder_lr": recipe.text_encoder_lr if rates else None,
+        "ss_unet_lr": recipe.lr if rates else None,
         "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
         "ss_num_validation_images": 0,
         "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": batches_per_epoch,
         "ss_num_epochs": epochs,
-        "ss_gradient_checkpointing": settings.gradient_checkpointing,
+        "ss_gradient_checkpointing": checkpointing,
         "ss_gradient_accumulation_steps": 1,
-        "ss_max_train_steps": steps,
-        "ss_lr_warmup_steps": settings.warmup_steps,
-        "ss_lr_scheduler": scheduler_name,
+        "ss_max_train_steps": recipe.steps,
+        "ss_lr_warmup_steps": recipe.warmup_steps,
+        "ss_lr_scheduler": recipe.scheduler,
         "ss_network_module": spec.module,
         "ss_network_dim": spec.dim,
         "ss_network_alpha": spec.alpha,
@@ -94,25 +93,25 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         "ss_full_fp16": False,
         "ss_v2": False,
         "ss_base_model_version": family.base_model_version,
-        "ss_clip_skip": clip_skip,
+        "ss_clip_skip": recipe.clip_skip,
         "ss_max_token_length": None,
         "ss_cache_latents": True,
-        "ss_seed": settings.seed,
+        "ss_seed": recipe.seed,
         "ss_lowram": False,
-        "ss_noise_offset": settings.noise_offset,
+        "ss_noise_offset": recipe.noise_offset,
         "ss_multires_noise_iterations": None,
         "ss_multires_noise_discount": 0.3,
         "ss_adaptive_noise_scale": None,
         "ss_zero_terminal_snr": False,
         "ss_sd_scripts_commit_hash": IMPLEMENTATION,  # not sd-scripts: which trainer wrote the file
         "ss_optimizer": optimizer_name,
-        "ss_max_grad_norm": 1.0,
+        "ss_max_grad_norm": recipe.max_grad_norm,
         "ss_caption_dropout_rate": 0.0,
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
         "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": 1.0,
-        "ss_min_snr_gamma": settings.min_snr_gamma,
+        "ss_min_snr_gamma": recipe.min_snr_gamma,
         "ss_scale_weight_norms": None,
         "ss_ip_noise_gamma": None,
         "ss_debiased_estimation": False,
@@ -146,7 +145,7 @@ def training_metadata(*, settings, spec: NetworkSpec, steps: int, datasets: list
         if vae_hashes:
             meta["ss_vae_hash"], meta["ss_new_vae_hash"] = vae_hashes
     out = {k: str(v) for k, v in meta.items()}
-    out.update(modelspec(name, trigger_words, datasets[0].resolution, clip_skip, started_at, family))
+    out.update(modelspec(name, trigger_words, datasets[0].resolution, recipe.clip_skip, started_at, family))
     return out
 
 

@@ -24,7 +24,6 @@ AdamW 8-bit and fused AdamW each take one kernel per group. The maths is unchang
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -33,51 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.lora.keys import lora_module_specs
-from charfw.rules.training import number_text, resolved_alpha, resolved_dim
-
-LYCORIS_ALGOS = ("locon", "loha", "lokr")
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    algo: str            # TrainSettings.network
-    dim: int
-    alpha: float
-    conv_dim: int
-    conv_alpha: float
-
-    @property
-    def conv3x3(self) -> bool:
-        return self.algo != "lora"
-
-    @property
-    def module(self) -> str:
-        """sd-scripts' --network_module for this network."""
-        return "lycoris.kohya" if self.algo in LYCORIS_ALGOS else "networks.lora"
-
-    @property
-    def args(self) -> dict[str, str]:
-        """sd-scripts' --network_args, as it records them (strings)."""
-        if self.algo == "lora":
-            return {}
-        args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
-        if self.algo in LYCORIS_ALGOS:
-            args["algo"] = self.algo
-        return args
-
-    def args_json(self) -> str | None:
-        return json.dumps(self.args) if self.args else None
-
-
-def network_spec(settings: TrainSettings) -> NetworkSpec:
-    """Dim/alpha of docs/rules.md §6 (charfw.rules.training); 3x3 convs use the same as the linear layers."""
-    dim = resolved_dim(settings.network, settings.dim)
-    alpha = resolved_alpha(settings.alpha, dim)
-    return NetworkSpec(settings.network, dim, alpha, dim, alpha)
-
+from charfw.recipe import LYCORIS_ALGOS, NetworkSpec
 
 class LoRAModule(nn.Module):
     """kohya LoRA for one Linear/Conv2d: down kaiming-uniform, up zero, scale alpha/dim."""

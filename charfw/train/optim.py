@@ -12,19 +12,12 @@ import logging
 
 import torch
 
-from charfw.rules import training as rules
+from charfw.recipe import Recipe
 
 log = logging.getLogger("charfw.train")
 
-WEIGHT_DECAY = 0.01  # AdamW's and bitsandbytes' default, what sd-scripts runs with
 
-
-def text_encoder_lr(settings) -> float:
-    """Explicit, or floor(lr in units of 1e-6 x 44/100) x 1e-6 (1e-4 -> 44e-6): charfw.rules.training."""
-    return rules.text_encoder_lr(settings.lr, settings.text_encoder_lr)
-
-
-def _adamw8bit(groups, device: torch.device):
+def _adamw8bit(groups, device: torch.device, weight_decay: float):
     """bitsandbytes' AdamW8bit if it imports and can take one step on `device`, else None."""
     if device.type != "cuda":
         return None
@@ -34,27 +27,26 @@ def _adamw8bit(groups, device: torch.device):
         probe.grad = torch.ones_like(probe)
         opt = bnb.optim.AdamW8bit([probe], lr=1e-3)
         opt.step()
-        return bnb.optim.AdamW8bit(groups, weight_decay=WEIGHT_DECAY)
+        return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
     except Exception as exc:  # ImportError, or a build without this GPU
         log.info("bitsandbytes AdamW8bit unavailable (%s)", exc)
         return None
 
 
-def build_optimizer(settings, unet_params, te_params, device) -> tuple[torch.optim.Optimizer, str]:
+def build_optimizer(recipe: Recipe, unet_params, te_params, device) -> tuple[torch.optim.Optimizer, str]:
     """(optimizer, the name sd-scripts would record in ss_optimizer)."""
-    te_lr = text_encoder_lr(settings)
-    groups = [{"params": list(unet_params), "lr": settings.lr}]
+    groups = [{"params": list(unet_params), "lr": recipe.lr}]
     if te_params:
-        groups.append({"params": list(te_params), "lr": te_lr})
-    if settings.optimizer == "adafactor":
+        groups.append({"params": list(te_params), "lr": recipe.text_encoder_lr})
+    if recipe.optimizer == "adafactor":
         from transformers.optimization import Adafactor
-        args = dict(relative_step=True, scale_parameter=True, warmup_init=False)
+        args = dict(recipe.optimizer_args)
         opt = Adafactor(groups, lr=None, **args)
         name = "transformers.optimization.Adafactor(" + ",".join(f"{k}={v}" for k, v in args.items()) + ")"
         log.info("optimizer: Adafactor (relative step; learning rates are its own)")
         return opt, name
-    if settings.optimizer == "adamw8bit":
-        opt = _adamw8bit(groups, torch.device(device))
+    if recipe.optimizer == "adamw8bit":
+        opt = _adamw8bit(groups, torch.device(device), recipe.weight_decay)
         if opt is not None:
             log.info("optimizer: bitsandbytes AdamW8bit")
             return opt, f"{type(opt).__module__}.{type(opt).__name__}"
@@ -62,22 +54,16 @@ def build_optimizer(settings, unet_params, te_params, device) -> tuple[torch.opt
     else:
         log.info("optimizer: torch AdamW")
     # One fused kernel for every parameter instead of several per parameter (the same maths)
-    opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY, fused=True)
+    opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay, fused=True)
     return opt, "torch.optim.adamw.AdamW"
 
 
-def build_scheduler(settings, optimizer, steps: int):
+def build_scheduler(recipe: Recipe, optimizer):
     """Learning-rate schedule; Adafactor's relative step brings its own."""
-    if settings.optimizer == "adafactor":
+    if recipe.own_schedule:
         from transformers.optimization import AdafactorSchedule
-        return AdafactorSchedule(optimizer, initial_lr=settings.lr)
+        return AdafactorSchedule(optimizer, initial_lr=recipe.lr)
     from diffusers.optimization import get_scheduler
-    name = settings.scheduler
-    if name == "constant" and settings.warmup_steps:
-        name = "constant_with_warmup"
-    kwargs = {"num_cycles": settings.restarts} if name == "cosine_with_restarts" else {}
-    return get_scheduler(name, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=steps, **kwargs)
-
-
-def scheduler_name(settings) -> str:
-    return "adafactor" if settings.optimizer == "adafactor" else settings.scheduler
+    name, warmup = recipe.scheduler_steps
+    kwargs = {"num_cycles": recipe.restarts} if name == "cosine_with_restarts" else {}
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=recipe.steps, **kwargs)

@@ -98,7 +98,7 @@ def test_auto_batch_scale_grows_on_a_gpu_with_room(dataset_toml, tmp_path):
     grown, grown_sets = loop._grow_batches(req, datasets, scale)
     assert [d.batch_size for d in grown_sets] == [4] and grown.steps == 50
     assert grown.settings.lr == pytest.approx(req.settings.lr * 2 ** 0.5)
-    assert grown.settings.text_encoder_lr == pytest.approx(req.text_encoder_lr * 2 ** 0.5)
+    assert grown.settings.text_encoder_lr == pytest.approx(req.recipe.text_encoder_lr * 2 ** 0.5)
     assert loop._grow_batches(req, datasets, 1) == (req, datasets)
 
 
@@ -157,7 +157,8 @@ def test_packed_factors_train_what_separate_parameters_train(dataset_toml, tmp_p
 
 def test_packed_network_is_one_parameter_per_group_and_its_views_follow_it(dataset_toml):
     from charfw.models import load_model
-    from charfw.train.network import Network, network_spec
+    from charfw.recipe import network_spec
+    from charfw.train.network import Network
 
     sd = load_model("builtin:tiny-sd15")
     net = Network(network_spec(TrainSettings(network="c3lier", dim=4)), sd)

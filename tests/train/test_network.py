@@ -9,8 +9,9 @@ from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
 from charfw.lora.keys import lora_module_specs
-from charfw.train.network import Network, network_spec
-from charfw.train.optim import build_optimizer, build_scheduler, text_encoder_lr
+from charfw.recipe import network_spec, recipe_of
+from charfw.train.network import Network
+from charfw.train.optim import build_optimizer, build_scheduler
 
 SUFFIXES = {
     "lora": {"lora_down.weight", "lora_up.weight", "alpha"},
@@ -99,19 +100,19 @@ def test_dims_alphas_and_learning_rates():
     assert network_spec(TrainSettings(network="c3lier", dim=16)).args == {"conv_dim": "16", "conv_alpha": "8"}
     assert network_spec(TrainSettings(network="loha", dim=16)).args["algo"] == "loha"
     assert network_spec(TrainSettings(network="lora")).args == {}
-    assert text_encoder_lr(TrainSettings(lr=1e-4)) == pytest.approx(44e-6, rel=1e-9)
-    assert text_encoder_lr(TrainSettings(lr=3e-4)) == pytest.approx(132e-6, rel=1e-9)
-    assert text_encoder_lr(TrainSettings(lr=1.5e-5)) == pytest.approx(6e-6, rel=1e-9)   # floor(6.6)
-    assert text_encoder_lr(TrainSettings(lr=1e-4, text_encoder_lr=5e-5)) == 5e-5
+    assert recipe_of(TrainSettings(lr=1e-4), SD15, 1).text_encoder_lr == pytest.approx(44e-6, rel=1e-9)
+    assert recipe_of(TrainSettings(lr=3e-4), SD15, 1).text_encoder_lr == pytest.approx(132e-6, rel=1e-9)
+    assert recipe_of(TrainSettings(lr=1.5e-5), SD15, 1).text_encoder_lr == pytest.approx(6e-6, rel=1e-9)   # floor(6.6)
+    assert recipe_of(TrainSettings(lr=1e-4, text_encoder_lr=5e-5), SD15, 1).text_encoder_lr == 5e-5
 
 
 @pytest.mark.parametrize("scheduler", ["cosine_with_restarts", "cosine", "constant", "linear"])
 def test_schedules(scheduler):
     p = torch.nn.Parameter(torch.zeros(1))
-    settings = TrainSettings(scheduler=scheduler, lr=1e-4, warmup_steps=2)
-    opt, name = build_optimizer(settings, [p], [torch.nn.Parameter(torch.zeros(1))], "cpu")
+    recipe = recipe_of(TrainSettings(scheduler=scheduler, lr=1e-4, warmup_steps=2), SD15, 10)
+    opt, name = build_optimizer(recipe, [p], [torch.nn.Parameter(torch.zeros(1))], "cpu")
     assert name == "torch.optim.adamw.AdamW"           # no bitsandbytes on CPU
-    sched = build_scheduler(settings, opt, 10)
+    sched = build_scheduler(recipe, opt)
     lrs = []
     for _ in range(10):
         lrs.append(sched.get_last_lr())
@@ -125,10 +126,10 @@ def test_schedules(scheduler):
 
 def test_adafactor_relative_step():
     p = torch.nn.Parameter(torch.zeros(4))
-    settings = TrainSettings(optimizer="adafactor")
-    opt, name = build_optimizer(settings, [p], [], "cpu")
+    recipe = recipe_of(TrainSettings(optimizer="adafactor"), SD15, 10)
+    opt, name = build_optimizer(recipe, [p], [], "cpu")
     assert name == "transformers.optimization.Adafactor(relative_step=True,scale_parameter=True,warmup_init=False)"
-    sched = build_scheduler(settings, opt, 10)
+    sched = build_scheduler(recipe, opt)
     p.grad = torch.ones(4)
     opt.step()
     sched.step()

@@ -82,7 +82,7 @@ def _modules(path) -> set[str]:
 @pytest.mark.slow
 def test_unet_only_is_the_sdxl_default(dataset_toml, tmp_path):
     req = _train(dataset_toml, tmp_path, TrainSettings(network="lora", dim=4, gradient_checkpointing=False))
-    assert not req.train_text_encoder
+    assert not req.recipe.train_text_encoder
     unet = {n for n in lora_module_specs(SDXL, conv3x3=False) if n.startswith("lora_unet_")}
     assert _modules(req.output) == unet and len(unet) == 722   # sd-scripts: "create LoRA for U-Net: 722 modules"
     with safetensors.safe_open(str(req.output), "pt") as f:

@@ -28,7 +28,8 @@ from charfw.train import train_lora
 from charfw.train import loop
 from charfw.train.dataset import load_datasets
 from charfw.train.latents import LatentCache
-from charfw.train.network import Network, network_spec
+from charfw.recipe import network_spec
+from charfw.train.network import Network
 from charfw.train.conditioning import encode_text, tokenize
 from charfw.train.objective import diffusion_loss
 from charfw.train.sampling import Sample

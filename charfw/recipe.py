@@ -1,0 +1,112 @@
+"""The resolved training recipe: every number a training runs with, decided once (docs/rules.md §6).
+
+`TrainRequest.recipe` builds it from the manifest's settings, the model family and the steps
+(a request whose batches grew, `batch_scale`, is a new request with its own recipe). The
+embedded trainer trains with it, and the sd-scripts command line (charfw.sdscripts.command)
+and the LoRA's `ss_*` metadata (charfw.train.metadata) are renderings of it: none of them
+derives a dimension, an alpha or a learning rate again. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from charfw.families import Family
+from charfw.rules.training import number_text, resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
+
+LYCORIS_ALGOS = ("locon", "loha", "lokr")
+ADAFACTOR_ARGS = (("relative_step", True), ("scale_parameter", True), ("warmup_init", False))  # the seed's
+MAX_GRAD_NORM = 1.0    # sd-scripts' default gradient clipping
+WEIGHT_DECAY = 0.01    # AdamW's and bitsandbytes' default, what sd-scripts runs with
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The adapters: kind, rank and alpha (3x3 convs take the same as the linear layers)."""
+
+    algo: str            # TrainSettings.network
+    dim: int
+    alpha: float
+    conv_dim: int
+    conv_alpha: float
+
+    @property
+    def conv3x3(self) -> bool:
+        return self.algo != "lora"
+
+    @property
+    def module(self) -> str:
+        """sd-scripts' --network_module for this network."""
+        return "lycoris.kohya" if self.algo in LYCORIS_ALGOS else "networks.lora"
+
+    @property
+    def args(self) -> dict[str, str]:
+        """sd-scripts' --network_args, as it records them (strings)."""
+        if self.algo == "lora":
+            return {}
+        args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
+        if self.algo in LYCORIS_ALGOS:
+            args["algo"] = self.algo
+        return args
+
+    def args_json(self) -> str | None:
+        return json.dumps(self.args) if self.args else None
+
+
+def network_spec(settings) -> NetworkSpec:
+    """Dim/alpha of docs/rules.md §6 from a TrainSettings."""
+    dim = resolved_dim(settings.network, settings.dim)
+    alpha = resolved_alpha(settings.alpha, dim)
+    return NetworkSpec(settings.network, dim, alpha, dim, alpha)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one training trains with. Adafactor brings its own learning rates and schedule
+    (relative step): `lr`/`text_encoder_lr` are then what the seed's command line still passes."""
+
+    family: Family
+    network: NetworkSpec
+    steps: int
+    lr: float                         # the U-Net's
+    text_encoder_lr: float
+    train_text_encoder: bool
+    optimizer: str                    # adamw8bit | adamw | adafactor
+    optimizer_args: tuple[tuple[str, object], ...]
+    scheduler: str                    # as sd-scripts names it ("adafactor" with Adafactor)
+    warmup_steps: int
+    restarts: int
+    max_grad_norm: float
+    weight_decay: float
+    clip_skip: int | None             # None where the family always uses the penultimate layer
+    noise_offset: float | None
+    min_snr_gamma: float | None
+    seed: int
+
+    @property
+    def own_schedule(self) -> bool:
+        """The optimizer sets its own step sizes (Adafactor): no learning rates or warm-up apply."""
+        return self.optimizer == "adafactor"
+
+    @property
+    def scheduler_steps(self) -> tuple[str, int]:
+        """(diffusers' schedule name, warm-up steps) for an optimizer with learning rates."""
+        name = self.scheduler
+        if name == "constant" and self.warmup_steps:
+            name = "constant_with_warmup"
+        return name, self.warmup_steps
+
+
+def recipe_of(settings, family: Family, steps: int) -> Recipe:
+    """The recipe of a TrainSettings for `family` and `steps`."""
+    adafactor = settings.optimizer == "adafactor"
+    return Recipe(
+        family=family, network=network_spec(settings), steps=steps, lr=settings.lr,
+        text_encoder_lr=text_encoder_lr(settings.lr, settings.text_encoder_lr),
+        train_text_encoder=trains_text_encoder(family, settings.train_text_encoder),
+        optimizer=settings.optimizer, optimizer_args=ADAFACTOR_ARGS if adafactor else (),
+        scheduler="adafactor" if adafactor else settings.scheduler, warmup_steps=settings.warmup_steps,
+        restarts=settings.restarts, max_grad_norm=MAX_GRAD_NORM, weight_decay=WEIGHT_DECAY,
+        clip_skip=settings.clip_skip if family.uses_clip_skip else None,
+        noise_offset=settings.noise_offset, min_snr_gamma=settings.min_snr_gamma, seed=settings.seed)
