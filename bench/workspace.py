@@ -72,7 +72,7 @@ from safetensors.torch import save_file
 ws = Path(sys.argv[1])
 from charfw.config.workspace import load_project
 from charfw.layout import Layout
-from charfw.runkey import run_key
+from charfw.fingerprint import run_key
 layout = Layout(load_project(ws))
 reqs = [layout.train_request(t) for t in layout.project.trained_targets()]
 name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"   # block IN01: FACE and BODY keep it

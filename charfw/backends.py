@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from charfw.request import TrainRequest
-from charfw.runkey import DigestCache, record, run_key
+from charfw.fingerprint import DigestCache, record, run_key
 
 
 def train(req: TrainRequest, cache: DigestCache | None = None) -> None:

@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
     from charfw.backends import train
     from charfw.config.workspace import load_project
     from charfw.layout import Layout
-    from charfw.runkey import digest_cache, is_trained
+    from charfw.fingerprint import digest_cache, is_trained
 
     from charfw import lock
 

@@ -1,7 +1,7 @@
 """One training, as data: the single request type both trainers take.
 
 The build makes it (charfw.layout), the embedded trainer (charfw.train) and the sd-scripts
-backend (charfw.sdscripts) consume it, the run key (charfw.runkey) hashes it. Paths are
+backend (charfw.sdscripts) consume it, its fingerprints (charfw.fingerprint) hash it. Paths are
 absolute; `model`/`vae` are "builtin:<name>" or absolute file paths (see rules.modelref).
 """
 

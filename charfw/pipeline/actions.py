@@ -98,7 +98,7 @@ def train(req: TrainRequest, build_dir: str) -> None:
     from charfw.backends import train as run
     from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
     from charfw.process import claim_worker_gpu
-    from charfw.runkey import digest_cache
+    from charfw.fingerprint import digest_cache
 
     die_with_parent()
     gpu = claim_worker_gpu(req.settings.gpus)

@@ -26,7 +26,7 @@ from charfw.pipeline import actions
 from charfw.request import TrainRequest
 from charfw.rules.captions import caption
 from charfw.rules.modelref import resolve_model_ref
-from charfw.runkey import digest_cache, is_trained
+from charfw.fingerprint import digest_cache, is_trained
 from charfw.sample.prompts import sample_prompts
 
 STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample")

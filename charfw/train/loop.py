@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 from charfw import interrupt
-from charfw.config.models import resume_fields
 from charfw.errors import CharfwError, os_error_message
+from charfw.fingerprint import file_record, fingerprint, resume_parts
 from charfw.interrupt import Interrupted
 from charfw.process import worker_slot
 from charfw.recipe import Recipe
@@ -41,18 +41,17 @@ from charfw.rules.training import scaled_schedule
 from charfw.train.compiled import CompiledBlocks
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
-from charfw.train.metadata import finish_metadata, model_identity, training_metadata
-from charfw.train.network import Network
+from charfw.train.metadata import finish_metadata, model_hashes, training_metadata
 from charfw.train.conditioning import TextConditioner, size_ids
+from charfw.train.network import Network
 from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler
 from charfw.train.sampling import BatchPlan, bucket_counts
-from charfw.train.state import clear_state, load_state, run_id, save_state, saved_state_info
+from charfw.train.state import clear_state, load_state, save_state, saved_state_info
 from charfw.train.transfer import to_device
 
 log = logging.getLogger("charfw.train")
 
-TRAINER_VERSION = 3   # bump when a change alters what the same inputs train to: old states are then discarded
 LOSS_READ_EVERY = 16  # on a GPU, losses are read back (a sync) this many steps at a time
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
@@ -158,7 +157,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
                  job.settings.batch_scale, batch_scale, job.steps, asked, job.settings.lr / req_lr)
     settings, steps = job.settings, job.steps
     plan = BatchPlan(datasets, settings.seed)
-    run = run_id(_run_parts(job, datasets, sd, world))
+    run = fingerprint(resume_parts(job, datasets, sd.path, sd.vae_path, world))
     checkpointing = use_checkpointing(settings.gradient_checkpointing, free, sd.family,
                                       max(d.batch_size for d in datasets), **footprint)
     if checkpointing:
@@ -311,7 +310,8 @@ def _resumed_scale(job: TrainRequest, datasets: list[Dataset], scale: int, sd, w
     smaller = started.get("batch_scale")
     if job.settings.batch_scale != "auto" or not isinstance(smaller, int) or not 1 <= smaller < scale:
         return scale
-    same_run = run_id(_run_parts(*_grow_batches(job, datasets, smaller), sd, world)) == started.get("run")
+    same_run = fingerprint(resume_parts(*_grow_batches(job, datasets, smaller), sd.path, sd.vae_path, world)) \
+        == started.get("run")
     return smaller if same_run else scale
 
 
@@ -486,29 +486,8 @@ def _load_init(network: Network, path: Path) -> None:
     log.info("initialised %d of %d modules from %s", n, len(network.names), path)
 
 
-def _file_id(path: Path | None) -> dict | None:
-    if path is None:
-        return None
-    from charfw.models import model_hash
-    return {"name": path.name, "size": path.stat().st_size, "hash": model_hash(path)}
-
-
 def _vae_id(sd) -> str:
-    return f"{_file_id(sd.path)}/{_file_id(sd.vae_path)}"
-
-
-def _run_parts(job: TrainRequest, datasets: list[Dataset], sd, world: int) -> dict:
-    """What decides the trained weights: a saved state is resumed only if all of this is equal."""
-    data = [{"resolution": d.resolution, "batch": d.batch_size,
-             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug) for s in d.subsets],
-             "images": [(i.sha256, i.caption, i.placement.bucket, i.placement.resized, i.subset) for i in d.images]}
-            for d in datasets]
-    init = None
-    if job.init_weights is not None:
-        init = hashlib.sha256(job.init_weights.read_bytes()).hexdigest()
-    settings = job.settings.model_dump(include=set(resume_fields()))
-    return {"trainer": TRAINER_VERSION, "settings": settings, "steps": job.steps, "model": _file_id(sd.path),
-            "vae": _file_id(sd.vae_path), "data": data, "init": init, "world": world}
+    return f"{file_record(sd.path)}/{file_record(sd.vae_path)}"
 
 
 def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator, checkpointing: bool,
@@ -516,8 +495,8 @@ def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator,
     model_name = job.model if is_builtin(job.model) else (sd.path.name if sd.path else str(job.model))
     return training_metadata(
         recipe=job.recipe, datasets=datasets, optimizer_name=optimizer_name,
-        mixed_precision=accelerator.mixed_precision, checkpointing=checkpointing, model_name=model_name, model_hashes=model_identity(sd.path),
-        vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_identity(sd.vae_path),
+        mixed_precision=accelerator.mixed_precision, checkpointing=checkpointing, model_name=model_name, model_hashes=model_hashes(sd.path),
+        vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_hashes(sd.vae_path),
         name=job.name, trigger_words=list(job.trigger_words), started_at=_now(), batches_per_epoch=per_epoch,
         epochs=epochs, session_id=int(run[:8], 16))
 

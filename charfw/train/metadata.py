@@ -14,6 +14,7 @@ from pathlib import Path
 
 from charfw import __version__
 from charfw.families import Family
+from charfw.fingerprint import file_identity
 from charfw.recipe import Recipe
 from charfw.train.dataset import Dataset, tag_frequency
 
@@ -189,9 +190,9 @@ def finish_metadata(meta: dict[str, str], *, steps: int, epoch: int, finished_at
     return out
 
 
-def model_identity(path: Path | None) -> tuple[str, str] | None:
+def model_hashes(path: Path | None) -> tuple[str, str] | None:
     """(legacy 8-digit hash, full SHA-256) of a model file, as ss_sd_model_hash / ss_new_sd_model_hash."""
     if path is None or not Path(path).is_file():
         return None
-    from charfw.models import model_hash, model_sha256
-    return model_hash(path), model_sha256(path)
+    identity = file_identity(path)
+    return identity.legacy_hash, identity.sha256

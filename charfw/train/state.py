@@ -13,7 +13,6 @@ discarded, never resumed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -26,10 +25,6 @@ from charfw.fsutil import FullWriter, atomic_path, write_text
 log = logging.getLogger("charfw.train")
 
 STATE_FILE = "state.json"
-
-
-def run_id(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

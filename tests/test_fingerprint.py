@@ -1,12 +1,16 @@
-"""Run keys: what retrains, and file digests read once per (size, mtime)."""
+"""A run's fingerprints: what retrains (run key), what resumes (state key), a model file's identity,
+and file digests read once per (size, mtime)."""
 
 import os
 from pathlib import Path
 
-from charfw.families import SD15
+import pytest
+
 from charfw.config.models import TrainSettings
+from charfw.families import SD15
+from charfw.fingerprint import (TRAINER_VERSION, DigestCache, digest_cache, file_identity, fingerprint, model_identity,
+                                resume_parts, run_key)
 from charfw.request import TrainRequest
-from charfw.runkey import DigestCache, digest_cache, run_key
 
 
 def request(tmp_path: Path, **settings) -> TrainRequest:
@@ -51,7 +55,7 @@ def test_run_key_changes_only_with_what_changes_the_weights(tmp_path):
 
 
 def test_a_cpu_trained_lora_ignores_mixed_precision(tmp_path):
-    from charfw.runkey import is_trained, record
+    from charfw.fingerprint import is_trained, record
 
     (tmp_path / "a.toml").write_text("x")
     (tmp_path / "f00.png").write_bytes(b"png")
@@ -62,3 +66,50 @@ def test_a_cpu_trained_lora_ignores_mixed_precision(tmp_path):
     assert not is_trained(request(tmp_path, lr=3e-4))
     record(req, run_key(req))                                # trained on a GPU: mixed precision mattered
     assert is_trained(req) and not is_trained(request(tmp_path, mixed_precision="bf16"))
+
+
+WEIGHTS = [dict(lr=2e-4), dict(seed=1), dict(network="lora"), dict(dim=8), dict(alpha="one"), dict(noise_offset=0.05)]
+RUN_ONLY = [dict(save_every_n_steps=7), dict(gradient_checkpointing=False), dict(cache_latents="disk"),
+            dict(python="python3"), dict(sample_every_n_steps=5)]
+
+
+@pytest.mark.parametrize("trainer", ["embedded", "sd-scripts"])
+def test_both_keys_follow_the_classification_of_settings(tmp_path, trainer):
+    """A setting that changes the weights changes the run key and the state key; a run-only one
+    changes neither, for both trainers."""
+    (tmp_path / "a.toml").write_text("x")
+    (tmp_path / "f00.png").write_bytes(b"png")
+    cache = DigestCache()
+
+    def keys(**settings):
+        req = request(tmp_path, trainer=trainer, **settings)
+        return run_key(req, cache), fingerprint(resume_parts(req, [], None, None, 1))
+
+    base = keys()
+    for changed in WEIGHTS:
+        run, state = keys(**changed)
+        assert run != base[0], changed
+        if trainer == "embedded":
+            assert state != base[1], changed
+    for same in RUN_ONLY:
+        assert keys(**same) == base, same
+
+
+def test_the_state_key_holds_the_trainer_version_and_the_run_key_does_not(tmp_path):
+    req = request(tmp_path)
+    parts = resume_parts(req, [], None, None, 1)
+    assert parts["trainer"] == TRAINER_VERSION
+    assert fingerprint({**parts, "trainer": TRAINER_VERSION + 1}) != fingerprint(parts)
+    assert fingerprint(resume_parts(req, [], None, None, 2)) != fingerprint(parts)     # another world size
+
+
+def test_one_identity_of_a_model_file(tmp_path):
+    from charfw.models.hashing import model_hash
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(bytes(range(256)) * 8192)   # 2 MiB: the legacy hash reads 64 KiB at 1 MiB
+    ident = file_identity(path)
+    assert ident.text == f"model.safetensors:{2 * 2**20}:{model_hash(path)}" == model_identity(str(path))
+    assert ident.record == {"name": "model.safetensors", "size": 2 * 2**20, "hash": model_hash(path)}
+    assert model_identity("builtin:tiny-sd15") == "builtin:tiny-sd15"
+    assert model_identity(str(tmp_path / "gone.safetensors")) == "gone.safetensors:missing"
