@@ -102,8 +102,9 @@ flip_aug = true
 
 def random_checkpoint(arch: str, folder: Path) -> Path:
     """A full-size random-weight single-file checkpoint (fp16), written once per folder."""
-    from charfw.models.tiny import write_random
     import torch
+
+    from charfw.models.tiny import write_random
 
     path = folder / f"random-{arch}.safetensors"
     if not path.is_file():

@@ -70,7 +70,7 @@ import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 ws = Path(sys.argv[1])
-from charfw.config.workspace import load_project
+from charfw.workspace import load_project
 from charfw.layout import Layout
 from charfw.fingerprint import run_key
 layout = Layout(load_project(ws))

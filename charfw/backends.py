@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from charfw.request import TrainRequest
 from charfw.fingerprint import DigestCache, record, run_key
+from charfw.request import TrainRequest
+from charfw.sdscripts.runner import run_sd_scripts, sd_scripts_command
 
 
 def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
@@ -11,7 +12,6 @@ def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
     cpu = False
     if req.settings.trainer == "sd-scripts":
         key = run_key(req, cache)
-        from charfw.sdscripts.runner import run_sd_scripts
 
         run_sd_scripts(req)
     else:
@@ -26,7 +26,6 @@ def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
 def command_line(req: TrainRequest) -> list[str]:
     """The exact command that trains this target outside doit (what `charfw plan` prints)."""
     if req.settings.trainer == "sd-scripts":
-        from charfw.sdscripts.runner import sd_scripts_command
 
         return sd_scripts_command(req)[1]
     return ["charfw", "train", req.name, "-C", str(req.root)]

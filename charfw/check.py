@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from charfw.config.workspace import WORKSPACE_FILE, load_project
 from charfw.config.yamlfile import load_yaml
+from charfw.dataset.plan import bucket_of
 from charfw.errors import CharfwError
 from charfw.families import Family
 from charfw.layout import Layout
@@ -20,6 +20,7 @@ from charfw.models.filekind import checkpoint_problem, lora_problem, safetensors
 from charfw.project import Project
 from charfw.rules.modelref import BUILTIN_MODELS, BUILTIN_PREFIX, builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.viewcode import missing_yaws, required_yaws
+from charfw.workspace import WORKSPACE_FILE, load_project
 
 
 def check_project(root: Path) -> tuple[Project, list[str]]:
@@ -66,7 +67,6 @@ def check_warnings(layout: Layout) -> list[str]:
 def odd_aspect(items, family: Family) -> list[tuple[str, tuple[int, int]]]:
     """(image, bucket) of each image outside its set's most common bucket, at the set's largest size
     that every image reaches: mixed aspect ratios split the set's batches into several buckets."""
-    from charfw.dataset.plan import bucket_of
 
     by_size: dict[int, list] = {}
     for item in items:

@@ -1,4 +1,8 @@
-"""The `charfw` command: workspace scaffolding and checks, and standalone LoRA tools."""
+"""The `charfw` command: workspace scaffolding and checks, and standalone LoRA tools.
+
+Each subcommand imports what it runs when it runs, so `charfw lora compress` starts without
+the workspace schema, doit or the report, and the torch-free commands never import torch.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from charfw.errors import CharfwError, os_error_message
 
 
 def cmd_new(args) -> int:
-    from charfw.config.workspace import load_project
     from charfw.scaffold import new_character
+    from charfw.workspace import load_project
 
     root = Path(args.workspace)
     try:
@@ -60,7 +64,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from charfw.report.build import build_report
+    from charfw.pipeline.api import build_report
 
     page = build_report(Path(args.workspace).resolve(), args.target, wait=args.wait)
     print(page)
@@ -72,12 +76,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from charfw.backends import train
-    from charfw.config.workspace import load_project
-    from charfw.layout import Layout
-    from charfw.fingerprint import digest_cache, is_trained
-
     from charfw import lock
+    from charfw.backends import train
+    from charfw.fingerprint import digest_cache, is_trained
+    from charfw.layout import Layout
+    from charfw.workspace import load_project
 
     layout = Layout(load_project(Path(args.workspace).resolve()))
     lock.acquire(layout.build_dir, wait=args.wait, command=f"charfw train {args.target}")

@@ -32,6 +32,7 @@ from charfw.config.models import resume_fields, run_key_fields
 from charfw.errors import CharfwError
 from charfw.filecache import FileCache, file_cache
 from charfw.fsutil import write_text
+from charfw.models.hashing import model_hash, model_sha256
 from charfw.request import TrainRequest
 from charfw.rules.modelref import is_builtin
 
@@ -89,13 +90,11 @@ class FileIdentity:
 
     @cached_property
     def sha256(self) -> str:
-        from charfw.models.hashing import model_sha256
         return model_sha256(self.path)
 
 
 def file_identity(path: str | Path) -> FileIdentity:
     """The identity of an existing model file (OSError or CharfwError when it cannot be read)."""
-    from charfw.models.hashing import model_hash
 
     path = Path(path)
     return FileIdentity(path, path.stat().st_size, model_hash(path))

@@ -16,7 +16,7 @@ from charfw.filecache import file_cache
 from charfw.project import Project, Target
 from charfw.request import ProgressSamples, TrainRequest
 from charfw.rules.modelref import resolve_model_ref
-
+from charfw.sample.prompts import sample_prompts
 
 HEADERS_FILE = ".images.json"   # [width, height, has_alpha] of every source, from its header
 
@@ -133,7 +133,6 @@ class Layout:
     def progress_samples(self, target: Target) -> ProgressSamples | None:
         if not target.train.sample_every_n_steps:
             return None
-        from charfw.sample.prompts import sample_prompts
 
         prompt = sample_prompts(target, target.sample, self.project.config.captions.template)[0]
         return ProgressSamples(prompt, target.sample, self.progress_dir(target))

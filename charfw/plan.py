@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charfw.backends import command_line
-from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
 from charfw.layout import Layout
 from charfw.pipeline.tasks import STAGES, task_names
 from charfw.report.numbers import target_numbers
 from charfw.sdscripts.command import format_bat, format_shell
+from charfw.workspace import load_project
 
 
 @dataclass

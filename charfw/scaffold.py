@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 from charfw.config.models import KEYWORD
-from charfw.config.workspace import CHARACTER_FILE
 from charfw.errors import CharfwError
 from charfw.fsutil import write_text
 from charfw.rules.viewcode import PITCH_NAMES, YAW_NAMES, required_yaws
+from charfw.workspace import CHARACTER_FILE
 
 MANIFEST = """\
 # {name}: see README "Character manifest" for every field.

@@ -1,5 +1,4 @@
 import pytest
-
 from wsutil import copy_example
 
 

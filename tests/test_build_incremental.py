@@ -1,6 +1,5 @@
 """doit reruns exactly what changed, observed through doit's own output on a copy of the example."""
 
-from charfw.families import SD15
 import json
 import shutil
 from pathlib import Path
@@ -8,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from charfw.families import SD15
+
 pytestmark = pytest.mark.slow  # builds the example through doit
 
 from wsutil import copy_example, executed, run_doit
-
-
 
 DATA_STAGES = ("images", "captions", "dataset")
 QUICK_TRAINING = "  steps: 2\n  network: lora\n  dim: 2"
@@ -100,8 +99,8 @@ def test_editing_merge_weights_reruns_only_merge_and_compress_of_that_target(bui
                                          "sample:grid-krnksf_tyankps"}
     assert (built / "dist/krnksf_tyankps.safetensors").read_bytes() != before
     # the same weights written as a list are the same weights: nothing to do
-    from charfw.lora.blocks import PRESETS
-    face = ", ".join(f"{v:g}" for v in SD15.blocks.presets["FACE"])
+    from charfw.lora.blocks import builtin_presets
+    face = ", ".join(f"{v:g}" for v in builtin_presets(SD15)["FACE"])
     path.write_text(path.read_text().replace("weights: FACE", f"weights: [{face}]"))
     assert executed(run_doit(built)) == set()
 

@@ -2,11 +2,11 @@
 
 
 import pytest
+from wsutil import replace_example_training
 
-from charfw.config.workspace import load_project
 from charfw.config.yamlfile import load_yaml
 from charfw.errors import CharfwError
-from wsutil import replace_example_training
+from charfw.workspace import load_project
 
 
 def test_yaml_lines_and_numbers(tmp_path):

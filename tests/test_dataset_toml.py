@@ -4,14 +4,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from wsutil import run_doit, use_spec_sizes
 
-from charfw.config.workspace import load_project
 from charfw.dataset.plan import folder_name, plan_set, scaled_size
 from charfw.dataset.schema import SD_SCRIPTS_KEYS
 from charfw.dataset.toml import dataset_config, render_toml
 from charfw.families import SD15
 from charfw.rules.sizeclass import batch_size, class_pair
-from wsutil import run_doit, use_spec_sizes
+from charfw.workspace import load_project
 
 
 def configs(ws: Path, table=SD15.size_classes.batch_profiles["default"]):

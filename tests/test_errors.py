@@ -3,12 +3,12 @@
 import shutil
 
 import pytest
-
-from charfw.families import SDXL
-from charfw.check import check_project
-from charfw.config.workspace import load_project
-from charfw.errors import CharfwError
 from wsutil import run_charfw, run_doit, use_spec_sizes
+
+from charfw.check import check_project
+from charfw.errors import CharfwError
+from charfw.families import SDXL
+from charfw.workspace import load_project
 
 
 def error_of(ws) -> str:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from wsutil import ROOT, copy_example, executed, run_doit
 
 from charfw.families import SD15, SDXL
 from charfw.lora.keys import lora_module_specs
-from wsutil import ROOT, copy_example, executed, run_doit
 
 TARGETS = ("krnk", "krnksf", "tyank", "tyankps", "krnksf_tyankps")
 

@@ -9,7 +9,7 @@ import pytest
 import charfw
 from charfw.errors import CharfwError
 from charfw.families import DEFAULT, FAMILIES, SD15, SDXL, family, from_checkpoint, from_lora, of_builtin, of_config
-from charfw.lora.blocks import parse_weights
+from charfw.lora.blocks import builtin_presets, parse_weights
 from charfw.lora.keys import lora_module_specs
 from charfw.models.configs import DATA, label, parts, with_article
 
@@ -81,7 +81,7 @@ def test_every_family_is_complete(fam):
     assert with_article(fam.configs[0]).endswith(fam.label)
     assert len(fam.text_encoders) == len(fam.text_encoder_parts)
     assert set(fam.blocks.short) <= set(fam.blocks.blocks) and fam.blocks.blocks[0] == "BASE"
-    for name, values in fam.blocks.presets.items():
+    for name, values in builtin_presets(fam).items():
         assert len(values) in (len(fam.blocks.blocks), len(fam.blocks.short)), name
         parse_weights(name, fam)
     assert set(fam.size_classes.batch_profiles) == {"default", "12gb"}

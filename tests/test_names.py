@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wsutil import run_charfw, run_doit
 
-from charfw.config.workspace import load_project
 from charfw.errors import CharfwError
 from charfw.layout import Layout
-from charfw.rules.names import (MAX_NAME_BYTES, name_problem, relative_dir_problem, tag_problem,
-                                words_problem)
-from wsutil import run_charfw, run_doit
+from charfw.rules.names import MAX_NAME_BYTES, name_problem, relative_dir_problem, tag_problem, words_problem
+from charfw.workspace import load_project
 
 HOSTILE = {
     "traversal": "../../../../../../../../../tmp/x/ESCAPED",

@@ -8,12 +8,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from wsutil import executed, run_charfw, run_doit
 
-from charfw.config.workspace import load_project
 from charfw.layout import Layout
 from charfw.report.grid import view_grid
 from charfw.report.numbers import target_numbers
-from wsutil import executed, run_charfw, run_doit
+from charfw.workspace import load_project
 
 
 class Page(HTMLParser):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charfw.families import SD15
 from charfw.config.models import SampleSettings
-from charfw.config.workspace import load_project
+from charfw.families import SD15
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.modules import Module, delta_matrix
 from charfw.rules.captions import caption
 from charfw.rules.viewcode import parse_view_code
 from charfw.sample import render
 from charfw.sample.prompts import sample_prompts
+from charfw.workspace import load_project
 
 pytestmark = pytest.mark.slow   # renders with the tiny model
 

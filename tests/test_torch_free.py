@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from wsutil import copy_example
 
 BLOCKER = """

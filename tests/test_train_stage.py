@@ -4,9 +4,8 @@ import json
 import re
 
 import pytest
-from safetensors import safe_open
-
 from fake_sd_scripts import make_sd_scripts
+from safetensors import safe_open
 from wsutil import executed, replace_example_training, run_charfw, run_doit
 
 

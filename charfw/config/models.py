@@ -14,7 +14,6 @@ from pydantic_core import PydanticUndefined
 
 from charfw.families import FAMILIES
 from charfw.lora.options import CompressOptions
-
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag
 from charfw.rules.names import checked, name_problem, read_path_problem, relative_dir_problem, words_problem
 from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES

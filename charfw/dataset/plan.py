@@ -14,7 +14,8 @@ from charfw.errors import CharfwError
 from charfw.families import Family
 from charfw.project import ImageSet, Source
 from charfw.rules.buckets import no_upscale_placement
-from charfw.rules.sizeclass import class_pair as pair_of, resolution
+from charfw.rules.sizeclass import class_pair as pair_of
+from charfw.rules.sizeclass import resolution
 
 EXIF_ORIENTATION = 0x0112
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height

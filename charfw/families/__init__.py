@@ -14,11 +14,12 @@ import re
 from typing import Iterable
 
 from charfw.errors import CharfwError
-from charfw.families.family import Family
+from charfw.families.family import REGISTRY, Family
 from charfw.families.sd15 import SD15
 from charfw.families.sdxl import SDXL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD15, SDXL)}
+FAMILIES: dict[str, Family] = REGISTRY   # by name, in the order detection tries them
+FAMILIES.update((f.name, f) for f in (SD15, SDXL))
 DEFAULT = SD15   # a workspace's when its model file cannot be read and `family:` is not set
 UNET_PREFIX = "model.diffusion_model."
 _SD2_TEXT_ENCODER = "cond_stage_model.model."   # OpenCLIP: SD 2.x, which charfw does not train

@@ -8,11 +8,69 @@ Torch-free, so `charfw check`, `charfw plan` and `doit list` can hold one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
-from charfw.lora.blocks import BlockLayout
-from charfw.lora.keys import TextEncoderArch, UNetArch
-from charfw.rules.sizeclass import SizeClasses
+
+@dataclass(frozen=True)
+class SizeClasses:
+    """A family's size classes (docs/rules.md §4: charfw.rules.sizeclass applies them)."""
+
+    low: int      # largest LOW side, and LOW's training resolution
+    mid: int      # largest MID side, and MID's training resolution
+    high: int     # HIGH's training resolution
+    batch_profiles: dict[str, dict[str, int]] = field(default_factory=dict)
+    default_sizes: tuple[int, ...] = ()
+
+    @property
+    def resolutions(self) -> dict[str, int]:
+        return {"LOW": self.low, "MID": self.mid, "HIGH": self.high}
+
+
+@dataclass(frozen=True)
+class UNetArch:
+    """The structural facts of a Stable Diffusion U-Net that decide its LoRA modules."""
+
+    channels: tuple[int, ...]          # output channels per level (down path order)
+    depth: tuple[int, ...]             # transformer depth per level, 0 = no attention
+    mid_depth: int
+    context_dim: int                   # cross-attention input width (text encoder output)
+    linear_proj: bool                  # proj_in/proj_out are Linear (else 1x1 Conv2d)
+    layers_per_block: int = 2          # resnets per down level; up levels have one more
+    ff_mult: int = 4                   # GEGLU feed-forward: in -> 2*mult*C, mult*C -> C
+    ldm_names: bool = False            # name modules LDM-style (SDXL) instead of diffusers-style
+
+    @property
+    def temb_dim(self) -> int:
+        return 4 * self.channels[0]
+
+
+@dataclass(frozen=True)
+class TextEncoderArch:
+    """A CLIP text encoder: every layer has q/k/v/out projections and a two-layer MLP."""
+
+    prefix: str
+    layers: int
+    width: int
+    mlp: int
+
+
+def block_ids(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i:02d}" for i in range(n))
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A family's blocks in LoRA Block Weight's order, its short list, and the groups LBW's presets
+    are defined by (shallow = high-resolution levels, deep = low)."""
+
+    blocks: tuple[str, ...]
+    short: tuple[str, ...]
+    shallow_in: tuple[str, ...]
+    deep_in: tuple[str, ...]
+    deep_out: tuple[str, ...]
+    shallow_out: tuple[str, ...]
+    own: Mapping[str, str] = field(default_factory=dict)   # the family's own presets, full value lists
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,5 +123,11 @@ class Family:
 
     def __reduce__(self):
         """Pickled by name (doit's workers): the registry's one object on the other side."""
-        from charfw.families import family
-        return family, (self.name,)
+        return registered, (self.name,)
+
+
+REGISTRY: dict[str, Family] = {}   # filled by charfw.families
+
+
+def registered(name: str) -> Family:
+    return REGISTRY[name]

@@ -1,9 +1,6 @@
 """Stable Diffusion 1.x and the models trained from it."""
 
-from charfw.families.family import Family
-from charfw.lora.blocks import BlockLayout, block_ids
-from charfw.lora.keys import TextEncoderArch, UNetArch
-from charfw.rules.sizeclass import SizeClasses
+from charfw.families.family import BlockLayout, Family, SizeClasses, TextEncoderArch, UNetArch, block_ids
 
 GIB = 2**30
 

@@ -1,10 +1,7 @@
 """Stable Diffusion XL and the models trained from it (Illustrious, NoobAI, Pony, ...)."""
 
-from charfw.families.family import Family
+from charfw.families.family import BlockLayout, Family, SizeClasses, TextEncoderArch, UNetArch, block_ids
 from charfw.families.sd15 import SD15
-from charfw.lora.blocks import BlockLayout, block_ids
-from charfw.lora.keys import TextEncoderArch, UNetArch
-from charfw.rules.sizeclass import SizeClasses
 
 GIB = 2**30
 

@@ -33,60 +33,45 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from charfw.errors import CharfwError
-
-if TYPE_CHECKING:
-    from charfw.families import Family
+from charfw.families.family import Family
 
 ALIASES = {"MID": "M00"}
 
 
-def block_ids(prefix: str, n: int) -> tuple[str, ...]:
-    return tuple(f"{prefix}{i:02d}" for i in range(n))
+_PRESETS: dict[str, dict[str, list[float]]] = {}
 
 
-@dataclass(frozen=True)
-class BlockLayout:
-    """A family's blocks in LoRA Block Weight's order, its short list, and the groups LBW's presets
-    are defined by (shallow = high-resolution levels, deep = low)."""
+def builtin_presets(family: Family) -> dict[str, list[float]]:
+    """Built-in presets by name: LBW's (short lists), charfw's FULL/HALF and the family's own."""
+    if family.name not in _PRESETS:
+        layout = family.blocks
 
-    blocks: tuple[str, ...]
-    short: tuple[str, ...]
-    shallow_in: tuple[str, ...]
-    deep_in: tuple[str, ...]
-    deep_out: tuple[str, ...]
-    shallow_out: tuple[str, ...]
-    own: Mapping[str, str] = field(default_factory=dict)   # the family's own presets, full value lists
-
-    @cached_property
-    def presets(self) -> dict[str, list[float]]:
-        """Built-in presets by name: LBW's (short lists), charfw's FULL/HALF and the family's own."""
         def on(*groups: Iterable[str]) -> list[float]:
             chosen = {b for g in groups for b in g}
-            return [1.0 if b in chosen else 0.0 for b in self.short]
+            return [1.0 if b in chosen else 0.0 for b in layout.short]
 
-        ins, outs = (*self.shallow_in, *self.deep_in), (*self.deep_out, *self.shallow_out)
-        n = len(self.short)
-        return {
+        ins, outs = (*layout.shallow_in, *layout.deep_in), (*layout.deep_out, *layout.shallow_out)
+        n = len(layout.short)
+        _PRESETS[family.name] = {
             "NONE": [0.0] * n,
             "ALL": [1.0] * n,     # LBW's: the blocks its list lacks are 0
             "ALL0.5": [0.5] * n,
-            "INS": on(["BASE"], self.shallow_in),
-            "IND": on(["BASE"], self.deep_in),
+            "INS": on(["BASE"], layout.shallow_in),
+            "IND": on(["BASE"], layout.deep_in),
             "INALL": on(["BASE"], ins),
-            "MIDD": on(["BASE"], self.deep_in, ["M00"], self.deep_out),
-            "OUTD": on(["BASE"], self.deep_out),
-            "OUTS": on(["BASE"], self.shallow_out),
+            "MIDD": on(["BASE"], layout.deep_in, ["M00"], layout.deep_out),
+            "OUTD": on(["BASE"], layout.deep_out),
+            "OUTS": on(["BASE"], layout.shallow_out),
             "OUTALL": on(["BASE"], outs),
             # charfw's own: every block, including those LBW's short lists lack
-            "FULL": [1.0] * len(self.blocks),
-            "HALF": [0.5] * len(self.blocks),
-            **{name: [float(v) for v in values.split(",")] for name, values in self.own.items()},
+            "FULL": [1.0] * len(layout.blocks),
+            "HALF": [0.5] * len(layout.blocks),
+            **{name: [float(v) for v in values.split(",")] for name, values in layout.own.items()},
         }
+    return _PRESETS[family.name]
 
 
 # ---- module name -> block -------------------------------------------------------------
@@ -205,7 +190,7 @@ def _resolve_preset(name: str, family: Family, presets: Mapping[str, str | Seque
     if name in presets:
         return parse_weights(presets[name], family, presets, (*seen, name))
     key = name.upper()
-    builtin = family.blocks.presets
+    builtin = builtin_presets(family)
     if key in builtin:
         return expand(builtin[key], family)
     known = sorted({*presets, *builtin})

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from charfw.errors import CharfwError
 from charfw.families import FAMILIES
+from charfw.lora.blocks import parse_preset_lines
+from charfw.lora.options import CompressOptions
+from charfw.process import cpu_threads, parallel_share
 
 
 def register(subparsers) -> None:
@@ -89,7 +92,6 @@ def _output_for(src: Path, output: Path | None, suffix: str) -> Path:
 
 
 def _merge(args) -> int:
-    from charfw.lora.blocks import parse_preset_lines
     from charfw.lora.merge import merge_file, merge_suffix
 
     presets = None
@@ -106,11 +108,10 @@ def _merge(args) -> int:
 
 
 def _compress(args) -> int:
-    from charfw.lora.compress import compress_file, compress_suffix
     import torch
 
-    from charfw.lora.options import CompressOptions
-    from charfw.process import cpu_threads, parallel_share
+    from charfw.lora.compress import compress_file, compress_suffix
+
 
     method, value = next(((m, v) for m, v in (("sv_fro", args.sv_fro), ("sv_cumulative", args.sv_cumulative),
                                                ("rank", args.rank), ("sv_ratio", args.sv_ratio)) if v is not None),

@@ -63,8 +63,8 @@ from charfw.fsutil import atomic_path
 from charfw.lora.io import LoraReader, StreamedLora
 from charfw.lora.keys import lora_module_specs
 from charfw.lora.metadata import record_compress
-from charfw.lora.options import CompressOptions
 from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
+from charfw.lora.options import CompressOptions
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _EPS = 1e-9      # relative slack so a criterion met exactly on paper is met in floats

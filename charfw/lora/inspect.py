@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from charfw.errors import CharfwError
-from charfw.fsutil import atomic_path
 from charfw.families import Family, from_lora
+from charfw.fsutil import atomic_path
 from charfw.lora.blocks import block_of
 from charfw.lora.io import LoraReader
 from charfw.lora.metadata import summary

@@ -18,10 +18,8 @@ SDXL the LDM-style names sd-scripts' SDXL U-Net has (`lora_unet_input_blocks_4_1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from charfw.families import Family
+from charfw.families.family import Family, TextEncoderArch, UNetArch
 
 
 @dataclass(frozen=True)
@@ -43,34 +41,6 @@ class ModuleSpec:
         if self.conv:
             return (self.out_dim, self.in_dim, self.kernel, self.kernel)
         return (self.out_dim, self.in_dim)
-
-
-@dataclass(frozen=True)
-class UNetArch:
-    """The structural facts of a Stable Diffusion U-Net that decide its LoRA modules."""
-
-    channels: tuple[int, ...]          # output channels per level (down path order)
-    depth: tuple[int, ...]             # transformer depth per level, 0 = no attention
-    mid_depth: int
-    context_dim: int                   # cross-attention input width (text encoder output)
-    linear_proj: bool                  # proj_in/proj_out are Linear (else 1x1 Conv2d)
-    layers_per_block: int = 2          # resnets per down level; up levels have one more
-    ff_mult: int = 4                   # GEGLU feed-forward: in -> 2*mult*C, mult*C -> C
-    ldm_names: bool = False            # name modules LDM-style (SDXL) instead of diffusers-style
-
-    @property
-    def temb_dim(self) -> int:
-        return 4 * self.channels[0]
-
-
-@dataclass(frozen=True)
-class TextEncoderArch:
-    """A CLIP text encoder: every layer has q/k/v/out projections and a two-layer MLP."""
-
-    prefix: str
-    layers: int
-    width: int
-    mlp: int
 
 
 def _resnet(prefix: str, cin: int, cout: int, temb: int, ldm: bool) -> list[ModuleSpec]:

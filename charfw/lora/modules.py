@@ -20,7 +20,6 @@ Any kind may carry DoRA's `dora_scale`. Conv ΔW is handled as the matrix
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch

@@ -6,8 +6,8 @@ from math import prod
 
 import torch
 
-from charfw.models import keymap, openclip
 from charfw.families import of_config
+from charfw.models import keymap, openclip
 from charfw.models.configs import arch_config, parts
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from charfw.models.configs import ARCHS
+
 DTYPES = ("fp16", "bf16", "fp32")
 
 
@@ -22,7 +24,6 @@ def cmd_random(args) -> int:
 
 
 def register(sub) -> None:
-    from charfw.models.configs import ARCHS
 
     model = sub.add_parser("model", help="model files for benchmarks and compatibility checks")
     msub = model.add_subparsers(dest="model_command", required=True)

@@ -10,14 +10,16 @@ from typing import Any
 import torch
 
 from charfw.errors import CharfwError
+from charfw.families import DEFAULT, Family
+from charfw.families import family as family_named
+from charfw.families import from_checkpoint, of_config
 from charfw.models import keymap, openclip
 from charfw.models.build import empty_models, fit, ldm_names
 from charfw.models.checkpoint import TensorFile, open_tensors
-from charfw.families import DEFAULT, Family, family as family_named, from_checkpoint, of_config
 from charfw.models.configs import ARCHS, TOKENIZER_DIR, arch_config, label, scheduler_config, with_article
 from charfw.models.filekind import checkpoint_problem
+from charfw.models.tiny import builtin_path
 from charfw.rules.modelref import builtin_name, is_builtin
-
 
 
 @dataclass
@@ -77,7 +79,6 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: Fami
     `first_stage_model.` prefix, or diffusers layout). Nothing is downloaded.
     """
     if is_builtin(model):
-        from charfw.models.tiny import builtin_path
         path = builtin_path(builtin_name(model), cache_dir)
         name = model
     else:

@@ -11,12 +11,18 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
+from charfw.backends import train as run
 from charfw.config.models import CompressSettings
 from charfw.dataset.images import remove_stale, write_set
 from charfw.dataset.plan import Prepared
 from charfw.errors import CharfwError, os_error_message
 from charfw.families import Family
+from charfw.fingerprint import digest_cache
 from charfw.fsutil import atomic_path, write_text
+from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
+from charfw.process import claim_worker_gpu, cpu_threads, parallel_share
+from charfw.report.charts import read_scalars, render_curves
+from charfw.report.sheets import render_sheet
 from charfw.request import TrainRequest
 
 
@@ -81,7 +87,6 @@ def merge(src: str, dst: str, weights: dict[str, float], downstream: tuple[str, 
 @reported
 def compress(src: str, dst: str, settings: CompressSettings) -> None:
     from charfw.lora.compress import compress_file
-    from charfw.process import cpu_threads, parallel_share
 
     with outdated_on_failure(dst):
         if not settings.enabled:
@@ -95,10 +100,6 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
 @reported
 def train(req: TrainRequest, build_dir: str) -> None:
     """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
-    from charfw.backends import train as run
-    from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
-    from charfw.process import claim_worker_gpu
-    from charfw.fingerprint import digest_cache
 
     die_with_parent()
     gpu = claim_worker_gpu(req.settings.gpus)
@@ -140,7 +141,6 @@ def blocked(reason: str) -> TaskFailed:
 
 @reported
 def contact_sheet(rows, background: tuple[int, int, int], out: str) -> None:
-    from charfw.report.sheets import render_sheet
 
     render_sheet(rows, background, Path(out))
 
@@ -149,7 +149,6 @@ def contact_sheet(rows, background: tuple[int, int, int], out: str) -> None:
 def report_page(path: str, text: str, placeholders: tuple[str, ...] = ()) -> None:
     """Write one page; images the charts stage writes after training get a placeholder until then,
     so the page never links to a missing file and its text does not change when they arrive."""
-    from charfw.report.charts import render_curves
 
     for image in placeholders:
         if not Path(image).exists():
@@ -161,7 +160,6 @@ def report_page(path: str, text: str, placeholders: tuple[str, ...] = ()) -> Non
 def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[str, str]) -> None:
     """Loss and learning-rate curves from the run's log; each LoRA file's per-block chart."""
     from charfw.lora.inspect import inspect_file, plot_blocks
-    from charfw.report.charts import read_scalars, render_curves
 
     scalars = read_scalars(Path(log_dir)) if Path(log_dir).is_dir() else {}
     render_curves(scalars, ["loss/current", "loss/average"], f"{name}: loss", Path(outs["loss"]))

@@ -6,7 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+from charfw import lock, process
 from charfw.errors import CharfwError, os_error_message
+from charfw.layout import Layout
+from charfw.pipeline.tasks import task_names
+from charfw.workspace import load_project
 
 # doit commands that only read: they run while a build holds the workspace lock
 READ_ONLY = {"list", "info", "help", "dumpdb", "tabcompletion"}
@@ -28,10 +32,6 @@ def _quiet_interrupt(exc_type, exc, tb) -> None:
 
 def load_tasks(root: str | Path) -> dict:
     """The names a dodo.py exposes to doit, for the workspace at `root`."""
-    from charfw import process
-    from charfw.config.workspace import load_project
-    from charfw.layout import Layout
-    from charfw.pipeline.tasks import task_names
 
     process.setup(process.doit_workers(sys.argv[1:]))
     sys.excepthook = _quiet_interrupt
@@ -48,7 +48,6 @@ def load_tasks(root: str | Path) -> dict:
         print(f"charfw: warning: {name} is left out until it has images ({skipped.reason})", file=sys.stderr)
     command = doit_command(sys.argv[1:])
     if command not in READ_ONLY:
-        from charfw import lock
 
         try:
             lock.acquire(layout.build_dir, wait=os.environ.get("CHARFW_WAIT") == "1",

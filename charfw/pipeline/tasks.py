@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from doit.tools import config_changed
 
+from charfw.check import check_warnings
 from charfw.dataset.toml import dataset_config, render_toml
+from charfw.fingerprint import digest_cache, is_trained
 from charfw.layout import Layout
-from charfw.lora.blocks import format_weights
+from charfw.lora.blocks import format_weights, parse_weights
 from charfw.pipeline import actions
+from charfw.report import pages
+from charfw.report.grid import view_grid
 from charfw.request import TrainRequest
 from charfw.rules.captions import caption
 from charfw.rules.modelref import resolve_model_ref
-from charfw.fingerprint import digest_cache, is_trained
 from charfw.sample.prompts import sample_prompts
 
 STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample")
@@ -166,9 +169,6 @@ def task_compress(layout: Layout):
 
 def task_report(layout: Layout):
     """Write build/report/: contact sheets and pages per character and target (before training too)."""
-    from charfw.check import check_warnings
-    from charfw.report import pages
-    from charfw.report.grid import view_grid
 
     out = pages.report_dir(layout)
     for sid, s in layout.project.sets.items():
@@ -217,7 +217,6 @@ def task_report(layout: Layout):
 
 def task_charts(layout: Layout):
     """Draw each finished target's loss and learning-rate curves and per-block charts into the report."""
-    from charfw.report import pages
 
     out = pages.report_dir(layout)
     for target in layout.project.targets.values():
@@ -238,8 +237,6 @@ def task_charts(layout: Layout):
 
 def task_sample(layout: Layout):
     """Render sample images of each finished LoRA and its X/Y grid (block weights x strength) for the report."""
-    from charfw.lora.blocks import parse_weights
-    from charfw.report import pages
 
     out, project = pages.report_dir(layout), layout.project
     model = resolve_model_ref(project.config.model, layout.root)

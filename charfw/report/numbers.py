@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from charfw.dataset.plan import Prepared, bucket_of
 from charfw.layout import Layout
 from charfw.project import Target
+from charfw.rules.buckets import Size, batches_per_epoch
 from charfw.rules.captions import caption
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
-from charfw.rules.buckets import Size, batches_per_epoch
 
 
 @dataclass

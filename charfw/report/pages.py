@@ -11,9 +11,9 @@ from pathlib import Path
 from charfw.layout import Layout
 from charfw.lora.blocks import format_weights
 from charfw.project import Target
-from charfw.request import progress_steps
 from charfw.report.grid import view_grid
 from charfw.report.numbers import image_rows, target_numbers
+from charfw.request import progress_steps
 
 CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}

@@ -12,28 +12,11 @@ class trains at batch 1 in both profiles (give a table of your own on a bigger c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from charfw.families import Family
+from charfw.families.family import Family
 
 CLASSES = ("LOW", "MID", "HIGH")
 CLASS_PAIRS = tuple(f"{w}_{h}" for w in CLASSES for h in CLASSES)
 PROFILES = ("default", "12gb")
-
-
-@dataclass(frozen=True)
-class SizeClasses:
-    low: int      # largest LOW side, and LOW's training resolution
-    mid: int      # largest MID side, and MID's training resolution
-    high: int     # HIGH's training resolution
-    batch_profiles: dict[str, dict[str, int]] = field(default_factory=dict)
-    default_sizes: tuple[int, ...] = ()
-
-    @property
-    def resolutions(self) -> dict[str, int]:
-        return {"LOW": self.low, "MID": self.mid, "HIGH": self.high}
 
 
 def size_class(pixels: int, family: Family) -> str:

@@ -14,6 +14,11 @@ from pathlib import Path
 import torch
 
 from charfw.families import Family
+from charfw.fsutil import atomic_path
+from charfw.lora.modules import delta_matrix
+from charfw.models.loader import load_model
+from charfw.models.targets import target_layers
+from charfw.models.text import encode_text, tokenize
 
 SAMPLERS = {"euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
             "dpmpp_2m": "DPMSolverMultistepScheduler"}
@@ -23,7 +28,6 @@ _MODELS: dict = {}   # one loaded model per process (a build renders every targe
 def load(model: str, vae: str | None, family: Family):
     key = (model, vae)
     if key not in _MODELS:
-        from charfw.models import load_model
 
         _MODELS.clear()
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -37,15 +41,12 @@ def load(model: str, vae: str | None, family: Family):
 
 def lora_layers(sd) -> dict:
     """kohya module name -> the model's layer, for every module a LoRA of this family can hold."""
-    from charfw.train.network import target_layers
-
     return target_layers(sd, conv3x3=True, text_encoders=True)
 
 
 @contextmanager
 def applied(layers: dict, modules, strength: float, quiet: bool = False):
     """The modules' ΔW x strength added to their layers for the duration of the block."""
-    from charfw.lora.modules import delta_matrix
 
     saved, unfit, modules = {}, 0, list(modules)
     try:
@@ -106,8 +107,6 @@ def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
     encoding cannot do here; SDXL: the pipeline's encoding (the penultimate layers, as training)."""
     if sd.family.pooled_conditioning:
         return {"prompt": prompt, "negative_prompt": settings.negative_prompt}
-    from charfw.train.conditioning import encode_text, tokenize
-
     with torch.no_grad():
         pos = encode_text(sd.text_encoder, tokenize(sd.tokenizer, [prompt]).to(device), clip_skip)
         neg = encode_text(sd.text_encoder, tokenize(sd.tokenizer, [settings.negative_prompt]).to(device), clip_skip)
@@ -115,7 +114,6 @@ def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
 
 
 def save_png(image, path: Path) -> None:
-    from charfw.fsutil import atomic_path
 
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -4,14 +4,7 @@
 as pure functions; `runner` checks the sd-scripts install, runs it and collects the LoRA.
 """
 
-from charfw.sdscripts.command import (
-    format_bat,
-    format_shell,
-    launch_command,
-    logic_name,
-    output_name,
-    train_args,
-)
+from charfw.sdscripts.command import format_bat, format_shell, launch_command, logic_name, output_name, train_args
 from charfw.sdscripts.runner import resolve_python, run_sd_scripts
 
 __all__ = [

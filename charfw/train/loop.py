@@ -31,6 +31,9 @@ from charfw import interrupt
 from charfw.errors import CharfwError, os_error_message
 from charfw.fingerprint import file_record, fingerprint, resume_parts
 from charfw.interrupt import Interrupted
+from charfw.lora.io import write_safetensors
+from charfw.lora.metadata import with_hashes
+from charfw.models.loader import load_model
 from charfw.process import worker_slot
 from charfw.recipe import Recipe
 from charfw.request import TrainRequest, progress_steps
@@ -38,11 +41,12 @@ from charfw.rules.compilation import cuda_graphs_blocker, use_compile
 from charfw.rules.memory import auto_batch_scale, use_checkpointing
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import scaled_schedule
+from charfw.sample import render
 from charfw.train.compiled import CompiledBlocks
+from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_hashes, training_metadata
-from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.network import Network
 from charfw.train.objective import diffusion_loss, draw_noise
 from charfw.train.optim import build_optimizer, build_scheduler
@@ -117,7 +121,6 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     settings, device = req.settings, accelerator.device
     datasets = load_datasets(req.dataset_toml)
     if models is None:
-        from charfw.models import load_model
         models = load_model(req.model, req.vae, family=req.family, dtype=torch.float32, device="cpu")
     sd = models
     free = free_memory(device)   # before the model moves there: rules.memory counts its weights
@@ -371,8 +374,6 @@ def compute_dtype(accelerator) -> torch.dtype | None:
 @torch.no_grad()
 def _progress_sample(job: TrainRequest, sd, conditioner: TextConditioner, device, step: int) -> None:
     """The first sample prompt, rendered with the adapters as they are now (the report's strip)."""
-    from charfw.sample import render
-
     s = job.progress_samples
     training = sd.unet.training
     sd.unet.eval()
@@ -513,8 +514,6 @@ def _epochs(steps: int, world: int, per_epoch: int) -> int:
 
 
 def _write_lora(job: TrainRequest, network: Network, meta: dict, epochs: int) -> None:
-    from charfw.lora.io import write_safetensors
-    from charfw.lora.metadata import with_hashes
     tensors = network.kohya_state_dict(SAVE_DTYPES[job.settings.save_precision])
     meta = with_hashes(tensors, finish_metadata(meta, steps=job.steps, epoch=epochs, finished_at=_now()))
     write_safetensors(job.output, tensors, meta)

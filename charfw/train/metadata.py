@@ -18,7 +18,6 @@ from charfw.fingerprint import file_identity
 from charfw.recipe import Recipe
 from charfw.train.dataset import Dataset, tag_frequency
 
-
 IMPLEMENTATION = f"charfw/{__version__}"  # where sd-scripts writes sd-scripts/<commit>
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from charfw.train.augment import COLOR_PROBABILITY, COLOR_VARIANTS
 from charfw.rules.buckets import batches_per_epoch
+from charfw.train.augment import COLOR_PROBABILITY, COLOR_VARIANTS
 from charfw.train.dataset import Dataset
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from charfw.errors import CharfwError
 from charfw.families import SD15, SDXL, from_lora
-from charfw.lora.blocks import block_of, expand, parse_preset_lines, parse_weights
+from charfw.lora.blocks import block_of, builtin_presets, expand, parse_preset_lines, parse_weights
 from charfw.lora.keys import lora_module_specs
 
 # Expected module counts per block, written out by hand from the SD1.5 U-Net layout:
@@ -94,12 +94,12 @@ def test_lbw_presets_match_the_extension():
            "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1", "NONE": "0," * 16 + "0", "ALL": "1," * 16 + "1",
            "ALL0.5": "0.5," * 16 + "0.5"}
     for name, values in lbw.items():
-        assert SD15.blocks.presets[name] == [float(v) for v in values.split(",")], name
+        assert builtin_presets(SD15)[name] == [float(v) for v in values.split(",")], name
     # SDXL 12-value lists: BASE, IN04, IN05, IN07, IN08, M00, OUT00..OUT05
-    assert SDXL.blocks.presets["INALL"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
-    assert SDXL.blocks.presets["OUTALL"] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert builtin_presets(SDXL)["INALL"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert builtin_presets(SDXL)["OUTALL"] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
     for family in (SD15, SDXL):
-        for name, values in family.blocks.presets.items():
+        for name, values in builtin_presets(family).items():
             table = parse_weights(name, family)
             assert len(table) == len(family.blocks.blocks)
         assert set(parse_weights("FULL", family).values()) == {1.0}         # charfw's identity

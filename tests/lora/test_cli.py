@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from lora_factory import lora_tensors, make_tensors, write
 from PIL import Image
 
-from charfw.families import SD15
 from charfw.cli import main
+from charfw.families import SD15
 from charfw.lora import load_lora
 from charfw.lora.keys import lora_module_specs
-
-from lora_factory import lora_tensors, make_tensors, write
 
 
 @pytest.fixture

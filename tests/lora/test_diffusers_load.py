@@ -11,15 +11,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from charfw.families import SD15
-from charfw.lora import compress_file, merge_file
-from charfw.lora.options import CompressOptions
-from charfw.lora.keys import (TextEncoderArch, text_encoder_module_specs,
-                              unet_module_specs)
-
 from lora_factory import lora_tensors, write
 from test_keys import kohya_targets
+
+from charfw.families import SD15
+from charfw.families.family import TextEncoderArch
+from charfw.lora import compress_file, merge_file
+from charfw.lora.keys import text_encoder_module_specs, unet_module_specs
+from charfw.lora.options import CompressOptions
 
 TINY_UNET = replace(SD15.unet, channels=tuple(c // 40 for c in SD15.unet.channels), context_dim=16)  # 8, 16, 32, 32
 TINY_TE = TextEncoderArch("lora_te_", 12, 16, 32)
@@ -50,8 +49,8 @@ def tiny_lora(tmp_path_factory):
 def diffusers_pairs(path, unet):
     from diffusers.loaders.lora_conversion_utils import (_convert_non_diffusers_lora_to_diffusers,
                                                          _maybe_map_sgm_blocks_to_diffusers)
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, \
-        convert_unet_state_dict_to_peft
+    from diffusers.utils import (convert_state_dict_to_diffusers, convert_state_dict_to_peft,
+                                 convert_unet_state_dict_to_peft)
     from safetensors.torch import load_file
 
     state = _maybe_map_sgm_blocks_to_diffusers(load_file(str(path)), unet.config)

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from lora_factory import VARIANTS, make_tensors, write
 
-from charfw.families import SD15
 from charfw.errors import CharfwError
+from charfw.families import SD15
 from charfw.lora import load_lora, merge_file
 from charfw.lora.modules import delta_matrix
-
-from lora_factory import VARIANTS, make_tensors, write
 
 # one real module name per block used, with the variant's name folded in to keep names unique
 WEIGHTED = {"IN04": "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_{}",

@@ -6,13 +6,12 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from lora_factory import lora_tensors, write
 
 from charfw.families import SD15
 from charfw.lora import compress_file, load_lora, merge_file
-from charfw.lora.options import CompressOptions
 from charfw.lora.keys import lora_module_specs
-
-from lora_factory import lora_tensors, write
+from charfw.lora.options import CompressOptions
 
 INPUT_META = {"ss_network_dim": "8", "ss_network_alpha": "4.0", "ss_training_comment": "krnk face",
               "ss_tag_frequency": json.dumps({"krnk": {"krnk": 12}}), "modelspec.title": "krnk",

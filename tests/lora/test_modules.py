@@ -2,15 +2,14 @@
 
 import pytest
 import torch
+from lora_factory import VARIANTS, make_tensors
 
 from charfw.errors import CharfwError
 from charfw.lora.modules import delta_matrix, layer_shape, make_module
 
-from lora_factory import VARIANTS, make_tensors
-
 
 def lycoris_delta(variant: str, t: dict, scale: float) -> torch.Tensor:
-    from lycoris.functional import lokr, loha, locon
+    from lycoris.functional import locon, loha, lokr
 
     g = t.get
     if variant.startswith(("lora", "c3lier", "locon")):

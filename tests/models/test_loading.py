@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from modelutil import load_sd15
 from safetensors.torch import save_file
 
 from charfw.errors import CharfwError
 from charfw.models import model_hash, model_sha256
 from charfw.models.tiny import random_state_dict
-from modelutil import load_sd15
 
 UNPICKLED = []
 

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from modelutil import load_sd15, load_sdxl
 from safetensors.torch import save_file
 
-from charfw.families import SD15, SDXL
 from charfw.errors import CharfwError
+from charfw.families import SD15, SDXL
 from charfw.models import load_model, openclip
-from modelutil import load_sd15, load_sdxl
 from charfw.models.build import checkpoint_tensors, empty_models, ldm_names
 
 

@@ -1,14 +1,14 @@
 """builtin:tiny-sd15: deterministic file, loads through the user-checkpoint path, runs a pipeline."""
 
-import pytest
 import hashlib
 import subprocess
 import sys
 
+import pytest
 import torch
+from modelutil import load_sd15, write_tiny_sd15
 
 from charfw.models import builtin_path
-from modelutil import load_sd15, write_tiny_sd15
 from charfw.models.build import ldm_names
 
 

@@ -8,14 +8,14 @@ import tomllib
 
 import pytest
 import yaml
-
-from charfw.backends import command_line
-from charfw.config.workspace import load_project
-from charfw.dataset.toml import dataset_config, render_toml
-from charfw.layout import Layout
 from fake_sd_scripts import make_sd_scripts
 from sd_scripts_rules import OPTIONS, parse, problems
 from wsutil import ROOT, replace_example_training
+
+from charfw.backends import command_line
+from charfw.dataset.toml import dataset_config, render_toml
+from charfw.layout import Layout
+from charfw.workspace import load_project
 
 
 def readme_sd_scripts_example() -> dict:

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from charfw.families import SD15, SDXL
 from charfw.config.models import TrainSettings
-from charfw.sdscripts.command import (
-    format_bat,
-    format_shell,
-    launch_command,
-    logic_name,
-    output_name,
-    train_args,
-)
+from charfw.families import SD15, SDXL
 from charfw.request import TrainRequest
 from charfw.rules.training import text_encoder_lr
+from charfw.sdscripts.command import format_bat, format_shell, launch_command, logic_name, output_name, train_args
 
 PATHS = dict(dataset_toml=Path("/ws/build/krnk/dataset.toml"), state_dir=Path("/ws/build/krnk/sd-scripts"),
              model="/models/Defmix-v2.0.safetensors", vae="/models/kl-f8-anime2.ckpt",

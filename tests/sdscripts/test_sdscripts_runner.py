@@ -10,14 +10,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_sd_scripts import make_sd_scripts
 from safetensors.numpy import load_file
 
-from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
+from charfw.families import SD15
 from charfw.request import TrainRequest
 from charfw.sdscripts.runner import resolve_python, run_sd_scripts
-from fake_sd_scripts import make_sd_scripts
+
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_data import make_dataset
 
 os.environ["HF_HUB_OFFLINE"] = "1"

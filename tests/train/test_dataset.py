@@ -4,13 +4,12 @@ import collections
 
 import pytest
 import torch
+from train_data import make_dataset
 
 from charfw.errors import CharfwError
 from charfw.train.augment import color_params, load_sample
 from charfw.train.dataset import load_datasets, tag_frequency
 from charfw.train.sampling import BatchPlan, epoch_batches
-
-from train_data import make_dataset
 
 
 def test_reads_toml_relative_dirs_captions_and_buckets(tmp_path):

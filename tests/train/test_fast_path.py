@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charfw.families import SD15
 from charfw.config.models import TrainSettings
+from charfw.families import SD15
 from charfw.request import TrainRequest
 from charfw.train import loop
 

@@ -5,9 +5,9 @@ import collections
 import pytest
 import torch
 
-from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
+from charfw.families import SD15
 from charfw.lora.keys import lora_module_specs
 from charfw.recipe import network_spec, recipe_of
 from charfw.train.network import Network

@@ -9,8 +9,8 @@ import pytest
 import safetensors
 import torch
 
-from charfw.families import SDXL
 from charfw.config.models import TrainSettings
+from charfw.families import SDXL
 from charfw.lora.keys import lora_module_specs
 from charfw.request import TrainRequest
 from charfw.train import loop

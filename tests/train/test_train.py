@@ -19,18 +19,17 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
-from charfw.families import SD15
 from charfw.config.models import TrainSettings
 from charfw.errors import CharfwError
+from charfw.families import SD15
 from charfw.lora.keys import lora_module_specs
+from charfw.models.text import encode_text, tokenize
+from charfw.recipe import network_spec
 from charfw.request import TrainRequest
-from charfw.train import train_lora
-from charfw.train import loop
+from charfw.train import loop, train_lora
 from charfw.train.dataset import load_datasets
 from charfw.train.latents import LatentCache
-from charfw.recipe import network_spec
 from charfw.train.network import Network
-from charfw.train.conditioning import encode_text, tokenize
 from charfw.train.objective import diffusion_loss
 from charfw.train.sampling import Sample
 

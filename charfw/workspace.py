@@ -17,9 +17,11 @@ from charfw.config.models import (Character, CompressSettings, Group, MergeSetti
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
 from charfw.families import DEFAULT, Family, family, from_checkpoint, of_builtin
+from charfw.lora.blocks import parse_weights
+from charfw.models.filekind import safetensors_header
 from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
-from charfw.rules.names import name_problem
 from charfw.rules.modelref import builtin_name, is_builtin, resolve_model_ref
+from charfw.rules.names import name_problem
 from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
@@ -83,7 +85,6 @@ def _family(config: Workspace, root: Path, ws_file: Path, lines: dict) -> Family
     A file that cannot be read here (missing, or a pickle) leaves it to `family:` (else
     families.DEFAULT); `charfw check` and the loader still refuse a wrong file.
     """
-    from charfw.models.filekind import safetensors_header
 
     found = None
     if is_builtin(config.model):
@@ -270,7 +271,6 @@ class EmptySet(CharfwError):
 
 def _check_finishing(project: Project) -> None:
     """Parse every target's block weights once: unknown presets and wrong-length lists fail now."""
-    from charfw.lora.blocks import parse_weights
 
     for name, values in project.config.presets.items():
         try:

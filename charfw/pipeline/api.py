@@ -1,10 +1,16 @@
-"""`charfw report`: bring build/report/ up to date (doit's `report` stage, in this process)."""
+"""Running the build's stages in this process (the way `charfw report` does), for callers that are not
+doit: `build_report` brings build/report/ up to date."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from charfw import lock
 from charfw.errors import CharfwError
+from charfw.layout import Layout
+from charfw.pipeline.tasks import task_names
+from charfw.report.pages import report_dir
+from charfw.workspace import load_project
 
 
 def build_report(root: Path, target: str | None = None, *, wait: bool = False) -> Path:
@@ -13,11 +19,6 @@ def build_report(root: Path, target: str | None = None, *, wait: bool = False) -
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    from charfw import lock
-    from charfw.config.workspace import load_project
-    from charfw.layout import Layout
-    from charfw.pipeline.tasks import task_names
-    from charfw.report.pages import report_dir
 
     layout = Layout(load_project(root))
     if target is not None and target not in layout.project.targets:
