@@ -149,18 +149,73 @@ def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
 
 def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network: Network, on_step,
            free: float | None = None, blocks: CompiledBlocks | None = None) -> Path:
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
+    """The run: its batches sized to the memory there is, then every step from the saved state (if any)
+    to the end, the LoRA written last."""
+    device, world, main = accelerator.device, accelerator.num_processes, accelerator.is_main_process
     footprint = _footprint(datasets, sd, network)
-    batch_scale = _resumed_scale(job, datasets, _batch_scale(job, datasets, footprint, free, device), sd, world)
-    asked, req_lr = job.steps, job.settings.lr
-    job, datasets = _grow_batches(job, datasets, batch_scale)
-    if batch_scale > 1:
-        log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
-                 job.settings.batch_scale, batch_scale, job.steps, asked, job.settings.lr / req_lr)
-    settings, steps = job.settings, job.steps
-    plan = BatchPlan(datasets, settings.seed)
+    job, datasets, batch_scale = _scaled(job, datasets, sd, world, footprint, free, device)
+    plan = BatchPlan(datasets, job.settings.seed)
     run = fingerprint(resume_parts(job, datasets, sd.path, sd.vae_path, world))
+    checkpointing = _checkpointing(job, datasets, sd, footprint, free, blocks, device)
+    conditioner = _conditioner(job, datasets, sd, accelerator)
+    steps = StepRunner(job, sd, network, accelerator, conditioner, datasets, plan, blocks)
+    saver = Checkpointer(job, run, network, steps, accelerator, batch_scale)
+    start = saver.resume()
+    epochs = _epochs(job.steps, world, plan.per_epoch)
+    meta = _metadata(job, datasets, sd, steps.optimizer_name, accelerator, checkpointing, plan.per_epoch, epochs,
+                     run, batch_scale) if main else None
+    disk = job.state_dir / "latents" if job.settings.cache_latents == "disk" else None
+    latents = LatentCache(sd.vae, datasets, seed=job.settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
+    losses = LossLog(job, accelerator, on_step, plan.per_epoch, start)
+    log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
+             "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
+             sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, job.steps, network.spec.algo,
+             network.spec.dim, network.spec.alpha, device, world)
+    sample_at = set(progress_steps(job.settings.sample_every_n_steps, job.steps)) if job.progress_samples else set()
+
+    saver.start_clock()
+    for step in range(start, job.steps):
+        if step == start and interrupt.requested():
+            losses.close()
+            raise Interrupted(f"interrupted: {job.name} stopped before step {step + 1}; rerun doit to "
+                              + ("resume" if step else "train it"))
+        losses.add(step + 1, *steps.run(step, latents))
+        done, stop = step + 1, interrupt.requested()
+        due = saver.due(done)
+        losses.read(force=done == job.steps or due or stop)
+        if done in sample_at and main:
+            with blocks.eager() if blocks is not None else contextlib.nullcontext():
+                _progress_sample(job, sd, conditioner, device, done)
+        if done < job.steps and (due or stop):
+            saver.save(done)
+            if stop:
+                losses.close()
+                raise Interrupted(f"interrupted: {job.name} saved at step {done}; rerun doit to resume")
+    losses.close()
+
+    if main:
+        saver.write_lora(meta, epochs)
+        log.info("wrote %s (%d VAE encodes)", job.output, latents.encoded)
+    accelerator.wait_for_everyone()
+    return job.output
+
+
+def _scaled(job: TrainRequest, datasets: list[Dataset], sd, world: int, footprint: dict, free: float | None,
+            device) -> tuple[TrainRequest, list[Dataset], int]:
+    """The request and datasets at the `batch_scale` that fits (or that the saved state began with)."""
+    scale = _resumed_scale(job, datasets, _batch_scale(job, datasets, footprint, free, device), sd, world)
+    grown, datasets = _grow_batches(job, datasets, scale)
+    if scale > 1:
+        log.info("batch_scale %s: batches x%d, %d steps instead of %d (same epochs), learning rate x%.3f",
+                 job.settings.batch_scale, scale, grown.steps, job.steps, grown.settings.lr / job.settings.lr)
+    return grown, datasets, scale
+
+
+def _checkpointing(job: TrainRequest, datasets: list[Dataset], sd, footprint: dict, free: float | None,
+                   blocks: CompiledBlocks | None, device) -> bool:
+    """Gradient checkpointing on or off (rules.memory), and the compiled blocks as CUDA graphs where
+    asked for and possible; returns whether checkpointing is on."""
+    settings = job.settings
     checkpointing = use_checkpointing(settings.gradient_checkpointing, free, sd.family,
                                       max(d.batch_size for d in datasets), **footprint)
     if checkpointing:
@@ -173,112 +228,150 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
             blocks.use_graphs()
         else:
             log.warning("cuda_graphs: true is not used: %s", blocker)
-    conditioner = TextConditioner(sd, settings.clip_skip, trained=job.recipe.train_text_encoder)
-    samples = job.progress_samples
-    extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
+    return checkpointing
+
+
+def _conditioner(job: TrainRequest, datasets: list[Dataset], sd, accelerator) -> TextConditioner:
+    """The captions' conditioning; with frozen text encoders every caption (and the progress-sample
+    prompts) encoded once, up front."""
+    conditioner = TextConditioner(sd, job.settings.clip_skip, trained=job.recipe.train_text_encoder)
     if not job.recipe.train_text_encoder:
-        conditioner.precompute([im.caption for d in datasets for im in d.images] + extra, device,
+        samples = job.progress_samples
+        extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
+        conditioner.precompute([im.caption for d in datasets for im in d.images] + extra, accelerator.device,
                                accelerator.autocast)
-    sample_at = set(progress_steps(settings.sample_every_n_steps, steps)) if samples else set()
+    return conditioner
 
-    unet_params, te_params = network.param_groups()
-    params = unet_params + te_params
-    optimizer, optimizer_name = build_optimizer(job.recipe, unet_params, te_params, device)
-    lr_scheduler = build_scheduler(job.recipe, optimizer)
-    optimizer = accelerator.prepare_optimizer(optimizer)
-    start = _resume(job, run, network, optimizer, lr_scheduler, accelerator)
 
-    epochs = _epochs(steps, world, plan.per_epoch)
-    meta = None
-    if accelerator.is_main_process:
-        meta = _metadata(job, datasets, sd, optimizer_name, accelerator, checkpointing, plan.per_epoch, epochs, run)
-        meta["charfw_batch_scale"] = str(batch_scale)
-    disk = job.state_dir / "latents" if settings.cache_latents == "disk" else None
-    latents = LatentCache(sd.vae, datasets, seed=settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
-    window = collections.deque(maxlen=max(1, plan.per_epoch))   # loss/average: over about one epoch
-    log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
-             "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
-             sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, steps, network.spec.algo,
-             network.spec.dim, network.spec.alpha, device, world)
+class StepRunner:
+    """One optimizer step: the batch's forward and backward in the accelerator's precision (through the
+    compiled blocks or their CUDA graphs where in use), gradients averaged over processes, clipped,
+    and the update. Owns the optimizer and the learning-rate schedule (from the recipe)."""
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
-               position=worker_slot(),  # under `doit -n N`: one line per worker, not one overwritten line
-               disable=not (job.progress and accelerator.is_local_main_process))
-    last_save = time.monotonic()
-    pending: list[tuple[int, torch.Tensor, list[float]]] = []   # losses not read back yet
+    def __init__(self, job: TrainRequest, sd, network: Network, accelerator, conditioner: TextConditioner,
+                 datasets: list[Dataset], plan: BatchPlan, blocks: CompiledBlocks | None):
+        self.job, self.sd, self.network, self.accelerator = job, sd, network, accelerator
+        self.conditioner, self.datasets, self.plan, self.blocks = conditioner, datasets, plan, blocks
+        unet_params, te_params = network.param_groups()
+        self.params = unet_params + te_params
+        optimizer, self.optimizer_name = build_optimizer(job.recipe, unet_params, te_params, accelerator.device)
+        self.lr_scheduler = build_scheduler(job.recipe, optimizer)
+        self.optimizer = accelerator.prepare_optimizer(optimizer)
 
-    def flush() -> None:
-        """Read the pending losses in one transfer (on a GPU, the only sync besides saving), then report."""
-        if not pending:
+    def run(self, step: int, latents: LatentCache) -> tuple[torch.Tensor, list[float]]:
+        """Step `step` (from 0): its loss, still on the device, and the learning rates after it."""
+        acc, world, rank = self.accelerator, self.accelerator.num_processes, self.accelerator.process_index
+        samples = self.plan[step * world + rank]
+        images = [self.datasets[s.dataset].images[s.image] for s in samples]
+        sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
+        loss = _step_with_fallback(self.blocks, self.optimizer, lambda: _step(
+            self.sd, self.network, self.job.recipe, acc, latents.batch(samples), self.conditioner,
+            [im.caption for im in images], sizes,
+            torch.Generator().manual_seed(_step_seed(self.job.settings.seed, step, rank))))
+        if world > 1:
+            _average_gradients(acc, self.params)
+        acc.clip_grad_norm_(self.params, self.job.recipe.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, self.lr_scheduler.get_last_lr()
+
+    def state(self) -> dict:
+        """The optimizer's, the schedule's and the loss scaler's state, for a saved state."""
+        return _optim_state(self.optimizer, self.lr_scheduler, self.accelerator)
+
+
+class Checkpointer:
+    """The run's resumable state: where the run starts (this run's saved state, if any), when it saves
+    (every `save_every_n_steps` steps or `save_every_minutes`, whichever comes first, and before it
+    stops for an interrupt), and the final write, which keeps the steps if the LoRA cannot be written."""
+
+    def __init__(self, job: TrainRequest, run: str, network: Network, steps: StepRunner, accelerator,
+                 batch_scale: int):
+        self.job, self.run, self.network, self.steps = job, run, network, steps
+        self.accelerator, self.batch_scale = accelerator, batch_scale
+        self.last_save = time.monotonic()
+
+    def start_clock(self) -> None:
+        """`save_every_minutes` counts from the first step (not from loading and hashing)."""
+        self.last_save = time.monotonic()
+
+    def resume(self) -> int:
+        """The step to continue from: 0, or that of this run's saved state (loaded)."""
+        return _resume(self.job, self.run, self.network, self.steps.optimizer, self.steps.lr_scheduler,
+                       self.accelerator)
+
+    def due(self, done: int) -> bool:
+        settings = self.job.settings
+        return (done % settings.save_every_n_steps == 0
+                or time.monotonic() - self.last_save >= settings.save_every_minutes * 60)
+
+    def save(self, done: int) -> None:
+        if self.accelerator.is_main_process:
+            self._save(done)
+            log.info("saved training state at step %d", done)
+        self.accelerator.wait_for_everyone()
+        self.last_save = time.monotonic()
+
+    def _save(self, done: int) -> None:
+        save_state(self.job.state_dir, self.run, done, self.network.kohya_state_dict(torch.float32),
+                   self.steps.state(), batch_scale=self.batch_scale)
+
+    def write_lora(self, meta: dict, epochs: int) -> None:
+        """The finished LoRA, then the saved state removed. A failed write (a full disk, say) saves the
+        finished run's state first where it can, so a rerun after freeing space only writes."""
+        job = self.job
+        try:
+            _write_lora(job, self.network, meta, epochs)
+        except OSError as exc:
+            raise _unwritten(exc, job, lambda: self._save(job.steps)) from None
+        clear_state(job.state_dir)
+
+
+class LossLog:
+    """The steps' losses: read back from the device a group at a time (on a GPU each read waits for it),
+    then checked, logged to TensorBoard, averaged over about an epoch, passed to `on_step` and shown
+    on the progress bar."""
+
+    def __init__(self, job: TrainRequest, accelerator, on_step, per_epoch: int, start: int):
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.on_step = accelerator, on_step
+        self.window = collections.deque(maxlen=max(1, per_epoch))   # loss/average: over about one epoch
+        self.pending: list[tuple[int, torch.Tensor, list[float]]] = []   # losses not read back yet
+        self.read_every = loss_read_every(accelerator.device)
+        self.bar = tqdm(total=job.steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
+                        position=worker_slot(),  # under `doit -n N`: one line per worker, not one overwritten line
+                        disable=not (job.progress and accelerator.is_local_main_process))
+
+    def add(self, done: int, loss: torch.Tensor, lrs: list[float]) -> None:
+        self.pending.append((done, loss, lrs))
+        self.bar.update(1)
+
+    def read(self, force: bool = False) -> None:
+        """Read the pending losses in one transfer when a group is complete (or `force`), then report."""
+        if not self.pending or not (force or len(self.pending) >= self.read_every):
             return
-        values = torch.stack([loss for _, loss, _ in pending]).float().cpu().tolist()
-        for (done, _, lrs), value in zip(pending, values):
-            if not math.isfinite(value) and accelerator.scaler is None:  # (the fp16 scaler skips such steps)
+        values = torch.stack([loss for _, loss, _ in self.pending]).float().cpu().tolist()
+        acc = self.accelerator
+        for (done, _, lrs), value in zip(self.pending, values):
+            if not math.isfinite(value) and acc.scaler is None:  # (the fp16 scaler skips such steps)
                 raise CharfwError(f"training diverged at step {done} (loss {value}); lower the learning rate",
                                   field="lr")
-            window.append(value)
-            average = sum(window) / len(window)
-            if accelerator.trackers:
+            self.window.append(value)
+            average = sum(self.window) / len(self.window)
+            if acc.trackers:
                 scalars = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
                 if len(lrs) > 1:
                     scalars["lr/textencoder"] = lrs[1]
-                accelerator.log(scalars, step=done)
-            if on_step is not None:
-                on_step(done, value)
-        bar.set_postfix(loss=f"{average:.4f}", refresh=False)
-        pending.clear()
+                acc.log(scalars, step=done)
+            if self.on_step is not None:
+                self.on_step(done, value)
+        self.bar.set_postfix(loss=f"{average:.4f}", refresh=False)
+        self.pending.clear()
 
-    read_every = loss_read_every(device)
-    for step in range(start, steps):
-        if interrupt.requested() and step == start:
-            bar.close()
-            raise Interrupted(f"interrupted: {job.name} stopped before step {step + 1}; rerun doit to "
-                              + ("resume" if step else "train it"))
-        samples = plan[step * world + rank]
-        images = [datasets[s.dataset].images[s.image] for s in samples]
-        sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
-        value = _step_with_fallback(blocks, optimizer, lambda: _step(
-            sd, network, job.recipe, accelerator, latents.batch(samples), conditioner, [im.caption for im in images],
-            sizes, torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))))
-        if world > 1:
-            _average_gradients(accelerator, params)
-        accelerator.clip_grad_norm_(params, job.recipe.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        pending.append((step + 1, value, lr_scheduler.get_last_lr()))
-        bar.update(1)
-        done, stop = step + 1, interrupt.requested()
-        due = done % settings.save_every_n_steps == 0 or time.monotonic() - last_save >= settings.save_every_minutes * 60
-        if len(pending) >= read_every or done == steps or due or stop:
-            flush()
-        if done in sample_at and accelerator.is_main_process:
-            with blocks.eager() if blocks is not None else contextlib.nullcontext():
-                _progress_sample(job, sd, conditioner, device, done)
-        if done < steps and (due or stop):
-            if accelerator.is_main_process:
-                save_state(job.state_dir, run, done, network.kohya_state_dict(torch.float32),
-                           _optim_state(optimizer, lr_scheduler, accelerator), batch_scale=batch_scale)
-                log.info("saved training state at step %d", done)
-            accelerator.wait_for_everyone()
-            last_save = time.monotonic()
-            if stop:
-                bar.close()
-                raise Interrupted(f"interrupted: {job.name} saved at step {done}; rerun doit to resume")
-    bar.close()
-
-    if accelerator.is_main_process:
-        try:
-            _write_lora(job, network, meta, epochs)
-        except OSError as exc:   # a full disk, say: keep the steps, so a rerun after freeing space only writes
-            raise _unwritten(exc, job, lambda: save_state(
-                job.state_dir, run, steps, network.kohya_state_dict(torch.float32),
-                _optim_state(optimizer, lr_scheduler, accelerator), batch_scale=batch_scale)) from None
-        clear_state(job.state_dir)
-        log.info("wrote %s (%d VAE encodes)", job.output, latents.encoded)
-    accelerator.wait_for_everyone()
-    return job.output
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _unwritten(exc: OSError, job: TrainRequest, save: Callable[[], None]) -> CharfwError:
@@ -492,14 +585,16 @@ def _vae_id(sd) -> str:
 
 
 def _metadata(job: TrainRequest, datasets, sd, optimizer_name: str, accelerator, checkpointing: bool,
-              per_epoch: int, epochs: int, run: str) -> dict:
+              per_epoch: int, epochs: int, run: str, batch_scale: int) -> dict:
     model_name = job.model if is_builtin(job.model) else (sd.path.name if sd.path else str(job.model))
-    return training_metadata(
+    meta = training_metadata(
         recipe=job.recipe, datasets=datasets, optimizer_name=optimizer_name,
         mixed_precision=accelerator.mixed_precision, checkpointing=checkpointing, model_name=model_name, model_hashes=model_hashes(sd.path),
         vae_name=sd.vae_path.name if sd.vae_path else None, vae_hashes=model_hashes(sd.vae_path),
         name=job.name, trigger_words=list(job.trigger_words), started_at=_now(), batches_per_epoch=per_epoch,
         epochs=epochs, session_id=int(run[:8], 16))
+    meta["charfw_batch_scale"] = str(batch_scale)
+    return meta
 
 
 def _now() -> float:

@@ -160,7 +160,7 @@ def test_block_weights_bake_exactly_into_trained_sdxl_files(xl_files, tmp_path, 
     """20 SDXL block weights, negative and zero included: each module's ΔW scales by its block's weight,
     for every algorithm; modules of 0-weight blocks leave the file."""
     from charfw.lora import load_lora, merge_file
-    from charfw.lora.blocks import BLOCKS, block_of
+    from charfw.lora.blocks import block_of
     from charfw.lora.modules import delta_matrix
 
     values = [0.5, 1, 0.25, 0, -0.7, 0.3, 1, 2, 0, 0.8, 0.6, -1, 0.4, 1, 0, 0.9, 0.2, 1.5, 0.7, 1]

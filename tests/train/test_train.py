@@ -388,12 +388,11 @@ def test_a_full_disk_keeps_the_trained_steps(dataset_toml, tmp_path, caplog, mon
     """Writing the LoRA fails with ENOSPC: one line naming the file, no partial file, the finished run's
     state saved; after space is freed a rerun writes the LoRA without training again, and leaves no
     state folder behind."""
-    import charfw.lora.io as lora_io
     from charfw.pipeline.actions import reported
 
     settings = TrainSettings(network="c3lier", **FAST)
     req = job(dataset_toml, tmp_path, settings, 4)
-    real_write = lora_io.write_safetensors
+    real_write = loop.write_safetensors
 
     def full_disk(path, tensors, metadata):
         from charfw.fsutil import atomic_path
@@ -401,7 +400,7 @@ def test_a_full_disk_keeps_the_trained_steps(dataset_toml, tmp_path, caplog, mon
             tmp.write_bytes(b"\0" * 4096)   # some of it made it to the disk
             raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(lora_io, "write_safetensors", full_disk)
+    monkeypatch.setattr(loop, "write_safetensors", full_disk)
     loop.reset_accelerate()
     failure = reported(loop.run)(req)
     assert failure is not None, "the failed write was not reported"
@@ -410,7 +409,7 @@ def test_a_full_disk_keeps_the_trained_steps(dataset_toml, tmp_path, caplog, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]   # no partial or temporary LoRA file
     assert json.loads((req.state_dir / "state.json").read_text())["step"] == 4
 
-    monkeypatch.setattr(lora_io, "write_safetensors", real_write)
+    monkeypatch.setattr(loop, "write_safetensors", real_write)
     trained_steps = []
     with caplog.at_level(logging.INFO, logger="charfw.train"):
         run(req, on_step=lambda step, loss: trained_steps.append(step))
