@@ -84,3 +84,14 @@ def test_yaml_on_off_switches_and_batch_scale(workspace):
     replace_example_training(workspace, "batch_scale: 0")
     with pytest.raises(CharfwError, match=r"charfw\.yaml:\d+: train\.batch_scale"):
         load_project(workspace)
+
+
+def test_the_merge_default_is_what_applies(workspace):
+    """The schema says what an unset `merge.weights` means, and that is what the targets get."""
+    from charfw.config.models import MergeSettings
+
+    field = MergeSettings.model_fields["weights"]
+    assert field.default is None and "FACE for faces" in field.description and "BODY for outfits" in field.description
+    targets = load_project(workspace).targets
+    assert {name: t.merge.weights for name, t in targets.items()} == {
+        "krnk": "FACE", "tyank": "FACE", "krnksf": "BODY", "tyankps": "BODY", "krnksf_tyankps": "BODY"}

@@ -139,7 +139,9 @@ BlockWeights = str | list[float] | dict[str, float]
 class MergeSettings(Strict):
     """Block weights baked into the trained LoRA (docs/rules.md §8). Read by the `merge` stage."""
 
-    weights: BlockWeights = "FULL"
+    weights: BlockWeights | None = Field(
+        None, description="a preset name, a value list or {block: weight}; unset: the seed's FACE for faces, "
+                          "BODY for outfits and groups (charfw.workspace.KIND_DEFAULTS)")
 
 
 class CompressSettings(CompressOptions):

@@ -77,11 +77,13 @@ def outdated_on_failure(*outputs: str):
 
 
 @reported
-def merge(src: str, dst: str, weights: dict[str, float], downstream: tuple[str, ...] = ()) -> None:
+def merge(src: str, dst: str, weights, presets: dict, downstream: tuple[str, ...] = ()) -> None:
+    """`weights` as the manifest says them (a preset's name is what the file records), `presets` the
+    workspace's own."""
     from charfw.lora.merge import merge_file
 
     with outdated_on_failure(dst, *downstream):
-        merge_file(src, dst, weights)
+        merge_file(src, dst, weights, presets)
 
 
 @reported

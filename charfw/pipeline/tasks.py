@@ -142,7 +142,7 @@ def task_merge(layout: Layout):
         yield {
             "name": target.name,
             "doc": f"{target.merge.weights if isinstance(target.merge.weights, str) else 'custom'} weights",
-            "actions": [(actions.merge, [str(src), str(dst), target.block_weights],
+            "actions": [(actions.merge, [str(src), str(dst), target.merge.weights, layout.project.config.presets],
                          {"downstream": (str(layout.dist_path(target)),)})],
             "file_dep": [layout.rel(src)],
             "targets": [layout.rel(dst)],

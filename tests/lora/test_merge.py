@@ -111,3 +111,22 @@ def test_weights_that_drop_everything_say_so(tmp_path):
     with pytest.raises(CharfwError, match=r"te\.safetensors: block weights 0,1,.* drop every module .*blocks BASE"):
         merge_file(src, tmp_path / "out.safetensors", "FACE")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("spec, recorded", [("FACE", "FACE"), ("MINE", "MINE"), ("face,OUT03=0", "face,OUT03=0"),
+                                            ([1.0] * 26, None)])
+def test_the_build_records_the_weights_as_written(tmp_path, spec, recorded):
+    """The merge stage passes the manifest's value: a preset's name is what the file says was applied."""
+    from safetensors import safe_open
+
+    from charfw.lora.blocks import format_weights, parse_weights
+    from charfw.pipeline.actions import merge
+
+    src = build(tmp_path, torch.Generator().manual_seed(6))
+    presets = {"MINE": "FACE,IN04=0.5"}
+    assert merge(str(src), str(tmp_path / "out.safetensors"), spec, presets) is None    # no failure reported
+    with safe_open(str(tmp_path / "out.safetensors"), "pt") as f:
+        meta = f.metadata()
+    numbers = format_weights(parse_weights(spec, SD15, presets), SD15)
+    assert meta["charfw_block_weights"] == numbers
+    assert meta["charfw_block_weights_spec"] == (recorded or numbers)
