@@ -1,19 +1,27 @@
 """Block-weight merge ("bake"): multiply each module's ΔW by its block's weight (docs/rules.md §8).
 
-LoRA modules (LoRA, C3Lier, LoCon) get w and their alpha/rank scale folded into both
-factors, balanced and computed in fp32 (`modules.folded`): ΔW scales by w to the file
-dtype's own rounding, even where a trained fp16 `up` is tiny, and alpha = rank so every
-loader applies the same ΔW. LoHa/LoKr scale the one factor ΔW is linear in
-(`Module.merge_key`), in fp32. Weight 0 drops the module with all its tensors. DoRA
-normalizes W + ΔW afterwards, so a DoRA module is only exactly scalable by 0 or 1: other
-weights are refused.
+Nothing is rounded that need not be. Where every loader reads the LoRA modules' (LoRA, C3Lier,
+LoCon) alphas alike (one rank for all, and an alpha on all or none: `alphas_read_alike`), each
+keeps its alpha: a module at weight 1 is copied bit for bit, a power-of-two weight (±2^k: -1,
+0.5, 2 ...) multiplies one factor, exact wherever no value loses a bit in the file's dtype
+(checked; `down` first, as a trained `up` is tiny), and any other weight is split over both
+factors, balanced and computed in fp32 (`modules.folded`), to the dtype's own rounding.
+Otherwise (ranks that differ per module, whose alphas diffusers' kohya converter would let PEFT
+ignore) w and the alpha/rank scale are folded into both factors and the alpha left out, so
+every loader applies the same ΔW (alpha = rank). LoHa/LoKr
+scale the one factor ΔW is linear in (`Module.merge_key`), in fp32. Weight 0 drops the module
+with all its tensors. DoRA normalizes W + ΔW afterwards, so a DoRA module is only exactly
+scalable by 0 or 1: other weights are refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
 
 from charfw.errors import CharfwError
 from charfw.families import Family, from_lora
@@ -23,15 +31,19 @@ from charfw.lora.metadata import record_merge, record_ranks
 from charfw.lora.modules import Module, folded
 
 
-def scale_module(m: Module, w: float) -> Module | None:
-    """The module with ΔW multiplied by w; None when w == 0 (drop it)."""
+def scale_module(m: Module, w: float, keep_alpha: bool = False) -> Module | None:
+    """The module with ΔW multiplied by w; None when w == 0 (drop it). `keep_alpha`: the file's LoRA
+    modules share one rank, so a LoRA module may keep its alpha and be scaled exactly."""
     if w == 0:
         return None
     if m.dora and w != 1:
         raise CharfwError(f"DoRA module cannot be scaled exactly by {w:g} (only 0 or 1); "
                           "set its block to 0 or 1", field=m.name)
     if m.kind == "lora":
-        return folded(m, w)
+        if not keep_alpha:
+            return folded(m, w)
+        exact = exactly_scaled(m, w)
+        return exact if exact is not None else folded(m, w, keep_alpha=True)
     if w == 1:
         return m
     key = m.merge_key
@@ -39,12 +51,36 @@ def scale_module(m: Module, w: float) -> Module | None:
     return Module(m.name, {**m.tensors, key: (t.float() * w).to(t.dtype)}, m.kind)
 
 
+def exactly_scaled(m: Module, w: float) -> Module | None:
+    """A LoRA module times w with no value rounded: itself at 1; one factor times w for a power of two
+    where every scaled value is exact in the factor's dtype; None where neither holds."""
+    if w == 1:
+        return m
+    if math.frexp(abs(w))[0] != 0.5:    # not ±2^k
+        return None
+    for key in ("lora_down.weight", "lora_up.weight"):
+        t = m.tensors[key]
+        scaled = t * w
+        if torch.isfinite(scaled).all() and torch.equal(scaled.double() / w, t.double()):
+            return Module(m.name, {**m.tensors, key: scaled.contiguous()}, m.kind)
+    return None
+
+
+def alphas_read_alike(modules: Iterable[Module]) -> bool:
+    """Whether every loader reads these LoRA modules' alphas alike: one rank for all, and an alpha
+    on all or on none (diffusers gives a module without one the file's common alpha)."""
+    lora = [m for m in modules if m.kind == "lora"]
+    return len({m.rank for m in lora}) <= 1 and len({m.alpha is None for m in lora}) <= 1
+
+
 def apply_block_weights(modules: Iterable[Module], weights: Mapping[str, float], family: Family) -> Iterator[Module]:
     """Scale every module by its block's weight; modules outside blocks keep weight 1."""
+    modules = list(modules)
+    keep_alpha = alphas_read_alike(modules)
     for m in modules:
         block = block_of(m.name, family)
         try:
-            scaled = scale_module(m, 1.0 if block is None else weights[block])
+            scaled = scale_module(m, 1.0 if block is None else weights[block], keep_alpha)
         except CharfwError as exc:
             raise CharfwError(f"{exc.message} (block {block})", field=exc.field) from None
         if scaled is not None:

@@ -144,21 +144,23 @@ def balanced_factors(up: torch.Tensor, down: torch.Tensor, c: float) -> tuple[to
     return up * (math.copysign(s_up, c)), down * (abs(c) / s_up)
 
 
-def folded(m: Module, w: float = 1.0) -> Module:
+def folded(m: Module, w: float = 1.0, keep_alpha: bool = False) -> Module:
     """A "lora" module with ΔW times w and its alpha/rank scale folded into the factors, no alpha.
 
     Every loader then applies the same ΔW. Without an `alpha` tensor kohya's loaders
     (sd-scripts, A1111/Forge, ComfyUI, LyCORIS) use alpha = rank, i.e. scale 1, and so does
     diffusers, which otherwise names some alphas so that PEFT ignores them when ranks differ
-    per module (sd-scripts' own resize outputs hit this). Tucker (lora_mid) modules are left
-    in their own form with w on `up`.
+    per module (sd-scripts' own resize outputs hit this). `keep_alpha`: only w goes into the
+    factors and the alpha stays, for a file whose other modules keep theirs (diffusers gives a
+    module without alpha the file's common one). Tucker (lora_mid) modules are left in their own
+    form with w on `up`.
     """
     up_t, down_t = m.tensors["lora_up.weight"], m.tensors["lora_down.weight"]
     if "lora_mid.weight" in m.tensors:
         return Module(m.name, {**m.tensors, "lora_up.weight": (up_t.float() * w).to(up_t.dtype)}, m.kind)
     up, down = up_t.float().reshape(up_t.shape[0], -1), down_t.float().reshape(down_t.shape[0], -1)
-    up, down = balanced_factors(up, down, w * m.scale)
-    tensors = {k: v for k, v in m.tensors.items() if k != "alpha"}
+    up, down = balanced_factors(up, down, w if keep_alpha else w * m.scale)
+    tensors = {k: v for k, v in m.tensors.items() if keep_alpha or k != "alpha"}
     tensors["lora_up.weight"] = up.reshape(up_t.shape).to(up_t.dtype).contiguous()
     tensors["lora_down.weight"] = down.reshape(down_t.shape).to(down_t.dtype).contiguous()
     return Module(m.name, tensors, m.kind)

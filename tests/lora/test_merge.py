@@ -3,6 +3,7 @@
 import pytest
 import torch
 from lora_factory import VARIANTS, make_tensors, write
+from safetensors import safe_open
 
 from charfw.errors import CharfwError
 from charfw.families import SD15
@@ -31,11 +32,15 @@ def build(tmp_path, gen):
 
 @pytest.mark.parametrize("w", [0.0, 0.5, -1.0, 1.7])
 def test_merged_delta_is_w_times_delta(tmp_path, w):
+    """Every module's ΔW times its block's weight. The file's LoRA modules share one rank and all have
+    an alpha, so each keeps it: a power-of-two weight scales one factor exactly, weight 1 leaves a
+    module as it was, another weight is split over both factors."""
     src = build(tmp_path, torch.Generator().manual_seed(3))
     dst = tmp_path / "out.safetensors"
     report = merge_file(src, dst, f"IN04={w},OUT03={w},BASE={w}")
     before, after = load_lora(src).modules, load_lora(dst).modules
     assert report["modules_in"] == len(before) and report["modules_out"] == len(after)
+    exact = w in (0.5, -1.0)
     for variant in VARIANTS:
         for name in (n.format(variant) for n in WEIGHTED.values()):
             if w == 0:
@@ -43,24 +48,75 @@ def test_merged_delta_is_w_times_delta(tmp_path, w):
                 continue
             expected = w * delta_matrix(before[name], torch.float64)
             error = torch.linalg.norm(delta_matrix(after[name], torch.float64) - expected)
-            assert error <= 1e-6 * torch.linalg.norm(expected), name  # float32 rounding of the factors
             changed = {k for k in before[name].tensors if k not in after[name].tensors
                        or not torch.equal(before[name].tensors[k], after[name].tensors[k])}
-            if folds(before[name]):   # scale folded into both factors, no alpha: every loader agrees
-                assert after[name].alpha is None and changed <= {"lora_up.weight", "lora_down.weight", "alpha"}
+            assert error <= 1e-6 * torch.linalg.norm(expected), name  # at most float32 rounding of the factors
+            assert after[name].alpha == before[name].alpha, name   # one rank, all with alpha: every loader agrees
+            if exact:
+                assert error == 0 and len(changed) == 1, (name, changed)
+            elif folds(before[name]):   # w split over both factors
+                assert changed == {"lora_up.weight", "lora_down.weight"}, (name, changed)
             else:
-                assert after[name].alpha == before[name].alpha
-                assert changed <= {before[name].merge_key}, (name, changed)
-        for name in (n.format(variant) for n in CONTROL.values()):
-            if folds(before[name]):
-                expected = delta_matrix(before[name], torch.float64)
-                error = torch.linalg.norm(delta_matrix(after[name], torch.float64) - expected)
-                assert error <= 1e-6 * torch.linalg.norm(expected) and after[name].alpha is None, name
-                continue
+                assert changed == {before[name].merge_key}, (name, changed)
+        for name in (n.format(variant) for n in CONTROL.values()):    # weight 1: as it was
             for k, t in before[name].tensors.items():
                 assert torch.equal(after[name].tensors[k], t), (name, k)
     if w == 0:
         assert not any(k.startswith(tuple(n.format("") for n in WEIGHTED.values())) for k in after)
+
+
+def test_a_full_merge_leaves_every_tensor_as_it_was(tmp_path):
+    """FULL (every block 1) on a trained-like fp16 file: tensor for tensor identical, alphas included."""
+    gen = torch.Generator().manual_seed(8)
+    modules = {name.format(v): {k: t.half() for k, t in make_tensors(v, gen=gen).items()}
+               for v in VARIANTS for name in (*WEIGHTED.values(), *CONTROL.values())}
+    src = write(tmp_path / "in.safetensors", modules)
+    merge_file(src, tmp_path / "full.safetensors", "FULL")
+    with safe_open(str(src), "pt") as a, safe_open(str(tmp_path / "full.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+@pytest.mark.parametrize("w", [-1.0, 0.5, 2.0, -0.25])
+def test_power_of_two_weights_scale_delta_exactly(tmp_path, w):
+    """fp32 products of the factors: exactly w times those of the input, for LoRA, C3Lier and LoCon."""
+    gen = torch.Generator().manual_seed(9)
+    modules = {WEIGHTED["IN04"].format(v): {k: t.half() for k, t in make_tensors(v, gen=gen).items()}
+               for v in ("lora_linear", "c3lier_conv3x3", "locon_mid")}
+    src = write(tmp_path / "in.safetensors", modules)
+    merge_file(src, tmp_path / "out.safetensors", f"IN04={w}", family=SD15)
+    before, after = load_lora(src).modules, load_lora(tmp_path / "out.safetensors").modules
+    for name, m in before.items():
+        assert torch.equal(delta_matrix(after[name], torch.float32), w * delta_matrix(m, torch.float32)), name
+        assert after[name].alpha == m.alpha
+
+
+def test_ranks_that_differ_per_module_are_folded(tmp_path):
+    """diffusers would let PEFT ignore such alphas: alpha/rank is folded in, even at weight 1."""
+    gen = torch.Generator().manual_seed(10)
+    src = write(tmp_path / "in.safetensors", {WEIGHTED["IN04"].format("a"): make_tensors("lora_linear", rank=4, gen=gen),
+                                             WEIGHTED["OUT03"].format("b"): make_tensors("c3lier_conv3x3", rank=8,
+                                                                                         gen=gen)})
+    merge_file(src, tmp_path / "out.safetensors", "FULL", family=SD15)
+    before, after = load_lora(src).modules, load_lora(tmp_path / "out.safetensors").modules
+    for name, m in before.items():
+        assert after[name].alpha is None
+        expected = delta_matrix(m, torch.float64)
+        assert torch.linalg.norm(delta_matrix(after[name], torch.float64) - expected) <= 1e-6 * torch.linalg.norm(expected)
+
+
+def test_a_power_of_two_that_would_lose_bits_is_split_over_both_factors(tmp_path):
+    """A factor whose scaled values would lose a bit in fp16 is not scaled in place."""
+    tensors = {k: t.half() for k, t in make_tensors("lora_linear", gen=torch.Generator().manual_seed(11)).items()}
+    tiny = 2 ** -14 * (1 + 2 ** -10)   # just above fp16's smallest normal: halved, its last bit is lost
+    tensors["lora_down.weight"] = torch.full_like(tensors["lora_down.weight"], tiny)
+    tensors["lora_up.weight"] = torch.full_like(tensors["lora_up.weight"], tiny)
+    src = write(tmp_path / "in.safetensors", {WEIGHTED["IN04"].format("a"): tensors})
+    merge_file(src, tmp_path / "out.safetensors", "IN04=0.5", family=SD15)
+    out = load_lora(tmp_path / "out.safetensors").modules[WEIGHTED["IN04"].format("a")]
+    assert out.alpha == 2.0 and not torch.equal(out.tensors["lora_down.weight"], tensors["lora_down.weight"] * 0.5)
+    expected = 0.5 * delta_matrix(load_lora(src).modules[WEIGHTED["IN04"].format("a")], torch.float64)
+    assert torch.linalg.norm(delta_matrix(out, torch.float64) - expected) <= 1e-3 * torch.linalg.norm(expected)
 
 
 def test_dora_only_zero_or_one(tmp_path):
