@@ -96,11 +96,12 @@ def _family(config: Workspace, root: Path, ws_file: Path, lines: dict) -> Family
                 found = from_checkpoint(k for k in safetensors_header(path) if k != "__metadata__")
             except CharfwError:
                 found = None  # unreadable: charfw check says why
-    if config.family and found and config.family != found.name:
+    chosen = family(config.family) if config.family else None
+    if chosen and found and found is not chosen and chosen.variant_of != found.name:
         raise CharfwError(f"the model is an {found.label} checkpoint but `family: {config.family}` is set; "
                           f"set `family: {found.name}` or remove the line (it is read from the model)",
                           file=ws_file, line=lines.get(("family",)), field="family")
-    return found or (family(config.family) if config.family else DEFAULT)
+    return chosen or found or DEFAULT   # a variant set in charfw.yaml for a file that does not mark itself
 
 
 def _default_sizes(project: Project) -> list[int]:

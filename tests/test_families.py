@@ -8,7 +8,8 @@ import pytest
 
 import charfw
 from charfw.errors import CharfwError
-from charfw.families import DEFAULT, FAMILIES, SD15, SDXL, family, from_checkpoint, from_lora, of_builtin, of_config
+from charfw.families import (DEFAULT, FAMILIES, SD15, SDXL, SDXL_VPRED, base, family, from_checkpoint, from_lora,
+                             of_builtin, of_config)
 from charfw.lora.blocks import builtin_presets, parse_weights
 from charfw.lora.keys import lora_module_specs
 from charfw.models.configs import DATA, label, parts, with_article
@@ -41,7 +42,7 @@ def test_the_check_sees_a_branch_on_a_name():
 
 def test_registry_and_lookups():
     assert family("sd15") is SD15 and family(SDXL) is SDXL and DEFAULT is SD15
-    with pytest.raises(CharfwError, match="unknown model family 'sd3'; use one of sd15, sdxl"):
+    with pytest.raises(CharfwError, match="unknown model family 'sd3'; use one of sd15, sdxl, sdxl-vpred"):
         family("sd3")
     assert of_config("tiny-sdxl") is SDXL and of_config("sd15") is SD15
     with pytest.raises(CharfwError, match="unknown architecture"):
@@ -59,6 +60,8 @@ def test_checkpoint_detection():
     unet = ["model.diffusion_model.input_blocks.0.0.weight"]
     assert from_checkpoint(unet + ["cond_stage_model.transformer.text_model.x"]) is SD15
     assert from_checkpoint(unet + ["conditioner.embedders.1.model.x"]) is SDXL
+    assert from_checkpoint(unet + ["conditioner.embedders.1.model.x", "v_pred", "ztsnr"]) is SDXL_VPRED
+    assert from_checkpoint(unet + ["cond_stage_model.transformer.text_model.x", "v_pred"]) is SD15   # no such variant
     assert from_checkpoint(unet + ["cond_stage_model.model.transformer.x"]) is None     # SD 2.x
     assert from_checkpoint(["first_stage_model.encoder.x"]) is None
 
@@ -77,8 +80,10 @@ def test_every_family_is_complete(fam):
     for config in fam.configs:
         for part in parts(config):
             assert (DATA / config / f"{part}.json").is_file()
-    assert fam.builtin_model in fam.configs and label(fam.configs[0]) == fam.label
-    assert with_article(fam.configs[0]).endswith(fam.label)
+    owner = base(fam)
+    assert fam.builtin_model in fam.configs or fam.variant_of    # a variant's builtin: the base's plus its flags
+    assert label(fam.configs[0]) == owner.label and with_article(fam.configs[0]).endswith(owner.label)
+    assert of_builtin(fam.builtin_model) is fam
     assert len(fam.text_encoders) == len(fam.text_encoder_parts)
     assert set(fam.blocks.short) <= set(fam.blocks.blocks) and fam.blocks.blocks[0] == "BASE"
     for name, values in builtin_presets(fam).items():
@@ -86,8 +91,8 @@ def test_every_family_is_complete(fam):
         parse_weights(name, fam)
     assert set(fam.size_classes.batch_profiles) == {"default", "12gb"}
     assert fam.size_classes.low < fam.size_classes.mid < fam.size_classes.high
-    assert fam.sd_scripts_script.endswith("train_network.py") and fam.prediction_type == "epsilon"
-    assert from_lora(list(lora_module_specs(fam))) is fam
+    assert fam.sd_scripts_script.endswith("train_network.py") and fam.prediction_type in ("epsilon", "v")
+    assert from_lora(list(lora_module_specs(fam))) is owner      # a variant's LoRA files are its base's
 
 
 def test_the_families_differ_where_the_tools_do():

@@ -4,6 +4,7 @@ logic of the seed's LoRA.bat, on both families."""
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_command_and_metadata_render_the_same_recipe(family, combo):
 def test_the_recipe_follows_the_request():
     """A request with other settings or steps (batch_scale's grown request) has its own recipe."""
     req = request(SD15, lr=1e-4)
-    grown = req.__class__(**{**req.__dict__, "steps": 500, "settings": req.settings.model_copy(update={"lr": 2e-4})})
+    grown = replace(req, steps=500, settings=req.settings.model_copy(update={"lr": 2e-4}))
     assert (req.recipe.steps, req.recipe.lr) == (1000, 1e-4)
     assert (grown.recipe.steps, grown.recipe.lr, grown.recipe.text_encoder_lr) == (500, 2e-4, 88e-6)
 

@@ -79,10 +79,12 @@ class Family:
 
     name: str                     # as `family:` in workspace.yaml, `--arch` and merged files' charfw_arch spell it
     label: str                    # as people write it: "SD1.5"
+    variant_of: str | None         # a variant (v-prediction) of this family: its LoRA files are that family's
 
     # single-file checkpoints (charfw.models): what tells this family's files apart, and their layout
     checkpoint_marker: str | None  # a tensor-name prefix only this family has (None: the family without one)
     checkpoint_evidence: str       # said when a file of this family is given where another is expected
+    checkpoint_flag: str | None    # a variant's marker tensor (ComfyUI's `v_pred`), None for a base family
     text_encoder_prefix: str       # the (first) text encoder's tensor names in a checkpoint
     configs: tuple[str, ...]       # shipped config sets under charfw/models/data/, full size first
     builtin_model: str             # `model: builtin:NAME`, a random-weight test model of this topology
@@ -103,7 +105,8 @@ class Family:
     pooled_conditioning: bool      # the U-Net also takes the pooled text embedding and size/crop ids
     activation_bytes: float        # per sample at `base_pixels`, without checkpointing (rules.memory)
     base_pixels: int
-    prediction_type: str           # what the U-Net predicts: "epsilon"
+    prediction_type: str           # what the U-Net predicts: "epsilon" or "v" (velocity)
+    zero_terminal_snr: bool        # the noise schedule rescaled so the last step is pure noise
 
     # kohya sd-scripts
     sd_scripts_script: str

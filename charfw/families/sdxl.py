@@ -21,8 +21,10 @@ def from_sd15_levels(values: str) -> str:
 SDXL = Family(
     name="sdxl",
     label="SDXL",
+    variant_of=None,
     checkpoint_marker="conditioner.embedders.",
     checkpoint_evidence="conditioner.embedders.* tensors",
+    checkpoint_flag=None,
     text_encoder_prefix="conditioner.embedders.0.transformer.",
     configs=("sdxl", "tiny-sdxl"),
     builtin_model="tiny-sdxl",
@@ -47,6 +49,7 @@ SDXL = Family(
     pooled_conditioning=True,
     activation_bytes=12.0 * GIB, base_pixels=1024 * 1024,
     prediction_type="epsilon",
+    zero_terminal_snr=False,
     sd_scripts_script="sdxl_train_network.py",
     sd_scripts_flags=("--no_half_vae",),   # SDXL's VAE overflows in fp16 (the embedded trainer keeps it fp32)
     sd_scripts_caches_te_outputs=True,

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     lora = subparsers.add_parser("lora", help="inspect, merge and compress LoRA files", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = lora.add_subparsers(dest="lora_command", required=True)
-    arch = dict(choices=list(FAMILIES), default=None, help="model family (default: detected from the keys)")
+    arch = dict(choices=[name for name, f in FAMILIES.items() if not f.variant_of], default=None,
+                help="model family (default: detected from the keys)")
 
     p = sub.add_parser("inspect", help="per-block modules, ranks and ΔW norms")
     p.add_argument("file", type=Path)

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from charfw.families import FAMILIES, of_config
+from charfw.families import FAMILIES, Family, of_config
 
 DATA = Path(__file__).parent / "data"
 TOKENIZER_DIR = DATA / "tokenizer"
@@ -40,10 +40,17 @@ def arch_config(arch: str, part: str) -> dict:
     return json.loads((DATA / arch / f"{part}.json").read_text(encoding="utf-8"))
 
 
-def scheduler_config() -> dict:
-    """The training noise schedule SD1.5 and SDXL share: DDPM, scaled_linear 0.00085-0.012, 1000 steps,
-    epsilon."""
-    return json.loads((DATA / "scheduler.json").read_text(encoding="utf-8"))
+def scheduler_config(family: Family | None = None) -> dict:
+    """The training noise schedule SD1.5 and SDXL share: DDPM, scaled_linear 0.00085-0.012, 1000 steps;
+    epsilon, or for a v-prediction family velocity with the betas rescaled to zero terminal SNR
+    (diffusers' rescale_betas_zero_snr: the algorithm of Lin et al. 2024 that sd-scripts'
+    --zero_terminal_snr applies)."""
+    config = json.loads((DATA / "scheduler.json").read_text(encoding="utf-8"))
+    if family is not None and family.prediction_type == "v":
+        config["prediction_type"] = "v_prediction"
+    if family is not None and family.zero_terminal_snr:
+        config["rescale_betas_zero_snr"] = True
+    return config
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -27,6 +27,8 @@ def checkpoint_problem(keys: Iterable[str], family: Family) -> str | None:
         return any(k.startswith(prefix) for k in keys)
 
     found = from_checkpoint(keys)
+    if found is not None and family.variant_of == found.name:
+        return None   # a variant said of a file that does not mark itself (a v-prediction merge without v_pred)
     if found is not None and found is not family:
         return f"it is an {found.label} checkpoint ({found.checkpoint_evidence})"
     if found is family:

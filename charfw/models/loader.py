@@ -36,14 +36,11 @@ class Sd:
     noise_scheduler: Any  # diffusers.DDPMScheduler (training schedule)
     name: str            # file stem, or 'builtin:tiny-sd15'
     arch: str            # which shipped config set (a Family's configs): 'sd15', 'tiny-sdxl', ...
+    family: Family       # what the file is (a variant such as SDXL v-prediction included)
     path: Path | None = None      # the weights file actually read (for builtins: the cached file)
     vae_path: Path | None = None  # the separate VAE file, if one was given
     text_encoder_2: Any = None    # SDXL: transformers.CLIPTextModelWithProjection
     tokenizer_2: Any = None       # SDXL: CLIPTokenizer padding with "!" (id 0), as OpenCLIP and sd-scripts
-
-    @property
-    def family(self) -> Family:
-        return of_config(self.arch)
 
     @property
     def text_encoders(self) -> list:
@@ -93,6 +90,7 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: Fami
         src = stack.enter_context(open_tensors(path, "checkpoint"))
         arch = _arch_of(src, family)
         _check_family(src, arch, family)
+        fam = family or from_checkpoint(src.keys()) or of_config(arch)
         models = empty_models(arch)
         names = ldm_names(models, arch)
         prefix = of_config(arch).text_encoder_prefix
@@ -123,9 +121,9 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: Fami
     tokenizer_2 = None
     if "text_encoder_2" in models:  # the same BPE; OpenCLIP pads with "!" (id 0), not <|endoftext|>
         tokenizer_2 = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True, pad_token="!")
-    scheduler = DDPMScheduler.from_config(scheduler_config())
+    scheduler = DDPMScheduler.from_config(scheduler_config(fam))
     return Sd(unet=models["unet"], vae=models["vae"], text_encoder=models["text_encoder"], tokenizer=tokenizer,
-              noise_scheduler=scheduler, name=name, arch=arch, path=path, vae_path=vae_path,
+              noise_scheduler=scheduler, name=name, arch=arch, family=fam, path=path, vae_path=vae_path,
               text_encoder_2=models.get("text_encoder_2"), tokenizer_2=tokenizer_2)
 
 
@@ -153,7 +151,7 @@ def _has(src: TensorFile, prefix: str) -> bool:
 
 def _check_family(src: TensorFile, arch: str, family: Family | None) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
-    want = family or of_config(arch)
+    want = family or from_checkpoint(src.keys()) or of_config(arch)
     problem = checkpoint_problem(src.keys(), want)
     if problem:
         raise CharfwError(f"not {with_article(want.configs[0])} checkpoint: {problem}", file=src.path)

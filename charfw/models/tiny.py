@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from charfw.errors import CharfwError
+from charfw.families import Family, of_builtin
 from charfw.fsutil import atomic_path
 from charfw.models.build import checkpoint_tensors, empty_models, ldm_names
 from charfw.models.configs import ARCHS, default_cache_dir
@@ -38,8 +39,16 @@ def builtin_path(name: str, cache_dir: str | Path | None = None) -> Path:
                           field="model")
     path = default_cache_dir(cache_dir) / "models" / f"{name}-g{GENERATOR_VERSION}-s{DEFAULT_SEED}.safetensors"
     if not path.is_file():
-        write_random(path, name, seed=DEFAULT_SEED)
+        family = of_builtin(name)
+        write_random(path, family.configs[1], seed=DEFAULT_SEED, flags=flag_tensors(family))
     return path
+
+
+def flag_tensors(family: Family) -> tuple[str, ...]:
+    """The marker tensors a checkpoint of this family variant carries (`v_pred`, `ztsnr`), as ComfyUI
+    reads them."""
+    flags = (family.checkpoint_flag,) if family.checkpoint_flag else ()
+    return flags + (("ztsnr",) if family.zero_terminal_snr else ())
 
 
 def _draw(name: str, shape: tuple[int, ...], live_key: str, seed: int) -> torch.Tensor:
@@ -73,8 +82,10 @@ def random_state_dict(arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = 
     return {k: v.contiguous() for k, v in checkpoint_tensors(drawn, arch, names).items()}
 
 
-def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = torch.float32) -> Path:
-    """Write a random-weight `arch` model as one single-file .safetensors checkpoint (atomically)."""
+def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: torch.dtype = torch.float32,
+                 flags: tuple[str, ...] = ()) -> Path:
+    """Write a random-weight `arch` model as one single-file .safetensors checkpoint (atomically);
+    `flags`: empty marker tensors (a v-prediction model's `v_pred`, `ztsnr`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -82,6 +93,7 @@ def write_random(path: str | Path, arch: str, seed: int = DEFAULT_SEED, dtype: t
     # the file's bytes vary from run to run. (Seed and generator version are in the file name.)
     metadata = {"charfw_arch": arch}
     tensors = random_state_dict(arch, seed, dtype)
+    tensors.update({flag: torch.zeros(0) for flag in flags})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path

@@ -11,6 +11,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import diffusers
 import torch
 
 from charfw.families import Family
@@ -70,13 +71,18 @@ def applied(layers: dict, modules, strength: float, quiet: bool = False):
                 layers[name].weight.copy_(weight)
 
 
+def sample_scheduler(sd, sampler: str):
+    """The sampler over the model's training schedule (its prediction type and betas); with zero terminal
+    SNR the first step starts at the last timestep, pure noise ("trailing" spacing, as Lin et al. advise)."""
+    spacing = {"timestep_spacing": "trailing"} if sd.family.zero_terminal_snr else {}
+    return getattr(diffusers, SAMPLERS[sampler]).from_config(sd.noise_scheduler.config, **spacing)
+
+
 def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 2,
            embeds: list[dict] | None = None) -> list:
     """One PIL image per (prompt, seed), prompts outer. `embeds`: per prompt, the conditioning already
     encoded (the trainer's own, during training) instead of encoding the prompt here."""
-    import diffusers
-
-    scheduler = getattr(diffusers, SAMPLERS[settings.sampler]).from_config(sd.noise_scheduler.config)
+    scheduler = sample_scheduler(sd, settings.sampler)
     pipe = sd.pipeline(scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     base = sd.family.sample_size

@@ -102,7 +102,7 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_multires_noise_iterations": None,
         "ss_multires_noise_discount": 0.3,
         "ss_adaptive_noise_scale": None,
-        "ss_zero_terminal_snr": False,
+        "ss_zero_terminal_snr": family.zero_terminal_snr,
         "ss_sd_scripts_commit_hash": IMPLEMENTATION,  # not sd-scripts: which trainer wrote the file
         "ss_optimizer": optimizer_name,
         "ss_max_grad_norm": recipe.max_grad_norm,
