@@ -34,11 +34,19 @@ def check_project(root: Path) -> tuple[Project, list[str]]:
     return project, check_warnings(layout)
 
 
+def masked_loss_warnings(layout: Layout) -> list[str]:
+    """A set trained with masked_loss whose images have no alpha: it trains unmasked (said by check and doit)."""
+    return [f"{sub.set.folder}: masked_loss is set for {target.name}, but no image of the set has transparency: "
+            "it trains unmasked" for target in layout.project.trained_targets() if target.train.masked_loss
+            for sub in target.subsets if not layout.transparent(sub.set.id)]
+
+
 def check_warnings(layout: Layout) -> list[str]:
     """What `charfw check` warns about, from the plans alone (no image decoded): the report's problems."""
     project = layout.project
     warnings = [f"{name} is left out of the build until it has images ({skipped.reason})"
                 for name, skipped in project.skipped.items()]
+    warnings += masked_loss_warnings(layout)
     for sid, s in project.sets.items():
         used = {item.source.path for item in layout.plans[sid]}
         largest = max(s.sizes)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from charfw.config.models import resume_fields, run_key_fields
+from charfw.config.models import keyed, resume_fields, run_key_fields
 from charfw.errors import CharfwError
 from charfw.filecache import FileCache, file_cache
 from charfw.fsutil import write_text
@@ -123,13 +123,14 @@ def resume_parts(job: TrainRequest, datasets, model: Path | None, vae: Path | No
     """What decides the trained weights step by step (the state key's parts): `datasets` as the
     trainer built them (charfw.train.dataset), the model and VAE files it read, `world` processes."""
     data = [{"resolution": d.resolution, "batch": d.batch_size,
-             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug) for s in d.subsets],
+             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug, *(("alpha_mask",) if s.alpha_mask else ()))
+                         for s in d.subsets],
              "images": [(i.sha256, i.caption, i.placement.bucket, i.placement.resized, i.subset) for i in d.images]}
             for d in datasets]
     init = None
     if job.init_weights is not None:
         init = hashlib.sha256(Path(job.init_weights).read_bytes()).hexdigest()
-    settings = job.settings.model_dump(include=set(resume_fields()))
+    settings = keyed(job.settings, resume_fields())
     return {"trainer": TRAINER_VERSION, "settings": settings, "steps": job.steps, "model": file_record(model),
             "vae": file_record(vae), "data": data, "init": init, "world": world}
 
@@ -146,7 +147,7 @@ def run_config(req: TrainRequest, cpu: bool = False) -> dict:
     if cpu and req.settings.trainer == "embedded":
         fields.discard("mixed_precision")
     return {
-        "settings": req.settings.model_dump(include=fields),
+        "settings": keyed(req.settings, frozenset(fields)),
         "steps": req.steps,
         "model": model_identity(req.model),
         "vae": model_identity(req.vae),

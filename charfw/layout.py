@@ -44,6 +44,16 @@ class Layout:
         cache.save()
         return headers
 
+    def transparent(self, set_id: str) -> bool:
+        """Whether any source of the set has an alpha channel (from the headers)."""
+        return any(self.headers[src.path][2] for src in self.project.sets[set_id].sources)
+
+    @cached_property
+    def masked_sets(self) -> frozenset[str]:
+        """Sets whose prepared images keep their alpha: transparent ones a `masked_loss` target trains on."""
+        return frozenset(sub.set.id for t in self.project.trained_targets() if t.train.masked_loss
+                         for sub in t.subsets if self.transparent(sub.set.id))
+
     def _plan_sets(self) -> dict[str, list[Prepared]]:
         """Every set's prepared images."""
         sizes = {path: header[:2] for path, header in self.headers.items()}
@@ -134,7 +144,7 @@ class Layout:
         if not target.train.sample_every_n_steps:
             return None
 
-        prompt = sample_prompts(target, target.sample, self.project.config.captions.template)[0]
+        prompt = sample_prompts(target, target.sample, self.project.config.captions.rules)[0]
         return ProgressSamples(prompt, target.sample, self.progress_dir(target))
 
     @property

@@ -82,6 +82,7 @@ class Recipe:
     clip_skip: int | None             # None where the family always uses the penultimate layer
     noise_offset: float | None
     min_snr_gamma: float | None
+    masked_loss: bool                 # the loss weighted by the images' alpha (subsets marked alpha_mask)
     seed: int
 
     @property
@@ -109,4 +110,5 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
         scheduler="adafactor" if adafactor else settings.scheduler, warmup_steps=settings.warmup_steps,
         restarts=settings.restarts, max_grad_norm=MAX_GRAD_NORM, weight_decay=WEIGHT_DECAY,
         clip_skip=settings.clip_skip if family.uses_clip_skip else None,
-        noise_offset=settings.noise_offset, min_snr_gamma=settings.min_snr_gamma, seed=settings.seed)
+        noise_offset=settings.noise_offset, min_snr_gamma=settings.min_snr_gamma, masked_loss=settings.masked_loss,
+        seed=settings.seed)

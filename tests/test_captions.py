@@ -72,3 +72,17 @@ def test_custom_template_replaces_rules():
     template = [CaptionRule(tags=["solo"]), CaptionRule(tags=["happy"], yaw=[0])]
     assert caption(["krnk"], parse_view_code("f00"), template) == "krnk, solo, happy"
     assert caption(["krnk"], parse_view_code("f04"), template) == "krnk, solo"
+
+
+def test_background_tags_are_one_setting_away():
+    """`captions: {background_tags: false}` (for masked_loss): the same captions without the background tags."""
+    from charfw.config.models import Captions
+    from charfw.rules.captions import BACKGROUND_TAGS, DEFAULT_TEMPLATE, caption, without_background
+    from charfw.rules.viewcode import parse_view_code
+
+    view = parse_view_code("f00")
+    full, bare = caption(["krnk"], view), caption(["krnk"], view, without_background(DEFAULT_TEMPLATE))
+    assert all(tag in full for tag in BACKGROUND_TAGS) and not any(tag in bare for tag in BACKGROUND_TAGS)
+    assert [t for t in full.split(", ") if t not in BACKGROUND_TAGS] == bare.split(", ")
+    assert Captions(background_tags=False).rules == without_background(DEFAULT_TEMPLATE)
+    assert Captions().rules == list(DEFAULT_TEMPLATE)

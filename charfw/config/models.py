@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from charfw.families import FAMILIES
 from charfw.lora.options import CompressOptions
-from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag
+from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag, without_background
 from charfw.rules.names import checked, name_problem, read_path_problem, relative_dir_problem, words_problem
 from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
@@ -37,15 +37,17 @@ Effect = Literal["weights", "file", "run"]
 Backend = Literal["both", "embedded", "sd-scripts"]
 
 
-def setting(default=PydanticUndefined, *, effect: Effect, backend: Backend = "both", **kwargs):
+def setting(default=PydanticUndefined, *, effect: Effect, backend: Backend = "both", added: bool = False, **kwargs):
     """A TrainSettings field with what changing it does, declared once for every consumer.
 
     effect: ``weights`` changes what is learned (retrain, never resume another run's state);
     ``file`` changes only how the LoRA is written (retrain, but a saved state stays valid);
     ``run`` changes only how the run goes (speed, memory, resumability): never retrains.
     backend: which trainer reads it; the other ignores it.
+    added: an option added after LoRAs were trained without it: at its default it is left out of
+    the run and state keys (`keyed`), so adding it retrains nothing; set, it retrains what uses it.
     """
-    return Field(default, json_schema_extra={"effect": effect, "backend": backend}, **kwargs)
+    return Field(default, json_schema_extra={"effect": effect, "backend": backend, "added": added}, **kwargs)
 
 
 class TrainSettings(Strict):
@@ -98,6 +100,10 @@ class TrainSettings(Strict):
     color_aug: bool = setting(True, effect="weights",
                               description="colour augmentation; off where sd-scripts caches latents")
     cache_latents: Literal["memory", "disk"] = setting("memory", effect="run")
+    masked_loss: bool = setting(
+        False, effect="weights", added=True,
+        description="weight the loss by each image's transparency: the character is learned, not the background "
+                    "(sets whose sources have an alpha channel; sd-scripts' --masked_loss)")
     attention: Literal["xformers", "sdpa", "none"] = setting("xformers", effect="weights", backend="sd-scripts",
                                                              description="sd-scripts attention switch")
     sd_scripts: str | None = setting(None, effect="weights", backend="sd-scripts",
@@ -125,6 +131,17 @@ def run_key_fields(trainer: str) -> frozenset[str]:
     """Fields whose change means `trainer` must train the LoRA again."""
     return frozenset(n for n in TrainSettings.model_fields
                      if setting_class(n)[0] in ("weights", "file") and setting_class(n)[1] in ("both", trainer))
+
+
+def keyed(settings: TrainSettings, fields: frozenset[str]) -> dict:
+    """The `fields` of `settings` as the run and state keys hash them: an `added` option at its default is
+    left out, so the keys of runs from before it existed stay what they were."""
+    out = settings.model_dump(include=set(fields))
+    for name in list(out):
+        field = TrainSettings.model_fields[name]
+        if (field.json_schema_extra or {}).get("added") and out[name] == field.default:
+            del out[name]
+    return out
 
 
 def resume_fields() -> frozenset[str]:
@@ -200,6 +217,14 @@ class Repeats(Strict):
 
 class Captions(Strict):
     template: list[CaptionRule] = Field(default_factory=lambda: list(DEFAULT_TEMPLATE))
+    background_tags: bool = Field(True, description="false: no background tags (white background, black "
+                                                    "background, simple background): for masked_loss, where the "
+                                                    "background is not learned and needs no tags to absorb it")
+
+    @property
+    def rules(self) -> list[CaptionRule]:
+        """The template as the captions apply it."""
+        return self.template if self.background_tags else without_background(self.template)
 
 
 class Workspace(Stages):

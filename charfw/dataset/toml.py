@@ -18,8 +18,10 @@ from charfw.rules.training import dataset_color_aug
 
 
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
-                   toml_dir: Path, batch_table: dict[str, int], family: Family) -> dict:
-    """The config as a dict: one dataset per (width class, height class), subsets in set/size order."""
+                   toml_dir: Path, batch_table: dict[str, int], family: Family,
+                   masked: frozenset[str] = frozenset()) -> dict:
+    """The config as a dict: one dataset per (width class, height class), subsets in set/size order;
+    the subsets of `masked` sets carry `alpha_mask = true` (their images' alpha weights the loss)."""
     by_pair: dict[str, list[dict]] = {}
     for sub in target.subsets:
         folders: dict[str, Prepared] = {}
@@ -31,6 +33,8 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
             if sub.repeats != target.repeats:
                 subset["num_repeats"] = sub.repeats
             subset["flip_aug"] = sub.set.symmetric
+            if sub.set.id in masked:
+                subset["alpha_mask"] = True
             by_pair.setdefault(class_pair(item.width, item.height, family), []).append(subset)
     datasets = []
     for pair in sorted(by_pair, key=CLASS_PAIRS.index):

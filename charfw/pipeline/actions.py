@@ -46,8 +46,8 @@ def reported(func):
 
 
 @reported
-def images(out_dir: str, items: list[Prepared], background: tuple[int, int, int]) -> None:
-    write_set(Path(out_dir), items, background)
+def images(out_dir: str, items: list[Prepared], background: tuple[int, int, int], keep_alpha: bool = False) -> None:
+    write_set(Path(out_dir), items, background, keep_alpha)
 
 
 @reported

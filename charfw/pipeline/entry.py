@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from charfw import lock, process
+from charfw.check import masked_loss_warnings
 from charfw.errors import CharfwError, os_error_message
 from charfw.layout import Layout
 from charfw.pipeline.tasks import task_names
@@ -46,6 +47,8 @@ def load_tasks(root: str | Path) -> dict:
         raise SystemExit(2) from None
     for name, skipped in layout.project.skipped.items():
         print(f"charfw: warning: {name} is left out until it has images ({skipped.reason})", file=sys.stderr)
+    for warning in masked_loss_warnings(layout):
+        print(f"charfw: warning: {warning}", file=sys.stderr)
     command = doit_command(sys.argv[1:])
     if command not in READ_ONLY:
 

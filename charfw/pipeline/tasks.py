@@ -67,20 +67,21 @@ def task_images(layout: Layout):
         yield {
             "name": sid,
             "doc": f"{len(s.sources)} sources x {len(s.sizes)} sizes -> {len(items)} images",
-            "actions": [(actions.images, [str(layout.set_dir(sid)), items, s.background])],
+            "actions": [(actions.images, [str(layout.set_dir(sid)), items, s.background, sid in layout.masked_sets])],
             "file_dep": [layout.rel(src.path) for src in s.sources],
             "targets": [layout.image_rel(sid, i) for i in items],
             "uptodate": [values_changed({
                 "background": list(s.background),
                 "images": [[layout.rel(i.source.path), i.folder, i.width, i.height] for i in items],
-            }, "background colour, sizes, folder names")],
+                **({"alpha": True} if sid in layout.masked_sets else {}),
+            }, "background colour, sizes, folder names, kept transparency")],
             "clean": True,
         }
 
 
 def task_captions(layout: Layout):
     """Write one caption per prepared image, derived from its view code (docs/rules.md §3)."""
-    template = layout.project.config.captions.template
+    template = layout.project.config.captions.rules
     for sid, s in layout.project.sets.items():
         items = layout.plans[sid]
         by_view = {v: caption(s.keywords, v, template) for v in {i.source.view for i in items}}
@@ -100,8 +101,9 @@ def task_dataset(layout: Layout):
     table = layout.project.batch_table
     for name, target in layout.project.targets.items():
         path = layout.toml_path(name)
+        masked = layout.masked_sets if target.train.masked_loss else frozenset()
         text = render_toml(dataset_config(target, layout.plans, layout.images_root, path.parent, table,
-                                                 layout.project.family))
+                                          layout.project.family, masked))
         yield {
             "name": name,
             "doc": f"{target.kind} target {name}: {', '.join(sub.set.id for sub in target.subsets)}",
@@ -197,7 +199,7 @@ def task_report(layout: Layout):
             "uptodate": [values_changed(text, "page text")],
             "clean": True,
         }
-    template = layout.project.config.captions.template
+    template = layout.project.config.captions.rules
     for target in layout.project.targets.values():
         rel = f"targets/{target.name}.html"
         prompts = sample_prompts(target, target.sample, template)
@@ -241,7 +243,7 @@ def task_sample(layout: Layout):
     out, project = pages.report_dir(layout), layout.project
     model = resolve_model_ref(project.config.model, layout.root)
     vae = resolve_model_ref(project.config.vae, layout.root) if project.config.vae else None
-    template = project.config.captions.template
+    template = project.config.captions.rules
     for target in project.targets.values():
         s = target.sample
         if not s.enabled:

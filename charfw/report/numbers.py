@@ -101,7 +101,7 @@ class ImageRow:
 
 def image_rows(layout: Layout, set_id: str) -> list[ImageRow]:
     s = layout.project.sets[set_id]
-    template = layout.project.config.captions.template
+    template = layout.project.config.captions.rules
     copies: dict = {}
     for item in layout.plans[set_id]:
         copies.setdefault(item.source.path, []).append(

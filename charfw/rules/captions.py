@@ -62,6 +62,19 @@ DEFAULT_TEMPLATE: tuple[CaptionRule, ...] = (
 )
 
 
+BACKGROUND_TAGS = ("white background", "black background", "simple background")
+
+
+def without_background(template) -> list[CaptionRule]:
+    """The template without the background tags (rules left empty dropped): for masked training."""
+    out = []
+    for rule in template:
+        tags = [t for t in rule.tags if t not in BACKGROUND_TAGS]
+        if tags:
+            out.append(rule.model_copy(update={"tags": tags}))
+    return out
+
+
 def caption(keywords: list[str], view: ViewCode, template=DEFAULT_TEMPLATE) -> str:
     """One line: keywords, then each matching rule's tags, in order, never shuffled."""
     tags = list(keywords)

@@ -186,6 +186,8 @@ def train_args(req: TrainRequest) -> list[str]:
         add([f"--noise_offset={number_text(r.noise_offset)}"])
     if r.min_snr_gamma is not None:
         add([f"--min_snr_gamma={number_text(r.min_snr_gamma)}"])
+    if r.masked_loss:
+        add(["--masked_loss"])
     add([f"--save_every_n_steps={s.save_every_n_steps}"])
     add(["--save_state"])
     add([f"--save_last_n_steps_state={s.save_every_n_steps}"])

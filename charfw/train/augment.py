@@ -49,6 +49,26 @@ def apply_color(image: Image.Image, params: tuple[str, float] | None) -> Image.I
     return image.point(table * 3)
 
 
+def load_mask(path: Path, placement: Placement, flip: bool, latent_size: tuple[int, int]) -> torch.Tensor:
+    """(1, h, w) loss weights in [0, 1] at `latent_size` (h, w): the image's alpha resized, cropped and
+    flipped as its pixels are, then averaged down to the latents (sd-scripts: area interpolation to
+    the loss's size); all ones for an image without alpha."""
+    try:
+        with Image.open(path) as im:
+            alpha = im.getchannel("A") if "A" in im.getbands() else None
+    except Exception as exc:
+        raise CharfwError(f"cannot read image ({exc})", file=path) from None
+    if alpha is None:
+        return torch.ones(1, *latent_size)
+    if alpha.size != placement.resized:
+        alpha = alpha.resize(placement.resized, Image.Resampling.LANCZOS)
+    alpha = alpha.crop(center_crop_box(placement.resized, placement.bucket))
+    if flip:
+        alpha = alpha.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mask = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None, None]
+    return torch.nn.functional.interpolate(mask, size=latent_size, mode="area")[0]
+
+
 def load_sample(path: Path, placement: Placement, flip: bool, color: tuple[str, float] | None) -> torch.Tensor:
     """(3, H, W) float tensor in [-1, 1], H x W = the bucket."""
     try:

@@ -24,7 +24,7 @@ log = logging.getLogger("charfw.train")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-IMPLEMENTED = {"image_dir", "num_repeats", "color_aug", "flip_aug", "caption_extension", "class_tokens",
+IMPLEMENTED = {"image_dir", "num_repeats", "color_aug", "flip_aug", "caption_extension", "class_tokens", "alpha_mask",
                "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
                "min_bucket_reso", "max_bucket_reso"}
 # Accepted at any value: they do not change what is learned here (no validation split is drawn
@@ -47,6 +47,7 @@ class Subset:
     flip_aug: bool
     color_aug: bool
     caption_extension: str
+    alpha_mask: bool = False   # the images' alpha weights the loss (with masked_loss)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _subset(general: dict, raw: dict, raw_sub: dict, toml_path: Path, where: str
     if ext and not ext.startswith("."):
         ext = "." + ext
     return Subset(image_dir, image_dir.name, get("class_tokens"), repeats, bool(get("flip_aug")),
-                  bool(get("color_aug")), ext)
+                  bool(get("color_aug")), ext, bool(raw_sub.get("alpha_mask", False)))
 
 
 def _list_images(subset: Subset, toml_path: Path, where: str) -> list[tuple[Path, str]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from charfw.fsutil import atomic_path
-from charfw.train.augment import color_params, load_sample
+from charfw.train.augment import color_params, load_mask, load_sample
 from charfw.train.dataset import Dataset
 from charfw.train.sampling import Sample
 
@@ -31,6 +31,7 @@ class LatentCache:
         self.disk_dir, self.vae_id = disk_dir, vae_id
         self.scale = float(getattr(vae.config, "scaling_factor", 0.18215))
         self._memory: dict[str, torch.Tensor] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
         self.encoded = 0   # VAE passes made (for tests and logs)
 
     def _describe(self, s: Sample) -> tuple[str, dict]:
@@ -40,6 +41,22 @@ class LatentCache:
                 "color": color_params(self.seed, image.sha256, s.color), "seed": self.seed}
         key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
         return key, desc
+
+    def masks(self, samples: tuple[Sample, ...], latent_size: tuple[int, int]) -> torch.Tensor | None:
+        """(B, 1, h, w) loss weights from the images' alpha where their subset has `alpha_mask`, ones for the
+        rest; None when no sample's subset has it. Kept per (image, placement, flip)."""
+        subsets = [self.datasets[s.dataset].subsets[self.datasets[s.dataset].images[s.image].subset] for s in samples]
+        if not any(sub.alpha_mask for sub in subsets):
+            return None
+        out = []
+        for s, sub in zip(samples, subsets):
+            image = self.datasets[s.dataset].images[s.image]
+            key = (image.sha256, image.placement, s.flip, latent_size)
+            if key not in self._masks:
+                self._masks[key] = (load_mask(image.path, image.placement, s.flip, latent_size) if sub.alpha_mask
+                                    else torch.ones(1, *latent_size))
+            out.append(self._masks[key])
+        return torch.stack(out).to(self.device)
 
     def batch(self, samples: tuple[Sample, ...]) -> torch.Tensor:
         """(B, 4, h, w) scaled latents on the training device."""

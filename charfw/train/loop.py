@@ -264,10 +264,12 @@ class StepRunner:
         samples = self.plan[step * world + rank]
         images = [self.datasets[s.dataset].images[s.image] for s in samples]
         sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
+        x0 = latents.batch(samples)
+        mask = latents.masks(samples, tuple(x0.shape[2:])) if self.job.recipe.masked_loss else None
         loss = _step_with_fallback(self.blocks, self.optimizer, lambda: _step(
-            self.sd, self.network, self.job.recipe, acc, latents.batch(samples), self.conditioner,
+            self.sd, self.network, self.job.recipe, acc, x0, self.conditioner,
             [im.caption for im in images], sizes,
-            torch.Generator().manual_seed(_step_seed(self.job.settings.seed, step, rank))))
+            torch.Generator().manual_seed(_step_seed(self.job.settings.seed, step, rank)), mask))
         if world > 1:
             _average_gradients(acc, self.params)
         acc.clip_grad_norm_(self.params, self.job.recipe.max_grad_norm)
@@ -440,8 +442,9 @@ def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable
 
 
 def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
-          sizes: list[tuple[int, ...]], gen: torch.Generator) -> torch.Tensor:
-    """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
+          sizes: list[tuple[int, ...]], gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU).
+    `mask`: the batch's loss weights (masked_loss)."""
     device = accelerator.device
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
                                   recipe.noise_offset)
@@ -450,7 +453,7 @@ def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, c
         with accelerator.autocast():
             cond = conditioner(captions, device, sizes)
             loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, to_device(noise, device),
-                                  to_device(timesteps, device), recipe.min_snr_gamma, **cond.unet_kwargs())
+                                  to_device(timesteps, device), recipe.min_snr_gamma, mask, **cond.unet_kwargs())
         accelerator.backward(loss)
     finally:
         network.release()

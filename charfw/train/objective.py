@@ -41,13 +41,17 @@ def target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: tor
 
 
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, min_snr_gamma: float | None = None, **unet_kwargs) -> torch.Tensor:
+                   timesteps: torch.Tensor, min_snr_gamma: float | None = None, mask: torch.Tensor | None = None,
+                   **unet_kwargs) -> torch.Tensor:
     """Mean MSE of the U-Net against its target at the given noise and timesteps (`unet_kwargs`: SDXL's
-    added condition)."""
+    added condition). `mask` (B, 1, h, w): each latent pixel's error weighted by it before the mean, as
+    sd-scripts' masked loss does (no renormalisation: a mostly empty image weighs less)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy, timesteps, context, **unet_kwargs).sample
-    loss = F.mse_loss(pred.float(), target(scheduler, latents, noise, timesteps).float(),
-                      reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(pred.float(), target(scheduler, latents, noise, timesteps).float(), reduction="none")
+    if mask is not None:
+        loss = loss * mask.to(loss.device, loss.dtype)
+    loss = loss.mean(dim=(1, 2, 3))
     if min_snr_gamma:
         loss = loss * min_snr_weights(scheduler, timesteps, min_snr_gamma)
     return loss.mean()

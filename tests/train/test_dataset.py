@@ -84,7 +84,8 @@ def test_sample_pixels_flip_and_color(tmp_path):
 
 def test_reader_accepts_every_key_sd_scripts_accepts(tmp_path, caplog):
     """Keys current sd-scripts takes are read: at their "off" value silently, with a note where the
-    embedded trainer ignores a value, as an error where ignoring it would train differently."""
+    embedded trainer ignores a value, as an error where ignoring it would train differently
+    (alpha_mask is implemented: test_masked_loss)."""
     toml = make_dataset(tmp_path)
     text = toml.read_text()
     toml.write_text(text.replace("flip_aug = true", "flip_aug = true\nalpha_mask = false\ncaption_separator = ','\n"
@@ -96,7 +97,7 @@ def test_reader_accepts_every_key_sd_scripts_accepts(tmp_path, caplog):
         load_datasets(toml)
     assert "resize_interpolation = 'area' is ignored by the embedded trainer" in caplog.text
     for old, line, key in (("batch_size = 2", "validation_split = 0.2", "validation_split"),
-                           ("flip_aug = true", "alpha_mask = true", "alpha_mask")):
+                           ("flip_aug = true", "shuffle_caption = true", "shuffle_caption")):
         toml.write_text(text.replace(old, old + "\n" + line))
         with pytest.raises(CharfwError, match=f"{key} = .* not supported by the embedded trainer"):
             load_datasets(toml)
