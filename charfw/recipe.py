@@ -83,6 +83,14 @@ class Recipe:
     noise_offset: float | None
     min_snr_gamma: float | None
     masked_loss: bool                 # the loss weighted by the images' alpha (subsets marked alpha_mask)
+    loss_type: str                    # l2 | l1 | huber | smooth_l1
+    huber_c: float
+    huber_schedule: str
+    huber_scale: float
+    debiased_estimation: bool
+    ip_noise_gamma: float | None
+    multires_noise_iterations: int | None
+    multires_noise_discount: float
     seed: int
 
     @property
@@ -111,4 +119,7 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
         restarts=settings.restarts, max_grad_norm=MAX_GRAD_NORM, weight_decay=WEIGHT_DECAY,
         clip_skip=settings.clip_skip if family.uses_clip_skip else None,
         noise_offset=settings.noise_offset, min_snr_gamma=settings.min_snr_gamma, masked_loss=settings.masked_loss,
-        seed=settings.seed)
+        loss_type=settings.loss_type, huber_c=settings.huber_c, huber_schedule=settings.huber_schedule,
+        huber_scale=settings.huber_scale, debiased_estimation=settings.debiased_estimation_loss,
+        ip_noise_gamma=settings.ip_noise_gamma, multires_noise_iterations=settings.multires_noise_iterations,
+        multires_noise_discount=settings.multires_noise_discount, seed=settings.seed)

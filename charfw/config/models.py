@@ -100,6 +100,24 @@ class TrainSettings(Strict):
     color_aug: bool = setting(True, effect="weights",
                               description="colour augmentation; off where sd-scripts caches latents")
     cache_latents: Literal["memory", "disk"] = setting("memory", effect="run")
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = setting(
+        "l2", effect="weights", added=True, description="the per-pixel error (sd-scripts' --loss_type)")
+    huber_c: float = setting(0.1, effect="weights", added=True, gt=0, le=1,
+                             description="huber / smooth_l1: the threshold (sd-scripts' --huber_c)")
+    huber_schedule: Literal["snr", "exponential", "constant"] = setting(
+        "snr", effect="weights", added=True, description="huber / smooth_l1: how the threshold varies with the timestep")
+    huber_scale: float = setting(1.0, effect="weights", added=True, gt=0,
+                                 description="huber / smooth_l1: the exponential and constant schedules' scale")
+    debiased_estimation_loss: bool = setting(
+        False, effect="weights", added=True,
+        description="weight each timestep's loss by 1/sqrt(SNR) (v-prediction: 1/(SNR+1)), sd-scripts' option")
+    ip_noise_gamma: float | None = setting(
+        None, effect="weights", added=True, ge=0,
+        description="input perturbation: the noised input gets this much extra noise, the target does not")
+    multires_noise_iterations: int | None = setting(
+        None, effect="weights", added=True, ge=1, description="pyramid (multi-resolution) noise levels")
+    multires_noise_discount: float = setting(0.3, effect="weights", added=True, gt=0, le=1,
+                                             description="each pyramid level's weight relative to the one above")
     masked_loss: bool = setting(
         False, effect="weights", added=True,
         description="weight the loss by each image's transparency: the character is learned, not the background "

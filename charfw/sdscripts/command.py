@@ -188,6 +188,18 @@ def train_args(req: TrainRequest) -> list[str]:
         add([f"--min_snr_gamma={number_text(r.min_snr_gamma)}"])
     if r.masked_loss:
         add(["--masked_loss"])
+    if r.loss_type != "l2":
+        add([f"--loss_type={r.loss_type}"])
+        add([f"--huber_c={number_text(r.huber_c)}"])
+        add([f"--huber_schedule={r.huber_schedule}"])
+        add([f"--huber_scale={number_text(r.huber_scale)}"])
+    if r.debiased_estimation:
+        add(["--debiased_estimation_loss"])
+    if r.ip_noise_gamma is not None:
+        add([f"--ip_noise_gamma={number_text(r.ip_noise_gamma)}"])
+    if r.multires_noise_iterations is not None:
+        add([f"--multires_noise_iterations={r.multires_noise_iterations}"])
+        add([f"--multires_noise_discount={number_text(r.multires_noise_discount)}"])
     add([f"--save_every_n_steps={s.save_every_n_steps}"])
     add(["--save_state"])
     add([f"--save_last_n_steps_state={s.save_every_n_steps}"])

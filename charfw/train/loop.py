@@ -48,7 +48,7 @@ from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_hashes, training_metadata
 from charfw.train.network import Network
-from charfw.train.objective import diffusion_loss, draw_noise
+from charfw.train.objective import diffusion_loss, draw_noise, perturbed
 from charfw.train.optim import build_optimizer, build_scheduler
 from charfw.train.sampling import BatchPlan, bucket_counts
 from charfw.train.state import clear_state, load_state, save_state, saved_state_info
@@ -446,14 +446,21 @@ def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, c
     """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU).
     `mask`: the batch's loss weights (masked_loss)."""
     device = accelerator.device
+    multires = (recipe.multires_noise_iterations, recipe.multires_noise_discount) \
+        if recipe.multires_noise_iterations else None
     noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
-                                  recipe.noise_offset)
+                                  recipe.noise_offset, multires)
+    input_noise = perturbed(noise, gen, recipe.ip_noise_gamma) if recipe.ip_noise_gamma else None
     network.refresh(compute_dtype(accelerator))
     try:
         with accelerator.autocast():
             cond = conditioner(captions, device, sizes)
             loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, to_device(noise, device),
-                                  to_device(timesteps, device), recipe.min_snr_gamma, mask, **cond.unet_kwargs())
+                                  to_device(timesteps, device), recipe.min_snr_gamma, mask,
+                                  input_noise=None if input_noise is None else to_device(input_noise, device),
+                                  loss_type=recipe.loss_type,
+                                  huber=(recipe.huber_c, recipe.huber_schedule, recipe.huber_scale),
+                                  debiased=recipe.debiased_estimation, **cond.unet_kwargs())
         accelerator.backward(loss)
     finally:
         network.release()
