@@ -91,6 +91,7 @@ class Recipe:
     ip_noise_gamma: float | None
     multires_noise_iterations: int | None
     multires_noise_discount: float
+    scale_weight_norms: float | None
     seed: int
 
     @property
@@ -122,4 +123,5 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
         loss_type=settings.loss_type, huber_c=settings.huber_c, huber_schedule=settings.huber_schedule,
         huber_scale=settings.huber_scale, debiased_estimation=settings.debiased_estimation_loss,
         ip_noise_gamma=settings.ip_noise_gamma, multires_noise_iterations=settings.multires_noise_iterations,
-        multires_noise_discount=settings.multires_noise_discount, seed=settings.seed)
+        multires_noise_discount=settings.multires_noise_discount, scale_weight_norms=settings.scale_weight_norms,
+        seed=settings.seed)

@@ -118,6 +118,9 @@ class TrainSettings(Strict):
         None, effect="weights", added=True, ge=1, description="pyramid (multi-resolution) noise levels")
     multires_noise_discount: float = setting(0.3, effect="weights", added=True, gt=0, le=1,
                                              description="each pyramid level's weight relative to the one above")
+    scale_weight_norms: float | None = setting(
+        None, effect="weights", added=True, gt=0,
+        description="max-norm regularization: a module whose ΔW norm exceeds this is scaled back after each step")
     masked_loss: bool = setting(
         False, effect="weights", added=True,
         description="weight the loss by each image's transparency: the character is learned, not the background "

@@ -197,6 +197,8 @@ def train_args(req: TrainRequest) -> list[str]:
         add(["--debiased_estimation_loss"])
     if r.ip_noise_gamma is not None:
         add([f"--ip_noise_gamma={number_text(r.ip_noise_gamma)}"])
+    if r.scale_weight_norms is not None:
+        add([f"--scale_weight_norms={number_text(r.scale_weight_norms)}"])
     if r.multires_noise_iterations is not None:
         add([f"--multires_noise_iterations={r.multires_noise_iterations}"])
         add([f"--multires_noise_discount={number_text(r.multires_noise_discount)}"])

@@ -276,6 +276,8 @@ class StepRunner:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.job.recipe.scale_weight_norms:
+            self.network.scale_weight_norms(self.job.recipe.scale_weight_norms)
         return loss, self.lr_scheduler.get_last_lr()
 
     def state(self) -> dict:

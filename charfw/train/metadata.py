@@ -112,7 +112,7 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_face_crop_aug_range": None,
         "ss_prior_loss_weight": 1.0,
         "ss_min_snr_gamma": recipe.min_snr_gamma,
-        "ss_scale_weight_norms": None,
+        "ss_scale_weight_norms": recipe.scale_weight_norms,
         "ss_ip_noise_gamma": recipe.ip_noise_gamma,
         "ss_debiased_estimation": recipe.debiased_estimation,
         "ss_noise_offset_random_strength": False,

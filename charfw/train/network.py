@@ -195,6 +195,29 @@ class Network(nn.Module):
         for group in self.packed:
             group.release()
 
+    @torch.no_grad()
+    def scale_weight_norms(self, max_norm: float) -> tuple[int, float, float]:
+        """sd-scripts' max-norm regularization: a module whose ΔW (alpha/dim included) has a Frobenius norm
+        above `max_norm` gets both factors scaled by sqrt(max_norm / norm); LyCORIS modules apply their
+        own. Returns (modules scaled, mean norm, largest norm), after scaling."""
+        scaled, norms = 0, []
+        for name in self.names:
+            m = getattr(self, name)
+            if isinstance(m, LoRAModule):
+                up, down = m.lora_up.weight, m.lora_down.weight
+                norm = float((up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).norm()) * m.scale
+                ratio = min(max(norm, max_norm / 2), max_norm) / max(norm, max_norm / 2)
+                if ratio != 1:
+                    scaled += 1
+                    up.mul_(ratio ** 0.5)
+                    down.mul_(ratio ** 0.5)
+                norms.append(norm * ratio)
+            else:
+                was_scaled, norm = m.apply_max_norm(max_norm, next(m.parameters()).device)
+                scaled += bool(was_scaled)
+                norms.append(float(norm))
+        return scaled, sum(norms) / len(norms), max(norms)
+
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(U-Net params, text-encoder params): they train at different learning rates."""
         if self.packed:

@@ -135,3 +135,30 @@ def test_noise_offset_is_sd_scripts_per_channel_constant():
     shift = torch.randn((2, 4, 1, 1), generator=gen)
     noise, _ = draw_noise((2, 4, 8, 8), torch.Generator().manual_seed(5), noise_offset=0.05)
     assert torch.allclose(noise, base + 0.05 * shift)
+
+
+def test_scale_weight_norms_caps_each_module(tiny):
+    """sd-scripts' max-norm regularization on the packed network: a module above the cap is scaled back to
+    it through both factors (in the packed parameter), one below it is left alone."""
+    from charfw.recipe import network_spec
+    from charfw.train.network import Network
+
+    net = Network(network_spec(TrainSettings(network="c3lier", dim=4)), tiny)
+    net.pack()
+    big, small = net.names[0], net.names[1]
+    for name, value in ((big, 1.0), (small, 1e-3)):
+        getattr(net, name).lora_up.weight.fill_(value)
+
+    def norm(name):
+        m = getattr(net, name)
+        up, down = m.lora_up.weight, m.lora_down.weight
+        return float((up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).norm()) * m.scale
+
+    before_small = norm(small)
+    assert norm(big) > 1.0 > before_small
+    flats = [g.flat.detach().clone() for g in net.packed]
+    scaled, mean, largest = net.scale_weight_norms(1.0)
+    assert scaled >= 1 and norm(big) == pytest.approx(1.0, rel=1e-5) and norm(small) == pytest.approx(before_small)
+    assert largest == pytest.approx(1.0, rel=1e-5)
+    assert any(not torch.equal(a, g.flat.detach()) for a, g in zip(flats, net.packed))   # written to the packed factors
+    assert "--scale_weight_norms=1" in train_args(request(scale_weight_norms=1.0))
