@@ -16,6 +16,7 @@ from charfw.families import Family
 from charfw.rules.training import number_text, resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
 
 LYCORIS_ALGOS = ("locon", "loha", "lokr")
+LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 ADAFACTOR_ARGS = (("relative_step", True), ("scale_parameter", True), ("warmup_init", False))  # the seed's
 MAX_GRAD_NORM = 1.0    # sd-scripts' default gradient clipping
 WEIGHT_DECAY = 0.01    # AdamW's and bitsandbytes' default, what sd-scripts runs with
@@ -30,6 +31,7 @@ class NetworkSpec:
     alpha: float
     conv_dim: int
     conv_alpha: float
+    loraplus: tuple[tuple[str, float], ...] = ()   # LoRA+ ratios as sd-scripts' network_args name them
 
     @property
     def conv3x3(self) -> bool:
@@ -43,12 +45,21 @@ class NetworkSpec:
     @property
     def args(self) -> dict[str, str]:
         """sd-scripts' --network_args, as it records them (strings)."""
-        if self.algo == "lora":
-            return {}
-        args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
+        args = {}
+        if self.algo != "lora":
+            args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
         if self.algo in LYCORIS_ALGOS:
             args["algo"] = self.algo
-        return args
+        return {**args, **{name: number_text(ratio) for name, ratio in self.loraplus}}
+
+    @property
+    def plus_ratios(self) -> tuple[float, float] | None:
+        """LoRA+: (U-Net, text encoder) learning-rate factors of the up factors, None without LoRA+."""
+        named = dict(self.loraplus)
+        if not named:
+            return None
+        common = named.get("loraplus_lr_ratio", 1.0)
+        return named.get("loraplus_unet_lr_ratio", common), named.get("loraplus_text_encoder_lr_ratio", common)
 
     def args_json(self) -> str | None:
         return json.dumps(self.args) if self.args else None
@@ -58,7 +69,9 @@ def network_spec(settings) -> NetworkSpec:
     """Dim/alpha of docs/rules.md §6 from a TrainSettings."""
     dim = resolved_dim(settings.network, settings.dim)
     alpha = resolved_alpha(settings.alpha, dim)
-    return NetworkSpec(settings.network, dim, alpha, dim, alpha)
+    loraplus = tuple((name, getattr(settings, name)) for name in LORAPLUS
+                     if getattr(settings, name, None) is not None)
+    return NetworkSpec(settings.network, dim, alpha, dim, alpha, loraplus)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
 from charfw.families import FAMILIES
@@ -118,6 +118,13 @@ class TrainSettings(Strict):
         None, effect="weights", added=True, ge=1, description="pyramid (multi-resolution) noise levels")
     multires_noise_discount: float = setting(0.3, effect="weights", added=True, gt=0, le=1,
                                              description="each pyramid level's weight relative to the one above")
+    loraplus_lr_ratio: float | None = setting(
+        None, effect="weights", added=True, gt=0,
+        description="LoRA+: the up factors learn this many times faster (lora and c3lier networks)")
+    loraplus_unet_lr_ratio: float | None = setting(None, effect="weights", added=True, gt=0,
+                                                   description="LoRA+ for the U-Net only (else loraplus_lr_ratio)")
+    loraplus_text_encoder_lr_ratio: float | None = setting(
+        None, effect="weights", added=True, gt=0, description="LoRA+ for the text encoders only (else loraplus_lr_ratio)")
     scale_weight_norms: float | None = setting(
         None, effect="weights", added=True, gt=0,
         description="max-norm regularization: a module whose ΔW norm exceeds this is scaled back after each step")
@@ -134,6 +141,14 @@ class TrainSettings(Strict):
     extra_args: list[str] = setting(effect="weights", backend="sd-scripts", default_factory=list,
                                     description="appended to sd-scripts' command line")
 
+
+    @model_validator(mode="after")
+    def _loraplus_network(self, info: ValidationInfo):
+        loraplus = (self.loraplus_lr_ratio, self.loraplus_unet_lr_ratio, self.loraplus_text_encoder_lr_ratio)
+        partial = info.context and info.context.get("partial")
+        if not partial and self.network not in ("lora", "c3lier") and any(r is not None for r in loraplus):
+            raise ValueError(f"LoRA+ (loraplus_*) applies to the lora and c3lier networks, not {self.network}")
+        return self
 
     @field_validator("compile", mode="before")
     @classmethod

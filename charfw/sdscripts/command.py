@@ -131,9 +131,9 @@ def train_args(req: TrainRequest) -> list[str]:
     add = groups.append
 
     add([f"--network_module={net.module}"])
-    if net.conv3x3:
-        conv = [f"conv_dim={number_text(net.conv_dim)}", f"conv_alpha={number_text(net.conv_alpha)}"]
-        add(["--network_args", *conv, *([f"algo={LYCORIS_ALGO[net.algo]}"] if net.algo in LYCORIS_ALGO else [])])
+    network_args = {**net.args, **({"algo": LYCORIS_ALGO[net.algo]} if net.algo in LYCORIS_ALGO else {})}
+    if network_args:   # in the seed's order: conv_dim, conv_alpha, algo, then LoRA+
+        add(["--network_args", *(f"{k}={v}" for k, v in network_args.items())])
 
     add([f"--optimizer_type={OPTIMIZER_TYPE[r.optimizer]}"])
     if r.optimizer_args:

@@ -254,7 +254,8 @@ class StepRunner:
         self.conditioner, self.datasets, self.plan, self.blocks = conditioner, datasets, plan, blocks
         unet_params, te_params = network.param_groups()
         self.params = unet_params + te_params
-        optimizer, self.optimizer_name = build_optimizer(job.recipe, unet_params, te_params, accelerator.device)
+        optimizer, self.optimizer_name = build_optimizer(job.recipe, unet_params, te_params, accelerator.device,
+                                                         network.up_params())
         self.lr_scheduler = build_scheduler(job.recipe, optimizer)
         self.optimizer = accelerator.prepare_optimizer(optimizer)
 

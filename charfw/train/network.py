@@ -92,7 +92,7 @@ class PackedGroup:
     state_dict, loading and saving read and write the packed values.
     """
 
-    def __init__(self, modules: list[LoRAModule]):
+    def __init__(self, modules: list[LoRAModule], split_ups: bool = False):
         self.modules = modules
         weights = [m.lora_down.weight for m in modules] + [m.lora_up.weight for m in modules]
         self.shapes = [w.shape for w in weights]
@@ -100,18 +100,32 @@ class PackedGroup:
         self.split_at = sum(self.sizes[:len(modules)])   # where the ups begin
         scales = {m.multiplier * m.scale for m in modules}
         self.scale = scales.pop() if len(scales) == 1 else None   # folded into the ups once per step
-        self.flat = nn.Parameter(torch.cat([w.detach().reshape(-1) for w in weights]))
-        views = self.flat.detach().split(self.sizes)
+        flat = torch.cat([w.detach().reshape(-1) for w in weights])
+        n = len(modules)
+        if split_ups:   # LoRA+: the downs and the ups as two parameters, which learn at different rates
+            self.params = [nn.Parameter(flat[:self.split_at].clone()), nn.Parameter(flat[self.split_at:].clone())]
+            views = [*self.params[0].detach().split(self.sizes[:n]), *self.params[1].detach().split(self.sizes[n:])]
+        else:
+            self.params = [nn.Parameter(flat)]
+            views = self.params[0].detach().split(self.sizes)
         layers = [m.lora_down for m in modules] + [m.lora_up for m in modules]
         for layer, view, shape in zip(layers, views, self.shapes):
             del layer._parameters["weight"]
             layer.register_buffer("weight", view.view(shape))
 
+    @property
+    def flat(self) -> nn.Parameter:
+        """The group's one parameter (without LoRA+)."""
+        return self.params[0]
+
     def refresh(self, dtype: torch.dtype | None) -> None:
         """This step's factors: one cast of the group (when training in a lower precision), the scale
         applied to all ups in one multiplication (instead of one per module and call), one split."""
-        flat = self.flat if dtype is None or dtype == self.flat.dtype else self.flat.to(dtype)
-        downs, ups = flat.split([self.split_at, flat.numel() - self.split_at])
+        cast = [p if dtype is None or dtype == p.dtype else p.to(dtype) for p in self.params]
+        if len(cast) == 1:
+            downs, ups = cast[0].split([self.split_at, cast[0].numel() - self.split_at])
+        else:
+            downs, ups = cast
         if self.scale is not None and self.scale != 1.0:
             ups = ups * self.scale
         n = len(self.modules)
@@ -171,7 +185,8 @@ class Network(nn.Module):
             getattr(self, name).restore()
 
     def pack(self) -> None:
-        """Pack the LoRA factors of each learning-rate group into one parameter (module docstring).
+        """Pack the LoRA factors of each learning-rate group into one parameter (module docstring; with
+        LoRA+ the downs and the ups as two).
 
         Call once the network is on its device: moving it afterwards would copy the views.
         LyCORIS modules keep their own parameters.
@@ -181,9 +196,11 @@ class Network(nn.Module):
         groups: dict[bool, list[LoRAModule]] = {}
         for name in self.names:
             groups.setdefault(name.startswith("lora_te"), []).append(getattr(self, name))
-        self.packed = [PackedGroup(groups[te]) for te in (False, True) if te in groups]
+        split = self.spec.plus_ratios is not None
+        self.packed = [PackedGroup(groups[te], split) for te in (False, True) if te in groups]
         for i, group in enumerate(self.packed):
-            self.register_parameter(f"packed_{i}", group.flat)
+            for j, param in enumerate(group.params):
+                self.register_parameter(f"packed_{i}" + (f"_{j}" if split else ""), param)
 
     def refresh(self, dtype: torch.dtype | None = None) -> None:
         """Before a packed network's forward: this step's factors, in `dtype` (None: fp32)."""
@@ -222,12 +239,18 @@ class Network(nn.Module):
         """(U-Net params, text-encoder params): they train at different learning rates."""
         if self.packed:
             te = [g.modules[0].lora_name.startswith("lora_te") for g in self.packed]
-            return ([g.flat for g, t in zip(self.packed, te) if not t],
-                    [g.flat for g, t in zip(self.packed, te) if t])
+            return ([p for g, t in zip(self.packed, te) if not t for p in g.params],
+                    [p for g, t in zip(self.packed, te) if t for p in g.params])
         unet, te = [], []
         for name in self.names:
             (te if name.startswith("lora_te") else unet).extend(getattr(self, name).parameters())
         return unet, te
+
+    def up_params(self) -> set[nn.Parameter]:
+        """The parameters that hold up factors alone (LoRA+ gives them a higher learning rate)."""
+        if self.packed:
+            return {g.params[1] for g in self.packed if len(g.params) == 2}
+        return {getattr(self, n).lora_up.weight for n in self.names if isinstance(getattr(self, n), LoRAModule)}
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """state_dict() under the kohya keys alone (not the packed parameters they are views of)."""

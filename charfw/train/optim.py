@@ -33,11 +33,21 @@ def _adamw8bit(groups, device: torch.device, weight_decay: float):
         return None
 
 
-def build_optimizer(recipe: Recipe, unet_params, te_params, device) -> tuple[torch.optim.Optimizer, str]:
-    """(optimizer, the name sd-scripts would record in ss_optimizer)."""
-    groups = [{"params": list(unet_params), "lr": recipe.lr}]
+def build_optimizer(recipe: Recipe, unet_params, te_params, device, up_params=frozenset()
+                    ) -> tuple[torch.optim.Optimizer, str]:
+    """(optimizer, the name sd-scripts would record in ss_optimizer). With LoRA+ the parameters in
+    `up_params` form their own groups at the rate times the ratio, after the U-Net and text-encoder
+    groups (so the first two groups' rates are still the U-Net's and the text encoder's)."""
+    ratios = recipe.network.plus_ratios
+    plus = set(up_params) if ratios else set()
+    groups = [{"params": [p for p in unet_params if p not in plus], "lr": recipe.lr}]
     if te_params:
-        groups.append({"params": list(te_params), "lr": recipe.text_encoder_lr})
+        groups.append({"params": [p for p in te_params if p not in plus], "lr": recipe.text_encoder_lr})
+    if plus:
+        groups.append({"params": [p for p in unet_params if p in plus], "lr": recipe.lr * ratios[0]})
+        if te_params:
+            groups.append({"params": [p for p in te_params if p in plus], "lr": recipe.text_encoder_lr * ratios[1]})
+        groups = [g for g in groups if g["params"]]
     if recipe.optimizer == "adafactor":
         from transformers.optimization import Adafactor
         args = dict(recipe.optimizer_args)

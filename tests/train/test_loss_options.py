@@ -2,6 +2,7 @@
 threshold schedules), debiased estimation, input perturbation noise and pyramid noise. Each follows
 sd-scripts' formula, reaches both trainers and the metadata, and retrains only what sets it."""
 
+import json
 import math
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from charfw.train.objective import (debiased_weights, diffusion_loss, draw_noise
 
 OPTIONS = dict(loss_type="huber", huber_c=0.2, huber_schedule="exponential", huber_scale=1.5,
                debiased_estimation_loss=True, ip_noise_gamma=0.1, multires_noise_iterations=6,
-               multires_noise_discount=0.4)
+               multires_noise_discount=0.4, loraplus_lr_ratio=4)
 
 
 def scheduler(family=SD15):
@@ -96,7 +97,7 @@ def test_each_option_reaches_sd_scripts_the_recipe_and_the_run_key():
     args = train_args(request(**OPTIONS))
     for flag in ("--loss_type=huber", "--huber_c=0.2", "--huber_schedule=exponential", "--huber_scale=1.5",
                  "--debiased_estimation_loss", "--ip_noise_gamma=0.1", "--multires_noise_iterations=6",
-                 "--multires_noise_discount=0.4"):
+                 "--multires_noise_discount=0.4", "loraplus_lr_ratio=4"):
         assert flag in args, flag
     plain = train_args(request())
     assert not any(a.startswith(("--loss_type", "--huber", "--debiased", "--ip_noise", "--multires")) for a in plain)
@@ -126,6 +127,7 @@ def test_a_run_with_every_option_trains_and_records_them(dataset_toml, tmp_path)
         ("huber", "0.2", "exponential", "1.5")
     assert (meta["ss_debiased_estimation"], meta["ss_ip_noise_gamma"], meta["ss_multires_noise_iterations"],
             meta["ss_multires_noise_discount"]) == ("True", "0.1", "6", "0.4")
+    assert json.loads(meta["ss_network_args"])["loraplus_lr_ratio"] == "4"
 
 
 def test_noise_offset_is_sd_scripts_per_channel_constant():
@@ -162,3 +164,36 @@ def test_scale_weight_norms_caps_each_module(tiny):
     assert largest == pytest.approx(1.0, rel=1e-5)
     assert any(not torch.equal(a, g.flat.detach()) for a, g in zip(flats, net.packed))   # written to the packed factors
     assert "--scale_weight_norms=1" in train_args(request(scale_weight_norms=1.0))
+
+
+def test_loraplus_moves_the_ups_faster(tiny):
+    """LoRA+ (loraplus_lr_ratio 16): after one AdamW step on unit gradients the up factors moved 16 times as
+    far as the down factors, in both groups; the command and the metadata name the ratio."""
+    from charfw.recipe import recipe_of
+    from charfw.train.network import Network
+    from charfw.train.optim import build_optimizer
+
+    settings = TrainSettings(network="c3lier", dim=4, optimizer="adamw", loraplus_lr_ratio=16)
+    recipe = recipe_of(settings, SD15, 10)
+    net = Network(recipe.network, tiny)
+    net.pack()
+    unet, te = net.param_groups()
+    assert len(unet) == len(te) == 2 and len(net.up_params()) == 2
+    opt, _ = build_optimizer(recipe, unet, te, "cpu", net.up_params())
+    assert [g["lr"] for g in opt.param_groups] == [recipe.lr, recipe.text_encoder_lr, recipe.lr * 16,
+                                                   recipe.text_encoder_lr * 16]
+    before = [p.detach().clone() for p in unet + te]
+    for p in unet + te:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    moved = [float((p.detach() - b).abs().mean()) for p, b in zip(unet + te, before)]
+    assert moved[1] / moved[0] == pytest.approx(16, rel=0.02) and moved[3] / moved[2] == pytest.approx(16, rel=0.02)
+    assert "loraplus_lr_ratio=16" in train_args(request(loraplus_lr_ratio=16))
+    assert json.loads(recipe.network.args_json())["loraplus_lr_ratio"] == "16"
+
+
+def test_loraplus_needs_a_lora_network():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="LoRA\\+ .* applies to the lora and c3lier networks, not loha"):
+        TrainSettings(network="loha", loraplus_lr_ratio=4)
