@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 from charfw.families import Family
-from charfw.recipe import network_spec
+from charfw.recipe import Recipe, network_spec
 from charfw.request import TrainRequest
 from charfw.rules.training import decimal_text, in_e6, number_text
 
@@ -124,91 +124,101 @@ def train_args(req: TrainRequest) -> list[str]:
     as the request has them (the runner makes them absolute).
     """
     s, r = req.settings, req.recipe
-    net = r.network
-    alpha = number_text(net.alpha)
     out = output_name(req.name, s, req.steps)
-    groups: list[list[str]] = []
-    add = groups.append
-
-    add([f"--network_module={net.module}"])
-    network_args = {**net.args, **({"algo": LYCORIS_ALGO[net.algo]} if net.algo in LYCORIS_ALGO else {})}
-    if network_args:   # in the seed's order: conv_dim, conv_alpha, algo, then LoRA+
-        add(["--network_args", *(f"{k}={v}" for k, v in network_args.items())])
-
-    add([f"--optimizer_type={OPTIMIZER_TYPE[r.optimizer]}"])
-    if r.optimizer_args:
-        add(["--optimizer_args", *(f"{k}={v}" for k, v in r.optimizer_args)])
-    if r.own_schedule:
-        add([f"--lr_scheduler={r.scheduler}"])
-    else:
-        add([f"--learning_rate={_lr_text(r.lr)}"])
-        add([f"--text_encoder_lr={_lr_text(r.text_encoder_lr)}"])
-        add([f"--lr_scheduler={r.scheduler}"])
-        if r.restarts != 1:
-            add([f"--lr_scheduler_num_cycles={r.restarts}"])
-        if r.warmup_steps:
-            add([f"--lr_warmup_steps={r.warmup_steps}"])
-
-    add([f"--network_dim={net.dim}"])
-    add([f"--network_alpha={alpha}"])
-    add([f"--dataset_config={req.dataset_toml}"])
-    add([f"--max_train_steps={r.steps}"])
-    add([f"--output_dir={req.state_dir}"])
-    add([f"--output_name={out}"])
-    add([f"--pretrained_model_name_or_path={req.model}"])
-    if req.vae:
-        add([f"--vae={req.vae}"])
-    if r.clip_skip is not None:  # sdxl_train_network.py warns that clip_skip "will be unexpected"
-        add([f"--clip_skip={r.clip_skip}"])
-    if req.init_weights:
-        add([f"--network_weights={req.init_weights}"])
-    if req.log_dir is not None:
-        add([f"--logging_dir={req.log_dir}"])
-        add([f"--log_prefix={out}"])
-    if ATTENTION_SWITCH[s.attention]:
-        add([ATTENTION_SWITCH[s.attention]])
-    add(["--save_model_as=safetensors"])
-    add([f"--mixed_precision={s.mixed_precision}"])
-    add([f"--save_precision={s.save_precision}"])
-    if s.gradient_checkpointing:
-        add(["--gradient_checkpointing"])
-    if not r.train_text_encoder:
-        add(["--network_train_unet_only"])
-        if r.family.sd_scripts_caches_te_outputs:  # only sdxl_train_network.py has the option
-            add(["--cache_text_encoder_outputs"])
-    for flag in r.family.sd_scripts_flags:
-        add([flag])
-    if not s.color_aug:
-        add(["--cache_latents_to_disk" if s.cache_latents == "disk" else "--cache_latents"])
-    add(["--persistent_data_loader_workers"])
-    add([f"--seed={r.seed}"])
-    if r.noise_offset is not None:
-        add([f"--noise_offset={number_text(r.noise_offset)}"])
-    if r.min_snr_gamma is not None:
-        add([f"--min_snr_gamma={number_text(r.min_snr_gamma)}"])
-    if r.masked_loss:
-        add(["--masked_loss"])
-    if r.loss_type != "l2":
-        add([f"--loss_type={r.loss_type}"])
-        add([f"--huber_c={number_text(r.huber_c)}"])
-        add([f"--huber_schedule={r.huber_schedule}"])
-        add([f"--huber_scale={number_text(r.huber_scale)}"])
-    if r.debiased_estimation:
-        add(["--debiased_estimation_loss"])
-    if r.ip_noise_gamma is not None:
-        add([f"--ip_noise_gamma={number_text(r.ip_noise_gamma)}"])
-    if r.scale_weight_norms is not None:
-        add([f"--scale_weight_norms={number_text(r.scale_weight_norms)}"])
-    if r.multires_noise_iterations is not None:
-        add([f"--multires_noise_iterations={r.multires_noise_iterations}"])
-        add([f"--multires_noise_discount={number_text(r.multires_noise_discount)}"])
-    add([f"--save_every_n_steps={s.save_every_n_steps}"])
-    add(["--save_state"])
-    add([f"--save_last_n_steps_state={s.save_every_n_steps}"])
-
+    groups = [*_network_and_optimizer(r), *_io(req, r, out), *_precision_and_memory(req, r),
+              *_noise_and_loss(r), *_saving(s)]
     overridden = {n for n in map(_option_name, s.extra_args) if n}
     args = [tok for group in groups if _option_name(group[0]) not in overridden for tok in group]
     return args + list(s.extra_args)
+
+
+Groups = list[list[str]]   # each option with its values, so extra_args can replace one whole
+
+
+def _network_and_optimizer(r: Recipe) -> Groups:
+    """The network, the optimizer and the learning-rate schedule (the seed's order)."""
+    net = r.network
+    groups: Groups = [[f"--network_module={net.module}"]]
+    network_args = {**net.args, **({"algo": LYCORIS_ALGO[net.algo]} if net.algo in LYCORIS_ALGO else {})}
+    if network_args:   # in the seed's order: conv_dim, conv_alpha, algo, then LoRA+
+        groups.append(["--network_args", *(f"{k}={v}" for k, v in network_args.items())])
+    groups.append([f"--optimizer_type={OPTIMIZER_TYPE[r.optimizer]}"])
+    if r.optimizer_args:
+        groups.append(["--optimizer_args", *(f"{k}={v}" for k, v in r.optimizer_args)])
+    if r.own_schedule:
+        groups.append([f"--lr_scheduler={r.scheduler}"])
+    else:
+        groups += [[f"--learning_rate={_lr_text(r.lr)}"], [f"--text_encoder_lr={_lr_text(r.text_encoder_lr)}"],
+                   [f"--lr_scheduler={r.scheduler}"]]
+        if r.restarts != 1:
+            groups.append([f"--lr_scheduler_num_cycles={r.restarts}"])
+        if r.warmup_steps:
+            groups.append([f"--lr_warmup_steps={r.warmup_steps}"])
+    return groups + [[f"--network_dim={net.dim}"], [f"--network_alpha={number_text(net.alpha)}"]]
+
+
+def _io(req: TrainRequest, r: Recipe, out: str) -> Groups:
+    """Data, steps, where it writes, the model files, clip skip, the initial weights, the logs."""
+    groups: Groups = [[f"--dataset_config={req.dataset_toml}"], [f"--max_train_steps={r.steps}"],
+                      [f"--output_dir={req.state_dir}"], [f"--output_name={out}"],
+                      [f"--pretrained_model_name_or_path={req.model}"]]
+    if req.vae:
+        groups.append([f"--vae={req.vae}"])
+    if r.clip_skip is not None:  # sdxl_train_network.py warns that clip_skip "will be unexpected"
+        groups.append([f"--clip_skip={r.clip_skip}"])
+    if req.init_weights:
+        groups.append([f"--network_weights={req.init_weights}"])
+    if req.log_dir is not None:
+        groups += [[f"--logging_dir={req.log_dir}"], [f"--log_prefix={out}"]]
+    return groups
+
+
+def _precision_and_memory(req: TrainRequest, r: Recipe) -> Groups:
+    """Attention, precision, checkpointing, frozen text encoders, the family's flags, latent caching."""
+    s = req.settings
+    groups: Groups = [[ATTENTION_SWITCH[s.attention]]] if ATTENTION_SWITCH[s.attention] else []
+    groups += [["--save_model_as=safetensors"], [f"--mixed_precision={s.mixed_precision}"],
+               [f"--save_precision={s.save_precision}"]]
+    if s.gradient_checkpointing:
+        groups.append(["--gradient_checkpointing"])
+    if not r.train_text_encoder:
+        groups.append(["--network_train_unet_only"])
+        if r.family.sd_scripts_caches_te_outputs:  # only sdxl_train_network.py has the option
+            groups.append(["--cache_text_encoder_outputs"])
+    groups += [[flag] for flag in r.family.sd_scripts_flags]
+    if not s.color_aug:
+        groups.append(["--cache_latents_to_disk" if s.cache_latents == "disk" else "--cache_latents"])
+    return groups + [["--persistent_data_loader_workers"], [f"--seed={r.seed}"]]
+
+
+def _noise_and_loss(r: Recipe) -> Groups:
+    """The noise and loss options, where set (at their defaults sd-scripts' own defaults apply)."""
+    groups: Groups = []
+    if r.noise_offset is not None:
+        groups.append([f"--noise_offset={number_text(r.noise_offset)}"])
+    if r.min_snr_gamma is not None:
+        groups.append([f"--min_snr_gamma={number_text(r.min_snr_gamma)}"])
+    if r.masked_loss:
+        groups.append(["--masked_loss"])
+    if r.loss_type != "l2":
+        groups += [[f"--loss_type={r.loss_type}"], [f"--huber_c={number_text(r.huber_c)}"],
+                   [f"--huber_schedule={r.huber_schedule}"], [f"--huber_scale={number_text(r.huber_scale)}"]]
+    if r.debiased_estimation:
+        groups.append(["--debiased_estimation_loss"])
+    if r.ip_noise_gamma is not None:
+        groups.append([f"--ip_noise_gamma={number_text(r.ip_noise_gamma)}"])
+    if r.scale_weight_norms is not None:
+        groups.append([f"--scale_weight_norms={number_text(r.scale_weight_norms)}"])
+    if r.multires_noise_iterations is not None:
+        groups += [[f"--multires_noise_iterations={r.multires_noise_iterations}"],
+                   [f"--multires_noise_discount={number_text(r.multires_noise_discount)}"]]
+    return groups
+
+
+def _saving(s: TrainSettings) -> Groups:
+    """Resumable state every save_every_n_steps steps (sd-scripts resumes with --resume)."""
+    return [[f"--save_every_n_steps={s.save_every_n_steps}"], ["--save_state"],
+            [f"--save_last_n_steps_state={s.save_every_n_steps}"]]
 
 
 def launch_command(python: str | Path, sd_scripts_dir: str | Path, args: Sequence[str],

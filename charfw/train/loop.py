@@ -259,8 +259,9 @@ class StepRunner:
         self.lr_scheduler = build_scheduler(job.recipe, optimizer)
         self.optimizer = accelerator.prepare_optimizer(optimizer)
 
-    def run(self, step: int, latents: LatentCache) -> tuple[torch.Tensor, list[float]]:
-        """Step `step` (from 0): its loss, still on the device, and the learning rates after it."""
+    def run(self, step: int, latents: LatentCache) -> tuple[torch.Tensor, list[float], dict[str, float]]:
+        """Step `step` (from 0): its loss, still on the device, the learning rates after it, and what
+        max-norm regularization did (sd-scripts' `max_norm/*` scalars), if it is on."""
         acc, world, rank = self.accelerator, self.accelerator.num_processes, self.accelerator.process_index
         samples = self.plan[step * world + rank]
         images = [self.datasets[s.dataset].images[s.image] for s in samples]
@@ -277,9 +278,12 @@ class StepRunner:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        extra = {}
         if self.job.recipe.scale_weight_norms:
-            self.network.scale_weight_norms(self.job.recipe.scale_weight_norms)
-        return loss, self.lr_scheduler.get_last_lr()
+            scaled, mean, largest = self.network.scale_weight_norms(self.job.recipe.scale_weight_norms)
+            extra = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean,
+                     "max_norm/max_key_norm": largest}
+        return loss, self.lr_scheduler.get_last_lr(), extra
 
     def state(self) -> dict:
         """The optimizer's, the schedule's and the loss scaler's state, for a saved state."""
@@ -343,23 +347,23 @@ class LossLog:
 
         self.accelerator, self.on_step = accelerator, on_step
         self.window = collections.deque(maxlen=max(1, per_epoch))   # loss/average: over about one epoch
-        self.pending: list[tuple[int, torch.Tensor, list[float]]] = []   # losses not read back yet
+        self.pending: list[tuple[int, torch.Tensor, list[float], dict]] = []   # losses not read back yet
         self.read_every = loss_read_every(accelerator.device)
         self.bar = tqdm(total=job.steps, initial=start, desc=job.name, smoothing=0, dynamic_ncols=True,
                         position=worker_slot(),  # under `doit -n N`: one line per worker, not one overwritten line
                         disable=not (job.progress and accelerator.is_local_main_process))
 
-    def add(self, done: int, loss: torch.Tensor, lrs: list[float]) -> None:
-        self.pending.append((done, loss, lrs))
+    def add(self, done: int, loss: torch.Tensor, lrs: list[float], extra: dict | None = None) -> None:
+        self.pending.append((done, loss, lrs, extra or {}))
         self.bar.update(1)
 
     def read(self, force: bool = False) -> None:
         """Read the pending losses in one transfer when a group is complete (or `force`), then report."""
         if not self.pending or not (force or len(self.pending) >= self.read_every):
             return
-        values = torch.stack([loss for _, loss, _ in self.pending]).float().cpu().tolist()
+        values = torch.stack([loss for _, loss, _, _ in self.pending]).float().cpu().tolist()
         acc = self.accelerator
-        for (done, _, lrs), value in zip(self.pending, values):
+        for (done, _, lrs, extra), value in zip(self.pending, values):
             if not math.isfinite(value) and acc.scaler is None:  # (the fp16 scaler skips such steps)
                 raise CharfwError(f"training diverged at step {done} (loss {value}); lower the learning rate",
                                   field="lr")
@@ -369,7 +373,7 @@ class LossLog:
                 scalars = {"loss/current": value, "loss/average": average, "lr/unet": lrs[0]}
                 if len(lrs) > 1:
                     scalars["lr/textencoder"] = lrs[1]
-                acc.log(scalars, step=done)
+                acc.log({**scalars, **extra}, step=done)
             if self.on_step is not None:
                 self.on_step(done, value)
         self.bar.set_postfix(loss=f"{average:.4f}", refresh=False)

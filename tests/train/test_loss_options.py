@@ -111,12 +111,13 @@ def test_each_option_reaches_sd_scripts_the_recipe_and_the_run_key():
 def test_a_run_with_every_option_trains_and_records_them(dataset_toml, tmp_path):
     from safetensors import safe_open
 
+    from charfw.report.charts import read_scalars
     from charfw.train import loop
 
     req = TrainRequest(name="krnk", settings=TrainSettings(dim=4, save_every_n_steps=1000, gradient_checkpointing=False,
-                                                           min_snr_gamma=5, **OPTIONS),
+                                                           min_snr_gamma=5, scale_weight_norms=1e-3, **OPTIONS),
                        steps=2, dataset_toml=dataset_toml, model="builtin:tiny-sd15", output=tmp_path / "o.safetensors",
-                       state_dir=tmp_path / "state", family=SD15, progress=False)
+                       state_dir=tmp_path / "state", family=SD15, progress=False, log_dir=tmp_path / "logs")
     losses = []
     loop.reset_accelerate()
     loop.run(req, on_step=lambda step, loss: losses.append(loss))
@@ -127,7 +128,10 @@ def test_a_run_with_every_option_trains_and_records_them(dataset_toml, tmp_path)
         ("huber", "0.2", "exponential", "1.5")
     assert (meta["ss_debiased_estimation"], meta["ss_ip_noise_gamma"], meta["ss_multires_noise_iterations"],
             meta["ss_multires_noise_discount"]) == ("True", "0.1", "6", "0.4")
-    assert json.loads(meta["ss_network_args"])["loraplus_lr_ratio"] == "4"
+    assert json.loads(meta["ss_network_args"])["loraplus_lr_ratio"] == "4" and meta["ss_scale_weight_norms"] == "0.001"
+    scalars = read_scalars(tmp_path / "logs" / "krnk")      # sd-scripts' max_norm/* scalars, every step
+    assert [step for step, _ in scalars["max_norm/keys_scaled"]] == [1, 2]
+    assert all(value <= 1e-3 * 1.0001 for _, value in scalars["max_norm/max_key_norm"])
 
 
 def test_noise_offset_is_sd_scripts_per_channel_constant():
