@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cache
 from typing import Iterable, Mapping, Sequence
 
 from charfw.errors import CharfwError
@@ -41,37 +42,33 @@ from charfw.families.family import Family
 ALIASES = {"MID": "M00"}
 
 
-_PRESETS: dict[str, dict[str, list[float]]] = {}
-
-
+@cache
 def builtin_presets(family: Family) -> dict[str, list[float]]:
     """Built-in presets by name: LBW's (short lists), charfw's FULL/HALF and the family's own."""
-    if family.name not in _PRESETS:
-        layout = family.blocks
+    layout = family.blocks
 
-        def on(*groups: Iterable[str]) -> list[float]:
-            chosen = {b for g in groups for b in g}
-            return [1.0 if b in chosen else 0.0 for b in layout.short]
+    def on(*groups: Iterable[str]) -> list[float]:
+        chosen = {b for g in groups for b in g}
+        return [1.0 if b in chosen else 0.0 for b in layout.short]
 
-        ins, outs = (*layout.shallow_in, *layout.deep_in), (*layout.deep_out, *layout.shallow_out)
-        n = len(layout.short)
-        _PRESETS[family.name] = {
-            "NONE": [0.0] * n,
-            "ALL": [1.0] * n,     # LBW's: the blocks its list lacks are 0
-            "ALL0.5": [0.5] * n,
-            "INS": on(["BASE"], layout.shallow_in),
-            "IND": on(["BASE"], layout.deep_in),
-            "INALL": on(["BASE"], ins),
-            "MIDD": on(["BASE"], layout.deep_in, ["M00"], layout.deep_out),
-            "OUTD": on(["BASE"], layout.deep_out),
-            "OUTS": on(["BASE"], layout.shallow_out),
-            "OUTALL": on(["BASE"], outs),
-            # charfw's own: every block, including those LBW's short lists lack
-            "FULL": [1.0] * len(layout.blocks),
-            "HALF": [0.5] * len(layout.blocks),
-            **{name: [float(v) for v in values.split(",")] for name, values in layout.own.items()},
-        }
-    return _PRESETS[family.name]
+    ins, outs = (*layout.shallow_in, *layout.deep_in), (*layout.deep_out, *layout.shallow_out)
+    n = len(layout.short)
+    return {
+        "NONE": [0.0] * n,
+        "ALL": [1.0] * n,     # LBW's: the blocks its list lacks are 0
+        "ALL0.5": [0.5] * n,
+        "INS": on(["BASE"], layout.shallow_in),
+        "IND": on(["BASE"], layout.deep_in),
+        "INALL": on(["BASE"], ins),
+        "MIDD": on(["BASE"], layout.deep_in, ["M00"], layout.deep_out),
+        "OUTD": on(["BASE"], layout.deep_out),
+        "OUTS": on(["BASE"], layout.shallow_out),
+        "OUTALL": on(["BASE"], outs),
+        # charfw's own: every block, including those LBW's short lists lack
+        "FULL": [1.0] * len(layout.blocks),
+        "HALF": [0.5] * len(layout.blocks),
+        **{name: [float(v) for v in values.split(",")] for name, values in layout.own.items()},
+    }
 
 
 # ---- module name -> block -------------------------------------------------------------

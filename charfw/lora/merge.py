@@ -32,8 +32,9 @@ from charfw.lora.modules import Module, folded
 
 
 def scale_module(m: Module, w: float, keep_alpha: bool = False) -> Module | None:
-    """The module with ΔW multiplied by w; None when w == 0 (drop it). `keep_alpha`: the file's LoRA
-    modules share one rank, so a LoRA module may keep its alpha and be scaled exactly."""
+    """The module with ΔW multiplied by w; None when w == 0 (drop it). `keep_alpha`: every loader reads
+    the file's alphas alike (`alphas_read_alike`), so a LoRA module keeps its alpha and is scaled exactly
+    where it can be."""
     if w == 0:
         return None
     if m.dora and w != 1:

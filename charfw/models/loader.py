@@ -88,9 +88,10 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: Fami
         # The VAE file first: a wrong VAE path fails before seconds of checkpoint reading.
         vsrc = stack.enter_context(open_tensors(vae_path, "VAE")) if vae_path is not None else None
         src = stack.enter_context(open_tensors(path, "checkpoint"))
-        arch = _arch_of(src, family)
-        _check_family(src, arch, family)
-        fam = family or from_checkpoint(src.keys()) or of_config(arch)
+        detected = from_checkpoint(src.keys())
+        arch = _arch_of(src, detected or family or DEFAULT)
+        fam = family or detected or of_config(arch)
+        _check_family(src, fam)
         models = empty_models(arch)
         names = ldm_names(models, arch)
         prefix = of_config(arch).text_encoder_prefix
@@ -130,13 +131,13 @@ def load_model(model: str | Path, vae: str | Path | None = None, *, family: Fami
 _PROBE = keymap.UNET_PREFIX + "input_blocks.0.0.weight"  # conv_in: its width tells the config apart
 
 
-def _arch_of(src: TensorFile, family: Family | None) -> str:
-    """Which shipped config set the file needs: its `charfw_arch` marker, else its family's (from the
-    tensor names, else `family`, else families.DEFAULT) of the file's conv_in width."""
+def _arch_of(src: TensorFile, found: Family) -> str:
+    """Which shipped config set the file needs: its `charfw_arch` marker, else the config of `found` (the
+    file's family from its tensor names, else the one asked for, else families.DEFAULT) of the file's
+    conv_in width."""
     marked = src.metadata.get("charfw_arch")
     if marked in ARCHS:
         return marked
-    found = from_checkpoint(src.keys()) or family or DEFAULT
     if _PROBE in src:
         width = src.shape(_PROBE)[0]
         for arch in found.configs:
@@ -149,9 +150,8 @@ def _has(src: TensorFile, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in src.keys())
 
 
-def _check_family(src: TensorFile, arch: str, family: Family | None) -> None:
+def _check_family(src: TensorFile, want: Family) -> None:
     """Recognise the usual wrong files before looking at individual tensors."""
-    want = family or from_checkpoint(src.keys()) or of_config(arch)
     problem = checkpoint_problem(src.keys(), want)
     if problem:
         raise CharfwError(f"not {with_article(want.configs[0])} checkpoint: {problem}", file=src.path)

@@ -49,6 +49,14 @@ def apply_color(image: Image.Image, params: tuple[str, float] | None) -> Image.I
     return image.point(table * 3)
 
 
+def _placed(image: Image.Image, placement: Placement, flip: bool) -> Image.Image:
+    """Resized as placed, centre-cropped to the bucket, flipped: the same for the pixels and their alpha."""
+    if image.size != placement.resized:
+        image = image.resize(placement.resized, Image.Resampling.LANCZOS)
+    image = image.crop(center_crop_box(placement.resized, placement.bucket))
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
+
+
 def load_mask(path: Path, placement: Placement, flip: bool, latent_size: tuple[int, int]) -> torch.Tensor:
     """(1, h, w) loss weights in [0, 1] at `latent_size` (h, w): the image's alpha resized, cropped and
     flipped as its pixels are, then averaged down to the latents (sd-scripts: area interpolation to
@@ -60,12 +68,7 @@ def load_mask(path: Path, placement: Placement, flip: bool, latent_size: tuple[i
         raise CharfwError(f"cannot read image ({exc})", file=path) from None
     if alpha is None:
         return torch.ones(1, *latent_size)
-    if alpha.size != placement.resized:
-        alpha = alpha.resize(placement.resized, Image.Resampling.LANCZOS)
-    alpha = alpha.crop(center_crop_box(placement.resized, placement.bucket))
-    if flip:
-        alpha = alpha.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    mask = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None, None]
+    mask = torch.from_numpy(np.asarray(_placed(alpha, placement, flip), dtype=np.float32) / 255.0)[None, None]
     return torch.nn.functional.interpolate(mask, size=latent_size, mode="area")[0]
 
 
@@ -76,11 +79,6 @@ def load_sample(path: Path, placement: Placement, flip: bool, color: tuple[str, 
             image = im.convert("RGB")
     except Exception as exc:
         raise CharfwError(f"cannot read image ({exc})", file=path) from None
-    if image.size != placement.resized:
-        image = image.resize(placement.resized, Image.Resampling.LANCZOS)
-    image = image.crop(center_crop_box(placement.resized, placement.bucket))
-    if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    image = apply_color(image, color)
+    image = apply_color(_placed(image, placement, flip), color)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
