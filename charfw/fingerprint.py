@@ -123,9 +123,10 @@ def resume_parts(job: TrainRequest, datasets, model: Path | None, vae: Path | No
     """What decides the trained weights step by step (the state key's parts): `datasets` as the
     trainer built them (charfw.train.dataset), the model and VAE files it read, `world` processes."""
     data = [{"resolution": d.resolution, "batch": d.batch_size,
-             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug, *(("alpha_mask",) if s.alpha_mask else ()))
-                         for s in d.subsets],
-             "images": [(i.sha256, i.caption, i.placement.bucket, i.placement.resized, i.subset) for i in d.images]}
+             "subsets": [(s.num_repeats, s.flip_aug, s.color_aug, *(("alpha_mask",) if s.alpha_mask else ()),
+                          *(("is_reg",) if s.is_reg else ())) for s in d.subsets],
+             "images": [(i.sha256, i.caption, i.placement.bucket, i.placement.resized, i.subset,
+                         *((i.repeats,) if d.subsets[i.subset].is_reg else ())) for i in d.images]}
             for d in datasets]
     init = None
     if job.init_weights is not None:

@@ -40,24 +40,24 @@ class Layout:
         doit run leaves them for the next `charfw check`, `charfw plan` and report."""
         cache = file_cache(self.build_dir, HEADERS_FILE)
         headers = {src.path: tuple(cache.get(src.path, lambda p: list(image_header(p))))
-                   for s in self.project.sets.values() for src in s.sources}
+                   for s in self.project.all_sets.values() for src in s.sources}
         cache.save()
         return headers
 
     def transparent(self, set_id: str) -> bool:
         """Whether any source of the set has an alpha channel (from the headers)."""
-        return any(self.headers[src.path][2] for src in self.project.sets[set_id].sources)
+        return any(self.headers[src.path][2] for src in self.project.all_sets[set_id].sources)
 
     @cached_property
     def masked_sets(self) -> frozenset[str]:
         """Sets whose prepared images keep their alpha: transparent ones a `masked_loss` target trains on."""
         return frozenset(sub.set.id for t in self.project.trained_targets() if t.train.masked_loss
-                         for sub in t.subsets if self.transparent(sub.set.id))
+                         for sub in (*t.subsets, *t.reg_subsets) if self.transparent(sub.set.id))
 
     def _plan_sets(self) -> dict[str, list[Prepared]]:
         """Every set's prepared images."""
         sizes = {path: header[:2] for path, header in self.headers.items()}
-        return {sid: plan_set(s, self.project.family, sizes) for sid, s in self.project.sets.items()}
+        return {sid: plan_set(s, self.project.family, sizes) for sid, s in self.project.all_sets.items()}
 
     @cached_property
     def _writable(self) -> tuple[str, ...]:
@@ -106,7 +106,7 @@ class Layout:
 
     def dataset_files(self, target: Target) -> list[str]:
         """Every prepared image and caption a target's dataset holds (relative paths)."""
-        return [p for sub in target.subsets for p in self._set_files[sub.set.id]]
+        return [p for sub in (*target.subsets, *target.reg_subsets) for p in self._set_files[sub.set.id]]
 
     # -- per target ----------------------------------------------------------------
 

@@ -131,7 +131,7 @@ def why(st: TaskState) -> str:
 
 def _related(layout: Layout, target: str) -> set[str]:
     t = layout.project.targets[target]
-    return {target, *(sub.set.id for sub in t.subsets)}
+    return {target, *(sub.set.id for sub in (*t.subsets, *t.reg_subsets))}
 
 
 def plan(root: Path, target: str | None = None) -> str:

@@ -4,7 +4,8 @@ What the manifests mean once every level's settings are merged; no YAML, no path
 outputs (charfw.layout), no doit. A *set* is one folder of view-coded source images (a
 face set or an outfit's body set). A *target* is one LoRA: a face (its face set), an
 outfit (body set + face set) or a group (its member outfits' data), named by its keyword,
-which is also its file name in `dist/`.
+which is also its file name in `dist/`. A *regularization set* holds one view code's images of a
+regularization folder (generic figures); a target trains with those whose codes it has itself.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Target:
     manifest: Path
     lora: Path | None = None  # a LoRA trained elsewhere that stands for this target's training
     weights_origin: tuple[Path, int | None, str] | None = None  # where merge.weights was set, for errors
+    reg_subsets: list[Subset] = field(default_factory=list)  # regularization sets of the target's own view codes
     block_weights: dict[str, float] = field(default_factory=dict)  # merge.weights parsed, per block
 
     @property
@@ -92,6 +94,12 @@ class Project:
     targets: dict[str, Target] = field(default_factory=dict)
     characters: dict[str, Character] = field(default_factory=dict)
     skipped: dict[str, Skipped] = field(default_factory=dict)   # unfinished characters and their groups
+    reg_sets: dict[str, ImageSet] = field(default_factory=dict)  # "_reg/<name>/<code>": one view code each
+
+    @property
+    def all_sets(self) -> dict[str, ImageSet]:
+        """The characters' sets and the regularization sets: everything the images stage prepares."""
+        return {**self.sets, **self.reg_sets} if self.reg_sets else self.sets
 
     @property
     def batch_table(self) -> dict[str, int]:

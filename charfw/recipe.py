@@ -105,6 +105,7 @@ class Recipe:
     multires_noise_iterations: int | None
     multires_noise_discount: float
     scale_weight_norms: float | None
+    prior_loss_weight: float          # the loss weight of regularization images
     seed: int
 
     @property
@@ -137,4 +138,4 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
         huber_scale=settings.huber_scale, debiased_estimation=settings.debiased_estimation_loss,
         ip_noise_gamma=settings.ip_noise_gamma, multires_noise_iterations=settings.multires_noise_iterations,
         multires_noise_discount=settings.multires_noise_discount, scale_weight_norms=settings.scale_weight_norms,
-        seed=settings.seed)
+        prior_loss_weight=settings.prior_loss_weight, seed=settings.seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, RootModel
 
-from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Name, SampleSettings,
+from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Name, RegFolder, SampleSettings,
                                   TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
@@ -22,6 +22,7 @@ from charfw.models.filekind import safetensors_header
 from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
 from charfw.rules.modelref import builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.names import name_problem
+from charfw.rules.regularization import paired_codes
 from charfw.rules.viewcode import parse_view_code
 
 WORKSPACE_FILE = "charfw.yaml"
@@ -36,6 +37,8 @@ KIND_DEFAULTS = {  # the seed's per-kind choices, beneath every user setting
     "group": {"merge": {"weights": "BODY"}},
 }
 PARTIAL = {"partial": True}  # one level's settings; cross-field rules apply to the merged result
+REG_PREFIX = "_reg"   # regularization set ids: "_reg/<name>/<code>" (no character's name begins with "_")
+RegSets = list[tuple[RegFolder, dict[str, ImageSet]]]   # per regularization folder: view code -> its set
 
 
 class _Groups(RootModel[dict[Name, Group]]):
@@ -67,14 +70,16 @@ def load_project(root: str | Path) -> Project:
     if not chars_dir.is_dir():
         raise CharfwError("characters folder not found", file=chars_dir, field="characters")
 
+    regs_of = {"": _regularization(project, config.regularization, "", ws_file, lines)}
     for manifest in sorted(chars_dir.glob(f"*/{CHARACTER_FILE}")):
         try:
-            _load_character(project, manifest, ws_layers)
+            _load_character(project, manifest, ws_layers, regs_of)
         except EmptySet as exc:  # a character still being set up: the others build
             _drop_character(project, manifest, str(exc))
     groups_file = chars_dir / GROUPS_FILE
     if groups_file.exists():
         _load_groups(project, groups_file, ws_layers)
+    _pair_regularization(project, regs_of)
     _check_finishing(project)
     return project
 
@@ -108,7 +113,11 @@ def _default_sizes(project: Project) -> list[int]:
     return list(project.family.size_classes.default_sizes)
 
 
-def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -> None:
+def _background(value) -> tuple[int, int, int]:
+    return BACKGROUNDS[value] if isinstance(value, str) else tuple(value)
+
+
+def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer], regs_of: dict[str, RegSets]) -> None:
     data, lines = load_yaml(manifest)
     char = validate(Character, data or {}, file=manifest, lines=lines, context=PARTIAL)
     name = manifest.parent.name
@@ -118,7 +127,9 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer]) -
     project.characters[name] = char
     cfg = project.config
     char_layer = _Layer(char, manifest, lines, ())
-    background = BACKGROUNDS[char.background] if isinstance(char.background, str) else tuple(char.background)
+    background = _background(char.background)
+    regs_of[name] = (regs_of[""] if char.regularization is None
+                     else _regularization(project, char.regularization, name, manifest, lines))
 
     face = ImageSet(
         id=f"{name}/face", kind="f", folder=manifest.parent / char.face.folder,
@@ -195,6 +206,49 @@ def _load_groups(project: Project, groups_file: Path, ws_layers: list[_Layer]) -
             **_settings("group", ws_layers + [_Layer(group, groups_file, lines, (gname,))], project.config)))
 
 
+def _regularization(project: Project, regs: dict[str, RegFolder], owner: str, manifest: Path,
+                    lines: dict[Loc, int]) -> RegSets:
+    """The regularization sets one manifest declares, one per view code of each folder: a target then takes
+    exactly the codes it has. `owner`: the character declaring them ("" for the workspace)."""
+    out: RegSets = []
+    for rname, reg in regs.items():
+        loc = ("regularization", rname, "folder")
+        try:
+            sources = scan_sources(manifest.parent / reg.folder, None, manifest, loc, lines)
+        except EmptySet as exc:   # unlike a character's set, never "still being set up"
+            raise CharfwError(exc.message, file=exc.file, line=exc.line, field=exc.field) from None
+        by_code: dict[str, list[Source]] = {}
+        for src in sources:
+            by_code.setdefault(src.view.code, []).append(src)
+        sets = {}
+        for code, srcs in by_code.items():
+            sid = f"{REG_PREFIX}/{rname}{'@' + owner if owner else ''}/{code}"
+            sizes = getattr(project.config.sizes, "face" if code[0] == "f" else "body") or _default_sizes(project)
+            sets[code] = project.reg_sets[sid] = ImageSet(
+                id=sid, kind=code[0], folder=manifest.parent / reg.folder, sources=srcs, class_tokens=reg.class_word,
+                keywords=[reg.class_word], sizes=sizes, background=_background(reg.background),
+                symmetric=reg.symmetric, manifest=manifest)
+        out.append((reg, sets))
+    return out
+
+
+def _pair_regularization(project: Project, regs_of: dict[str, RegSets]) -> None:
+    """Give every target the regularization sets of the view codes its own images have (its characters'
+    folders, in order), and keep only the sets some target uses."""
+    used: set[str] = set()
+    for target in project.targets.values():
+        codes = {src.view.code for sub in target.subsets for src in sub.set.sources}
+        owners = dict.fromkeys(sub.set.id.split("/", 1)[0] for sub in target.subsets)
+        for owner in owners:
+            for reg, sets in regs_of.get(owner, []):
+                for code in paired_codes(codes, sets):
+                    s = sets[code]
+                    if all(r.set is not s for r in target.reg_subsets):
+                        target.reg_subsets.append(Subset(s, reg.repeats))
+                        used.add(s.id)
+    project.reg_sets = {sid: s for sid, s in project.reg_sets.items() if sid in used}
+
+
 def _lora_file(value: str | None, manifest: Path, lines: dict[Loc, int], loc: Loc) -> Path | None:
     if value is None:
         return None
@@ -235,8 +289,8 @@ def _settings(kind: TargetKind, layers: list[_Layer], cfg: Workspace) -> dict:
     return out
 
 
-def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines: dict[Loc, int]) -> list[Source]:
-    """The view-coded images of one set folder, checked against docs/rules.md §2."""
+def scan_sources(folder: Path, kind: str | None, manifest: Path, field_loc: Loc, lines: dict[Loc, int]) -> list[Source]:
+    """The view-coded images of one set folder, checked against docs/rules.md §2 (`kind` None: f and b mixed)."""
     field_name = ".".join(field_loc)
     line = lines.get(field_loc) or lines.get(field_loc[:-1])
     if not folder.is_dir():
@@ -255,7 +309,7 @@ def scan_sources(folder: Path, kind: str, manifest: Path, field_loc: Loc, lines:
             raise CharfwError(
                 "file name is not a view code: expected f|b, pitch 0-2, yaw 0-7, optional suffix "
                 "of letters, digits, - or _ (e.g. f00.png, f01-alt.png)", file=path)
-        if view.set != kind:
+        if kind and view.set != kind:
             what = "face" if kind == "f" else "body"
             raise CharfwError(f"a {what} set holds only '{kind}' view codes, not {view.code!r}", file=path)
         if path.stem in sources:

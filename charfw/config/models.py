@@ -132,6 +132,9 @@ class TrainSettings(Strict):
         False, effect="weights", added=True,
         description="weight the loss by each image's transparency: the character is learned, not the background "
                     "(sets whose sources have an alpha channel; sd-scripts' --masked_loss)")
+    prior_loss_weight: float = setting(
+        1.0, effect="weights", added=True, ge=0,
+        description="the loss weight of regularization images (sd-scripts' --prior_loss_weight)")
     attention: Literal["xformers", "sdpa", "none"] = setting("xformers", effect="weights", backend="sd-scripts",
                                                              description="sd-scripts attention switch")
     sd_scripts: str | None = setting(None, effect="weights", backend="sd-scripts",
@@ -263,6 +266,17 @@ class Captions(Strict):
         return self.template if self.background_tags else without_background(self.template)
 
 
+class RegFolder(Strict):
+    """A folder of view-coded images of generic figures (no character): regularization images that pair with a
+    target's own view codes (docs/rules.md §4)."""
+
+    folder: ReadPath = Field(description="view-coded images (f00.png, b02-alt.png...), face and body codes mixed")
+    class_word: Words = Field("girl", alias="class", description="their captions' first tag: class tokens only")
+    repeats: int = Field(1, ge=1, description="the reg subsets' num_repeats")
+    background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
+    symmetric: bool = Field(True, description="flip them (flip_aug) as the character's symmetric sets are")
+
+
 class Workspace(Stages):
     """`charfw.yaml`: defaults for every character."""
 
@@ -280,6 +294,8 @@ class Workspace(Stages):
     batch_profile: Literal[PROFILES] | dict[str, int] = "default"
     captions: Captions = Field(default_factory=Captions)
     presets: dict[Name, list[float]] = Field(default_factory=dict, description="user block-weight presets")
+    regularization: dict[Name, RegFolder] = Field(
+        default_factory=dict, description="regularization folders every character uses (a character may replace them)")
     face: Stages = Field(default_factory=Stages, description="defaults for face targets")
     outfit: Stages = Field(default_factory=Stages, description="defaults for outfit targets")
     group: Stages = Field(default_factory=Stages, description="defaults for group targets")
@@ -326,6 +342,8 @@ class Character(Stages):
     background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
     face: FaceSet = Field(default_factory=FaceSet)
     outfits: dict[Name, Outfit] = Field(default_factory=dict)
+    regularization: dict[Name, RegFolder] | None = Field(
+        None, description="this character's regularization folders instead of the workspace's ({}: none)")
 
 
 class Group(Stages):

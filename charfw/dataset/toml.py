@@ -20,10 +20,13 @@ from charfw.rules.training import dataset_color_aug
 def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root: Path,
                    toml_dir: Path, batch_table: dict[str, int], family: Family,
                    masked: frozenset[str] = frozenset()) -> dict:
-    """The config as a dict: one dataset per (width class, height class), subsets in set/size order;
-    the subsets of `masked` sets carry `alpha_mask = true` (their images' alpha weights the loss)."""
+    """The config as a dict: one dataset per (width class, height class), subsets in set/size order, then
+    the target's regularization subsets (`is_reg = true`) in the datasets its own images train in (sd-scripts
+    fills each dataset's reg images up to its own image count); the subsets of `masked` sets carry
+    `alpha_mask = true` (their images' alpha weights the loss)."""
     by_pair: dict[str, list[dict]] = {}
-    for sub in target.subsets:
+
+    def subsets(sub, **extra):
         folders: dict[str, Prepared] = {}
         for item in plans[sub.set.id]:
             folders.setdefault(item.folder, item)
@@ -33,17 +36,26 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
             if sub.repeats != target.repeats:
                 subset["num_repeats"] = sub.repeats
             subset["flip_aug"] = sub.set.symmetric
+            subset.update(extra)
             if sub.set.id in masked:
                 subset["alpha_mask"] = True
-            by_pair.setdefault(class_pair(item.width, item.height, family), []).append(subset)
+            yield class_pair(item.width, item.height, family), subset
+
+    for sub in target.subsets:
+        for pair, subset in subsets(sub):
+            by_pair.setdefault(pair, []).append(subset)
+    for sub in target.reg_subsets:
+        for pair, subset in subsets(sub, is_reg=True):
+            if pair in by_pair:
+                by_pair[pair].append(subset)
     datasets = []
     for pair in sorted(by_pair, key=CLASS_PAIRS.index):
         w, h = resolution(pair, family)
         datasets.append({"resolution": [w, h], "batch_size": batch_size(pair, batch_table),
                          "subsets": by_pair[pair]})
     s = target.train
-    general = {"color_aug": dataset_color_aug(s.trainer, s.color_aug, s.extra_args), "enable_bucket": True, "bucket_no_upscale": True,
-               "caption_extension": ".txt", "num_repeats": target.repeats}
+    general = {"color_aug": dataset_color_aug(s.trainer, s.color_aug, s.extra_args), "enable_bucket": True,
+               "bucket_no_upscale": True, "caption_extension": ".txt", "num_repeats": target.repeats}
     return {"general": general, "datasets": datasets}
 
 

@@ -62,7 +62,7 @@ class TrainedCheck:
 
 def task_images(layout: Layout):
     """Composite transparency onto the background and write every size of every source."""
-    for sid, s in layout.project.sets.items():
+    for sid, s in layout.project.all_sets.items():
         items = layout.plans[sid]
         yield {
             "name": sid,
@@ -82,7 +82,7 @@ def task_images(layout: Layout):
 def task_captions(layout: Layout):
     """Write one caption per prepared image, derived from its view code (docs/rules.md §3)."""
     template = layout.project.config.captions.rules
-    for sid, s in layout.project.sets.items():
+    for sid, s in layout.project.all_sets.items():
         items = layout.plans[sid]
         by_view = {v: caption(s.keywords, v, template) for v in {i.source.view for i in items}}
         texts = {f"{i.folder}/{i.source.stem}.txt": by_view[i.source.view] for i in items}

@@ -15,6 +15,7 @@ from charfw.layout import Layout
 from charfw.project import Target
 from charfw.rules.buckets import Size, batches_per_epoch
 from charfw.rules.captions import caption
+from charfw.rules.regularization import reg_repeats
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
 
@@ -26,6 +27,14 @@ class Folder:
     images: int
     repeats: int
     buckets: Counter   # bucket (w, h) -> images
+    filled: Counter | None = None   # regularization folders: bucket -> samples per epoch after sd-scripts' fill
+
+    @property
+    def samples(self) -> int:
+        return sum(self.filled.values()) if self.filled is not None else self.images * self.repeats
+
+    def bucket_samples(self) -> Counter:
+        return self.filled if self.filled is not None else Counter({b: n * self.repeats for b, n in self.buckets.items()})
 
 
 @dataclass
@@ -37,14 +46,13 @@ class SizeClass:
 
     @property
     def samples(self) -> int:
-        return sum(f.images * f.repeats for f in self.folders)
+        return sum(f.samples for f in self.folders)
 
     @property
     def batches(self) -> int:
         counts: Counter = Counter()
         for f in self.folders:
-            for bucket, n in f.buckets.items():
-                counts[bucket] += n * f.repeats
+            counts.update(f.bucket_samples())
         return batches_per_epoch(list(counts.values()), self.batch)
 
 
@@ -67,18 +75,37 @@ class TargetNumbers:
         return -(-self.steps // self.batches_per_epoch) if self.batches_per_epoch else 0
 
 
+def _folders(layout: Layout, sub) -> list[tuple[str, str, list[Prepared]]]:
+    """(size-class pair, folder name, its images) of one subset's prepared images."""
+    by_folder: dict[str, list[Prepared]] = {}
+    for item in layout.plans[sub.set.id]:
+        by_folder.setdefault(item.folder, []).append(item)
+    return [(class_pair(items[0].width, items[0].height, layout.project.family), name, items)
+            for name, items in by_folder.items()]
+
+
 def target_numbers(layout: Layout, target: Target) -> TargetNumbers:
     family, table = layout.project.family, layout.project.batch_table
     classes: dict[str, SizeClass] = {}
     for sub in target.subsets:
-        by_folder: dict[str, list[Prepared]] = {}
-        for item in layout.plans[sub.set.id]:
-            by_folder.setdefault(item.folder, []).append(item)
-        for name, items in by_folder.items():
-            pair = class_pair(items[0].width, items[0].height, family)
+        for pair, name, items in _folders(layout, sub):
             cls = classes.setdefault(pair, SizeClass(pair, resolution(pair, family), batch_size(pair, table)))
             cls.folders.append(Folder(sub.set.id, name, len(items), sub.repeats,
                                       Counter(bucket_of(i, family) for i in items)))
+    regs: dict[str, list[tuple]] = {}
+    for sub in target.reg_subsets:   # only in the size classes the target's own images train in (dataset.toml)
+        for pair, name, items in _folders(layout, sub):
+            if pair in classes:
+                regs.setdefault(pair, []).append((sub, name, items))
+    for pair, folders in regs.items():
+        cls = classes[pair]
+        fill = iter(reg_repeats(cls.samples, [sub.repeats for sub, _, items in folders for _ in items]))
+        for sub, name, items in folders:
+            filled = Counter()
+            for item in items:
+                filled[bucket_of(item, family)] += next(fill)
+            cls.folders.append(Folder(sub.set.id, name, len(items), sub.repeats,
+                                      Counter(bucket_of(i, family) for i in items), +filled))
     numbers = TargetNumbers(list(classes.values()), target.steps)
     scale = target.train.batch_scale if target.train.trainer == "embedded" else 1
     if scale == "auto":

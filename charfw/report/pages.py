@@ -5,6 +5,7 @@ so tools (and tests) can read the grid without looking at pixels.
 
 from __future__ import annotations
 
+import os
 from html import escape
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
                    f"{escape(sub.set.id)}</a> x {sub.repeats} repeats</li>" for sub in target.subsets)
     classes = "".join(
         f"<tr><td>{c.pair}</td><td>{c.resolution[0]}x{c.resolution[1]}</td><td>{c.batch}</td>"
-        f"<td>{'<br>'.join(f'{escape(f.set_id)}/{escape(f.name)}: {f.images} x {f.repeats}' for f in c.folders)}</td>"
+        f"<td>{'<br>'.join(_folder_text(f) for f in c.folders)}</td>"
         f"<td>{c.samples}</td><td>{c.batches}</td></tr>" for c in n.classes)
     charts = chart_rels(target.name)
     blocks = "<div class=\"row\">" + "".join(
@@ -151,10 +152,45 @@ def target_page(layout: Layout, target: Target, prompts: list[str]) -> str:
             f"<th>samples / epoch</th><th>batches / epoch</th></tr>{classes}</table>"
             f"<p data-numbers=\"1\">{n.samples} samples per epoch, {n.batches_per_epoch} batches per epoch, "
             f"{n.steps} steps = {n.epochs} epochs{_scale_note(n)}</p>"
+            + _regularization_section(layout, target) +
             f"<h2>Training</h2><img src=\"../{charts['loss']}\" alt=\"loss\"><img src=\"../{charts['lr']}\" alt=\"lr\">"
             f"<h2>Blocks (trained, merged, finished)</h2>{blocks}" + _progress_section(target)
             + _samples_section(target, prompts))
     return _page(f"target {target.name}", body, 1)
+
+
+def _folder_text(f) -> str:
+    text = f"{escape(f.set_id)}/{escape(f.name)}: {f.images} x {f.repeats}"
+    return text if f.filled is None else f"{text} (regularization, filled to {f.samples})"
+
+
+def _regularization_section(layout: Layout, target: Target) -> str:
+    """Which regularization images pair with which of the target's views (docs/rules.md §4a)."""
+    if not target.reg_subsets:
+        return ""
+    here = layout.report_dir / "targets"
+    own: dict[str, list[str]] = {}
+    for sub in target.subsets:
+        for src in sub.set.sources:
+            own.setdefault(src.view.code, []).append(f"{character_of(sub.set.id)}/{src.path.name}")
+    rows = []
+    for code in sorted(own):
+        thumbs = []
+        for sub in target.reg_subsets:
+            if sub.set.sources[0].view.code != code:
+                continue
+            largest = {}
+            for item in layout.plans[sub.set.id]:
+                largest[item.source.path] = item   # plans go size by size: the last is the largest
+            thumbs += [f"<img src=\"{escape(os.path.relpath(layout.root / layout.image_rel(sub.set.id, item), here))}\" "
+                       f"alt=\"{escape(sub.set.id)}/{escape(item.name)}\" title=\"{escape(str(item.source.path))}\" "
+                       "height=\"64\">" for item in largest.values()]
+        rows.append(f"<tr data-code=\"{code}\"><td>{code}</td><td>{escape(', '.join(own[code]))}</td>"
+                    f"<td>{''.join(thumbs) or 'none'}</td></tr>")
+    weight = target.train.prior_loss_weight
+    return (f"<h2>Regularization</h2><p>images of the target's own view codes, captioned with the class tokens only; "
+            f"loss weight {weight:g} (prior_loss_weight)</p><table class=\"reg\"><tr><th>view</th><th>target images"
+            "</th><th>regularization images</th></tr>" + "".join(rows) + "</table>")
 
 
 def _scale_note(n) -> str:

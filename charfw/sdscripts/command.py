@@ -212,6 +212,8 @@ def _noise_and_loss(r: Recipe) -> Groups:
     if r.multires_noise_iterations is not None:
         groups += [[f"--multires_noise_iterations={r.multires_noise_iterations}"],
                    [f"--multires_noise_discount={number_text(r.multires_noise_discount)}"]]
+    if r.prior_loss_weight != 1.0:
+        groups.append([f"--prior_loss_weight={number_text(r.prior_loss_weight)}"])
     return groups
 
 

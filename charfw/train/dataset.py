@@ -19,13 +19,14 @@ from PIL import Image
 from charfw.dataset import schema
 from charfw.errors import CharfwError
 from charfw.rules.buckets import Placement, Size, bucket_resolutions, cover_placement, no_upscale_placement
+from charfw.rules.regularization import reg_repeats
 
 log = logging.getLogger("charfw.train")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 IMPLEMENTED = {"image_dir", "num_repeats", "color_aug", "flip_aug", "caption_extension", "class_tokens", "alpha_mask",
-               "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
+               "is_reg", "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
                "min_bucket_reso", "max_bucket_reso"}
 # Accepted at any value: they do not change what is learned here (no validation split is drawn
 # without validation_split; separators matter only with shuffling or dropout, which must be off).
@@ -48,6 +49,8 @@ class Subset:
     color_aug: bool
     caption_extension: str
     alpha_mask: bool = False   # the images' alpha weights the loss (with masked_loss)
+    img_count: int = 0         # images found in the folder (a reg subset's may not all be used)
+    is_reg: bool = False       # regularization images: their loss is weighted by prior_loss_weight
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class TrainImage:
     placement: Placement
     subset: int            # index into the dataset's subsets
     sha256: str
+    repeats: int = 1       # times per epoch: the subset's num_repeats; a reg image's as sd-scripts fills them
 
     @property
     def bucket(self) -> Size:
@@ -78,8 +82,13 @@ class Dataset:
 
     @property
     def num_train_images(self) -> int:
-        """Images x repeats, as sd-scripts counts them."""
-        return sum(self.subsets[i.subset].num_repeats for i in self.images)
+        """Images x repeats, regularization images left out, as sd-scripts counts them."""
+        return sum(i.repeats for i in self.images if not self.subsets[i.subset].is_reg)
+
+    @property
+    def num_reg_images(self) -> int:
+        """Regularization images x their subsets' num_repeats (before the fill), as sd-scripts counts them."""
+        return sum(s.num_repeats * s.img_count for s in self.subsets if s.is_reg)
 
 
 def load_datasets(toml_path: Path) -> list[Dataset]:
@@ -153,18 +162,22 @@ def _dataset(general: dict, raw: dict, toml_path: Path, d: int) -> Dataset:
     if not isinstance(steps, int) or steps < 8 or steps % 8:
         raise CharfwError("bucket_reso_steps must be a multiple of 8", file=toml_path,
                           field=f"{where}.bucket_reso_steps")
-    subsets, images = [], []
+    subsets, images, reg = [], [], []
     for s, raw_sub in enumerate(raw.get("subsets") or []):
         sub_where = f"{where}.subsets[{s}]"
         _check_keys(raw_sub, toml_path, sub_where, "subsets")
         subset = _subset(general, raw, raw_sub, toml_path, sub_where)
-        subsets.append(subset)
-        images += [(path, caption, s) for path, caption in _list_images(subset, toml_path, sub_where)]
+        listed = [(path, caption, s) for path, caption in _list_images(subset, toml_path, sub_where)]
+        subsets.append(replace(subset, img_count=len(listed)))
+        (reg if subset.is_reg else images).extend((*item, subset.num_repeats) for item in listed)
     if not images:
-        raise CharfwError("the dataset has no images", file=toml_path, field=where)
+        raise CharfwError("the dataset has no images" + (" but regularization images" if reg else ""),
+                          file=toml_path, field=where)
+    filled = reg_repeats(sum(r for *_, r in images), [r for *_, r in reg])
+    images += [(*item[:3], n) for item, n in zip(reg, filled) if n]
     ds = Dataset(resolution, batch_size, bool(get("enable_bucket")), bool(get("bucket_no_upscale")), steps,
                  get("min_bucket_reso"), get("max_bucket_reso"), tuple(subsets), ())
-    return replace(ds, images=tuple(_place(ds, path, caption, s) for path, caption, s in images))
+    return replace(ds, images=tuple(_place(ds, *item) for item in images))
 
 
 def _subset(general: dict, raw: dict, raw_sub: dict, toml_path: Path, where: str) -> Subset:
@@ -183,7 +196,8 @@ def _subset(general: dict, raw: dict, raw_sub: dict, toml_path: Path, where: str
     if ext and not ext.startswith("."):
         ext = "." + ext
     return Subset(image_dir, image_dir.name, get("class_tokens"), repeats, bool(get("flip_aug")),
-                  bool(get("color_aug")), ext, bool(raw_sub.get("alpha_mask", False)))
+                  bool(get("color_aug")), ext, bool(raw_sub.get("alpha_mask", False)),
+                  is_reg=bool(raw_sub.get("is_reg", False)))
 
 
 def _list_images(subset: Subset, toml_path: Path, where: str) -> list[tuple[Path, str]]:
@@ -206,7 +220,7 @@ def _list_images(subset: Subset, toml_path: Path, where: str) -> list[tuple[Path
     return out
 
 
-def _place(ds: Dataset, path: Path, caption: str, subset: int) -> TrainImage:
+def _place(ds: Dataset, path: Path, caption: str, subset: int, repeats: int) -> TrainImage:
     data = path.read_bytes()
     try:
         with Image.open(path) as im:
@@ -217,7 +231,7 @@ def _place(ds: Dataset, path: Path, caption: str, subset: int) -> TrainImage:
     if placement.bucket[0] < 1 or placement.bucket[1] < 1:
         raise CharfwError(f"image {size[0]}x{size[1]} is smaller than one bucket step ({ds.bucket_reso_steps} px)",
                           file=path)
-    return TrainImage(path, caption, size, placement, subset, hashlib.sha256(data).hexdigest())
+    return TrainImage(path, caption, size, placement, subset, hashlib.sha256(data).hexdigest(), repeats)
 
 
 def place(size: Size, ds: Dataset) -> Placement:

@@ -268,10 +268,11 @@ class StepRunner:
         sizes = [size_ids(im.size, im.bucket, s.flip) for im, s in zip(images, samples)]
         x0 = latents.batch(samples)
         mask = latents.masks(samples, tuple(x0.shape[2:])) if self.job.recipe.masked_loss else None
+        weights = prior_weights(self.datasets, samples, self.job.recipe.prior_loss_weight)
         loss = _step_with_fallback(self.blocks, self.optimizer, lambda: _step(
             self.sd, self.network, self.job.recipe, acc, x0, self.conditioner,
             [im.caption for im in images], sizes,
-            torch.Generator().manual_seed(_step_seed(self.job.settings.seed, step, rank)), mask))
+            torch.Generator().manual_seed(_step_seed(self.job.settings.seed, step, rank)), mask, weights))
         if world > 1:
             _average_gradients(acc, self.params)
         acc.clip_grad_norm_(self.params, self.job.recipe.max_grad_norm)
@@ -448,10 +449,19 @@ def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable
         return step()
 
 
+def prior_weights(datasets: list[Dataset], samples, prior_loss_weight: float) -> torch.Tensor | None:
+    """Per-sample loss weights: `prior_loss_weight` for regularization images, 1 for the rest (None: all 1)."""
+    regs = [datasets[s.dataset].subsets[datasets[s.dataset].images[s.image].subset].is_reg for s in samples]
+    if prior_loss_weight == 1.0 or not any(regs):
+        return None
+    return torch.tensor([prior_loss_weight if r else 1.0 for r in regs])
+
+
 def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
-          sizes: list[tuple[int, ...]], gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+          sizes: list[tuple[int, ...]], gen: torch.Generator, mask: torch.Tensor | None = None,
+          weights: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU).
-    `mask`: the batch's loss weights (masked_loss)."""
+    `mask`: the pixels' loss weights (masked_loss); `weights`: the samples' (prior_loss_weight)."""
     device = accelerator.device
     multires = (recipe.multires_noise_iterations, recipe.multires_noise_discount) \
         if recipe.multires_noise_iterations else None
@@ -467,7 +477,8 @@ def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, c
                                   input_noise=None if input_noise is None else to_device(input_noise, device),
                                   loss_type=recipe.loss_type,
                                   huber=(recipe.huber_c, recipe.huber_schedule, recipe.huber_scale),
-                                  debiased=recipe.debiased_estimation, **cond.unet_kwargs())
+                                  debiased=recipe.debiased_estimation, sample_weights=weights,
+                                  **cond.unet_kwargs())
         accelerator.backward(loss)
     finally:
         network.release()

@@ -28,12 +28,9 @@ def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
         buckets: dict[tuple[int, int], int] = {}
         errors = []
         for image in ds.images:
-            reps = ds.subsets[image.subset].num_repeats
+            reps = image.repeats
             buckets[image.bucket] = buckets.get(image.bucket, 0) + reps
             errors.append(abs(image.bucket[0] / image.bucket[1] - image.size[0] / image.size[1]))
-        counts = {s: 0 for s in range(len(ds.subsets))}
-        for image in ds.images:
-            counts[image.subset] += 1
         bucket_info = {"buckets": {str(i): {"resolution": list(r), "count": buckets[r]}
                                    for i, r in enumerate(sorted(buckets))},
                        "mean_img_ar_error": sum(errors) / len(errors)}
@@ -41,7 +38,7 @@ def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
             "is_dreambooth": True,
             "batch_size_per_device": ds.batch_size,
             "num_train_images": ds.num_train_images,
-            "num_reg_images": 0,
+            "num_reg_images": ds.num_reg_images,
             "resolution": list(ds.resolution),
             "enable_bucket": ds.enable_bucket,
             "min_bucket_reso": ds.min_bucket_reso,
@@ -50,12 +47,12 @@ def dataset_metadata(datasets: list[Dataset]) -> list[dict]:
             "bucket_info": bucket_info,
             "resize_interpolation": None,  # Lanczos, the trainer's own resize
             "subsets": [{
-                "img_count": counts[i], "num_repeats": s.num_repeats, "color_aug": s.color_aug,
+                "img_count": s.img_count, "num_repeats": s.num_repeats, "color_aug": s.color_aug,
                 "flip_aug": s.flip_aug, "random_crop": False, "shuffle_caption": False, "keep_tokens": 0,
                 "keep_tokens_separator": "", "secondary_separator": None, "enable_wildcard": False,
                 "caption_prefix": None, "caption_suffix": None, "resize_interpolation": None,
-                "image_dir": s.name, "class_tokens": s.class_tokens, "is_reg": False,
-            } for i, s in enumerate(ds.subsets)],
+                "image_dir": s.name, "class_tokens": s.class_tokens, "is_reg": s.is_reg,
+            } for s in ds.subsets],
         })
     return out
 
@@ -77,7 +74,7 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_unet_lr": recipe.lr if rates else None,
         "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
         "ss_num_validation_images": 0,
-        "ss_num_reg_images": 0,
+        "ss_num_reg_images": sum(ds.num_reg_images for ds in datasets),
         "ss_num_batches_per_epoch": batches_per_epoch,
         "ss_num_epochs": epochs,
         "ss_gradient_checkpointing": checkpointing,
@@ -110,7 +107,7 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
         "ss_face_crop_aug_range": None,
-        "ss_prior_loss_weight": 1.0,
+        "ss_prior_loss_weight": recipe.prior_loss_weight,
         "ss_min_snr_gamma": recipe.min_snr_gamma,
         "ss_scale_weight_norms": recipe.scale_weight_norms,
         "ss_ip_noise_gamma": recipe.ip_noise_gamma,
@@ -150,13 +147,16 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
 
 
 def _dataset_dirs(datasets: list[Dataset]) -> dict[str, dict]:
+    """ss_dataset_dirs: the training subsets' folders (sd-scripts leaves regularization folders out)."""
     dirs: dict[str, dict] = {}
     for ds in datasets:
-        for i, s in enumerate(ds.subsets):
+        for s in ds.subsets:
+            if s.is_reg:
+                continue
             key, n = s.name, 2
             while key in dirs:
                 key, n = f"{s.name} ({n})", n + 1
-            dirs[key] = {"n_repeats": s.num_repeats, "img_count": sum(1 for im in ds.images if im.subset == i)}
+            dirs[key] = {"n_repeats": s.num_repeats, "img_count": s.img_count}
     return dirs
 
 

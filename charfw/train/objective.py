@@ -106,11 +106,12 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor
                    timesteps: torch.Tensor, min_snr_gamma: float | None = None, mask: torch.Tensor | None = None,
                    *, input_noise: torch.Tensor | None = None, loss_type: str = "l2",
                    huber: tuple[float, str, float] = (0.1, "snr", 1.0), debiased: bool = False,
-                   **unet_kwargs) -> torch.Tensor:
+                   sample_weights: torch.Tensor | None = None, **unet_kwargs) -> torch.Tensor:
     """Mean error of the U-Net against its target at the given noise and timesteps (`unet_kwargs`: SDXL's
     added condition), in sd-scripts' order: the per-element error (`loss_type`; `huber`: c, schedule,
     scale), weighted by `mask` (B, 1, h, w; masked loss, no renormalisation: a mostly empty image weighs
-    less), the per-sample mean, min-SNR and debiased-estimation weights. `input_noise`: the noise the
+    less), the per-sample mean, `sample_weights` (B,: prior_loss_weight for regularization images), min-SNR and
+    debiased-estimation weights. `input_noise`: the noise the
     input is made with when it differs from the target's (input perturbation)."""
     noisy = scheduler.add_noise(latents, noise if input_noise is None else input_noise, timesteps)
     pred = unet(noisy, timesteps, context, **unet_kwargs).sample
@@ -120,6 +121,8 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor
     if mask is not None:
         loss = loss * mask.to(loss.device, loss.dtype)
     loss = loss.mean(dim=(1, 2, 3))
+    if sample_weights is not None:
+        loss = loss * sample_weights.to(loss.device, loss.dtype)
     if min_snr_gamma:
         loss = loss * min_snr_weights(scheduler, timesteps, min_snr_gamma)
     if debiased:

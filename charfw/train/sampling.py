@@ -1,8 +1,8 @@
 """Which samples make each batch: a pure function of (datasets, seed, batch index).
 
-Like sd-scripts: every image appears `num_repeats` times per epoch, grouped by
-bucket, each bucket shuffled and cut into batches of the dataset's batch size, then
-all batches of all datasets shuffled. Flip (50 % where flip_aug) and the colour
+Like sd-scripts: every image appears `num_repeats` times per epoch (a regularization image as
+often as sd-scripts' fill gives it), grouped by bucket, each bucket shuffled and cut into batches
+of the dataset's batch size, then all batches of all datasets shuffled. Flip (50 % where flip_aug) and the colour
 variant are drawn here too. Everything derives from the seed and the epoch number,
 so a resumed run sees exactly the batches the interrupted one would have.
 """
@@ -31,7 +31,7 @@ def epoch_batches(datasets: list[Dataset], seed: int, epoch: int) -> list[tuple[
     for d, ds in enumerate(datasets):
         buckets: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(ds.images):
-            buckets.setdefault(image.bucket, []).extend([i] * ds.subsets[image.subset].num_repeats)
+            buckets.setdefault(image.bucket, []).extend([i] * image.repeats)
         for bucket in sorted(buckets):
             members = buckets[bucket]
             rng.shuffle(members)
@@ -45,7 +45,7 @@ def bucket_counts(ds: Dataset) -> dict[tuple[int, int], int]:
     """Samples per bucket in one epoch: each image once per repeat."""
     counts: dict[tuple[int, int], int] = {}
     for image in ds.images:
-        counts[image.bucket] = counts.get(image.bucket, 0) + ds.subsets[image.subset].num_repeats
+        counts[image.bucket] = counts.get(image.bucket, 0) + image.repeats
     return counts
 
 
