@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from charfw.families import Family
 from charfw.rules.training import number_text, resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
+from charfw.rules.validation import validation_every
 
 LYCORIS_ALGOS = ("locon", "loha", "lokr")
 LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
@@ -106,7 +107,16 @@ class Recipe:
     multires_noise_discount: float
     scale_weight_norms: float | None
     prior_loss_weight: float          # the loss weight of regularization images
+    validation_split: float           # share of each training folder held out (rules.validation)
+    validation_seed: int              # which ones (the setting, else the seed)
+    validation_views: tuple[str, ...]  # view codes held out (embedded trainer)
+    validation_every: int             # steps between validations (used where something is held out)
     seed: int
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run holds images out and reports their loss."""
+        return bool(self.validation_split or self.validation_views)
 
     @property
     def own_schedule(self) -> bool:
@@ -138,4 +148,7 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
         huber_scale=settings.huber_scale, debiased_estimation=settings.debiased_estimation_loss,
         ip_noise_gamma=settings.ip_noise_gamma, multires_noise_iterations=settings.multires_noise_iterations,
         multires_noise_discount=settings.multires_noise_discount, scale_weight_norms=settings.scale_weight_norms,
-        prior_loss_weight=settings.prior_loss_weight, seed=settings.seed)
+        prior_loss_weight=settings.prior_loss_weight, validation_split=settings.validation_split,
+        validation_seed=settings.seed if settings.validation_seed is None else settings.validation_seed,
+        validation_views=tuple(settings.validation_views),
+        validation_every=validation_every(settings.validate_every_n_steps, steps), seed=settings.seed)

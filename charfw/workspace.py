@@ -233,11 +233,12 @@ def _regularization(project: Project, regs: dict[str, RegFolder], owner: str, ma
 
 
 def _pair_regularization(project: Project, regs_of: dict[str, RegSets]) -> None:
-    """Give every target the regularization sets of the view codes its own images have (its characters'
-    folders, in order), and keep only the sets some target uses."""
+    """Give every target the regularization sets of the view codes its own images train on (its characters'
+    folders, in order; held-out views are not trained on), and keep only the sets some target uses."""
     used: set[str] = set()
     for target in project.targets.values():
-        codes = {src.view.code for sub in target.subsets for src in sub.set.sources}
+        held_out = set(target.train.validation_views)
+        codes = {src.view.code for sub in target.subsets for src in sub.set.sources} - held_out
         owners = dict.fromkeys(sub.set.id.split("/", 1)[0] for sub in target.subsets)
         for owner in owners:
             for reg, sets in regs_of.get(owner, []):

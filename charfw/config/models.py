@@ -20,6 +20,7 @@ from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Channel = Annotated[int, Field(ge=0, le=255)]
+ViewCodeText = Annotated[str, Field(pattern=r"^[fb][0-2][0-7]$")]   # a view code without suffix: f01, b20
 
 
 Name = Annotated[str, checked(name_problem)]                # becomes a file or folder name
@@ -135,6 +136,16 @@ class TrainSettings(Strict):
     prior_loss_weight: float = setting(
         1.0, effect="weights", added=True, ge=0,
         description="the loss weight of regularization images (sd-scripts' --prior_loss_weight)")
+    validation_split: float = setting(
+        0.0, effect="weights", added=True, ge=0, lt=1,
+        description="hold out this share of each set's images at random and report their loss (sd-scripts' option)")
+    validation_seed: int | None = setting(None, effect="weights", added=True,
+                                          description="which images validation_split holds out; None = seed")
+    validation_views: list[ViewCodeText] = setting(
+        effect="weights", backend="embedded", added=True, default_factory=list,
+        description="hold out every image of these view codes (e.g. [f11, b02]) and report their loss")
+    validate_every_n_steps: int | None = setting(
+        None, effect="run", added=True, ge=1, description="steps between validations; None = a tenth of the run")
     attention: Literal["xformers", "sdpa", "none"] = setting("xformers", effect="weights", backend="sd-scripts",
                                                              description="sd-scripts attention switch")
     sd_scripts: str | None = setting(None, effect="weights", backend="sd-scripts",
@@ -144,6 +155,13 @@ class TrainSettings(Strict):
     extra_args: list[str] = setting(effect="weights", backend="sd-scripts", default_factory=list,
                                     description="appended to sd-scripts' command line")
 
+
+    @model_validator(mode="after")
+    def _views_need_the_embedded_trainer(self, info: ValidationInfo):
+        if not (info.context and info.context.get("partial")) and self.validation_views and self.trainer != "embedded":
+            raise ValueError("validation_views needs the embedded trainer (sd-scripts cannot hold out views); "
+                             "use validation_split")
+        return self
 
     @model_validator(mode="after")
     def _loraplus_network(self, info: ValidationInfo):
@@ -178,7 +196,7 @@ def keyed(settings: TrainSettings, fields: frozenset[str]) -> dict:
     out = settings.model_dump(include=set(fields))
     for name in list(out):
         field = TrainSettings.model_fields[name]
-        if (field.json_schema_extra or {}).get("added") and out[name] == field.default:
+        if (field.json_schema_extra or {}).get("added") and out[name] == field.get_default(call_default_factory=True):
             del out[name]
     return out
 

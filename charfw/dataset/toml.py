@@ -25,6 +25,7 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
     fills each dataset's reg images up to its own image count); the subsets of `masked` sets carry
     `alpha_mask = true` (their images' alpha weights the loss)."""
     by_pair: dict[str, list[dict]] = {}
+    s = target.train
 
     def subsets(sub, **extra):
         folders: dict[str, Prepared] = {}
@@ -53,9 +54,11 @@ def dataset_config(target: Target, plans: dict[str, list[Prepared]], images_root
         w, h = resolution(pair, family)
         datasets.append({"resolution": [w, h], "batch_size": batch_size(pair, batch_table),
                          "subsets": by_pair[pair]})
-    s = target.train
     general = {"color_aug": dataset_color_aug(s.trainer, s.color_aug, s.extra_args), "enable_bucket": True,
                "bucket_no_upscale": True, "caption_extension": ".txt", "num_repeats": target.repeats}
+    if s.validation_split:   # both trainers then hold out the same files (rules.validation)
+        general["validation_split"] = s.validation_split
+        general["validation_seed"] = s.seed if s.validation_seed is None else s.validation_seed
     return {"general": general, "datasets": datasets}
 
 

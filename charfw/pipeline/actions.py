@@ -21,7 +21,7 @@ from charfw.fingerprint import digest_cache
 from charfw.fsutil import atomic_path, write_text
 from charfw.interrupt import Interrupted, deferred_signals, die_with_parent
 from charfw.process import claim_worker_gpu, cpu_threads, parallel_share
-from charfw.report.charts import read_scalars, render_curves
+from charfw.report.charts import LOSS_TAGS, read_scalars, render_curves
 from charfw.report.sheets import render_sheet
 from charfw.request import TrainRequest
 
@@ -164,7 +164,7 @@ def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[s
     from charfw.lora.inspect import inspect_file, plot_blocks
 
     scalars = read_scalars(Path(log_dir)) if Path(log_dir).is_dir() else {}
-    render_curves(scalars, ["loss/current", "loss/average"], f"{name}: loss", Path(outs["loss"]))
+    render_curves(scalars, LOSS_TAGS, f"{name}: loss", Path(outs["loss"]))
     render_curves(scalars, ["lr/unet", "lr/textencoder"], f"{name}: learning rate", Path(outs["lr"]))
     for which, path in loras.items():
         report = inspect_file(path)

@@ -9,7 +9,9 @@ from PIL import Image, ImageDraw
 from charfw.fsutil import atomic_path
 
 SERIES = {"loss/current": (190, 190, 200), "loss/average": (30, 90, 200), "lr/unet": (200, 80, 40),
-          "lr/textencoder": (60, 150, 60)}
+          "lr/textencoder": (60, 150, 60), "loss/validation/step_average": (220, 120, 0)}
+LOSS_TAGS = ["loss/current", "loss/average", "loss/validation/step_average"]
+LABELS = {"loss/validation/step_average": "validation (held out)"}
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -54,11 +56,12 @@ def render_curves(scalars: dict[str, list[tuple[int, float]]], tags: list[str], 
         draw.text((4, top + plot_h - 10), f"{y0:.3g}", fill=(0, 0, 0))
         draw.text((left, height - 18), f"step {x0}", fill=(0, 0, 0))
         draw.text((left + plot_w - 60, height - 18), f"step {x1}", fill=(0, 0, 0))
-        legend_x = left + 220
+        legend_x = left + 150
         for tag in series:
+            label = LABELS.get(tag, tag)
             draw.line((legend_x, 12, legend_x + 16, 12), fill=SERIES.get(tag, (0, 0, 0)), width=3)
-            draw.text((legend_x + 20, 6), tag, fill=(0, 0, 0))
-            legend_x += 30 + 7 * len(tag)
+            draw.text((legend_x + 20, 6), label, fill=(0, 0, 0))
+            legend_x += 30 + 7 * len(label)
     else:
         draw.text((left, height // 2), "no training log", fill=(150, 150, 150))
     with atomic_path(out) as tmp:

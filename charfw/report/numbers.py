@@ -16,6 +16,7 @@ from charfw.project import Target
 from charfw.rules.buckets import Size, batches_per_epoch
 from charfw.rules.captions import caption
 from charfw.rules.regularization import reg_repeats
+from charfw.rules.validation import held_out_view, split_train_val
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
 
@@ -87,8 +88,15 @@ def _folders(layout: Layout, sub) -> list[tuple[str, str, list[Prepared]]]:
 def target_numbers(layout: Layout, target: Target) -> TargetNumbers:
     family, table = layout.project.family, layout.project.batch_table
     classes: dict[str, SizeClass] = {}
+    s = target.train
+    seed = s.seed if s.validation_seed is None else s.validation_seed
     for sub in target.subsets:
         for pair, name, items in _folders(layout, sub):
+            kept = [i for i in sorted(items, key=lambda i: i.name) if not held_out_view(i.source.view.code,
+                                                                                       s.validation_views)]
+            items = split_train_val(kept, s.validation_split, seed)[0]   # what the trainers train on
+            if not items:
+                continue
             cls = classes.setdefault(pair, SizeClass(pair, resolution(pair, family), batch_size(pair, table)))
             cls.folders.append(Folder(sub.set.id, name, len(items), sub.repeats,
                                       Counter(bucket_of(i, family) for i in items)))

@@ -126,7 +126,7 @@ def train_args(req: TrainRequest) -> list[str]:
     s, r = req.settings, req.recipe
     out = output_name(req.name, s, req.steps)
     groups = [*_network_and_optimizer(r), *_io(req, r, out), *_precision_and_memory(req, r),
-              *_noise_and_loss(r), *_saving(s)]
+              *_noise_and_loss(r), *_saving(s), *_validation(r)]
     overridden = {n for n in map(_option_name, s.extra_args) if n}
     args = [tok for group in groups if _option_name(group[0]) not in overridden for tok in group]
     return args + list(s.extra_args)
@@ -215,6 +215,11 @@ def _noise_and_loss(r: Recipe) -> Groups:
     if r.prior_loss_weight != 1.0:
         groups.append([f"--prior_loss_weight={number_text(r.prior_loss_weight)}"])
     return groups
+
+
+def _validation(r: Recipe) -> Groups:
+    """How often sd-scripts measures the held-out images (validation_split and its seed are in the TOML)."""
+    return [[f"--validate_every_n_steps={r.validation_every}"]] if r.validation_split else []
 
 
 def _saving(s: TrainSettings) -> Groups:

@@ -20,23 +20,26 @@ from charfw.dataset import schema
 from charfw.errors import CharfwError
 from charfw.rules.buckets import Placement, Size, bucket_resolutions, cover_placement, no_upscale_placement
 from charfw.rules.regularization import reg_repeats
+from charfw.rules.validation import held_out_view, split_train_val
+from charfw.rules.viewcode import parse_view_code
 
 log = logging.getLogger("charfw.train")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 IMPLEMENTED = {"image_dir", "num_repeats", "color_aug", "flip_aug", "caption_extension", "class_tokens", "alpha_mask",
-               "is_reg", "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
+               "is_reg", "validation_split", "validation_seed", "resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "bucket_reso_steps",
                "min_bucket_reso", "max_bucket_reso"}
-# Accepted at any value: they do not change what is learned here (no validation split is drawn
-# without validation_split; separators matter only with shuffling or dropout, which must be off).
-HARMLESS = {"cache_info", "validation_seed", "caption_separator"}
+# Accepted at any value: they do not change what is learned here (separators matter only with
+# shuffling or dropout, which must be off).
+HARMLESS = {"cache_info", "caption_separator"}
 # Accepted at any value with a note: the embedded trainer does its own thing.
 NOTED = {"resize_interpolation": "it resizes with Lanczos", "custom_attributes": "they are for other tools"}
 SUBSET_DEFAULTS = {k: schema.DEFAULTS[k] for k in ("num_repeats", "color_aug", "flip_aug", "caption_extension",
                                                    "class_tokens")}
 DATASET_DEFAULTS = {k: schema.DEFAULTS[k] for k in ("resolution", "batch_size", "enable_bucket", "bucket_no_upscale",
-                                                    "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso")}
+                                                    "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso",
+                                                    "validation_split", "validation_seed")}
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Dataset:
     max_bucket_reso: int
     subsets: tuple[Subset, ...]
     images: tuple[TrainImage, ...]
+    held_out: tuple[TrainImage, ...] = ()   # validation images: never trained on, their loss is reported
 
     @property
     def num_train_images(self) -> int:
@@ -91,8 +95,9 @@ class Dataset:
         return sum(s.num_repeats * s.img_count for s in self.subsets if s.is_reg)
 
 
-def load_datasets(toml_path: Path) -> list[Dataset]:
-    """Parse the TOML, list every image with its caption, size, bucket and content hash."""
+def load_datasets(toml_path: Path, hold_out: tuple[str, ...] | frozenset[str] = ()) -> list[Dataset]:
+    """Parse the TOML, list every image with its caption, size, bucket and content hash; the images of the
+    view codes in `hold_out` and the TOML's validation_split go to `held_out` (rules.validation)."""
     toml_path = Path(toml_path)
     try:
         config = tomllib.loads(toml_path.read_text(encoding="utf-8"))
@@ -108,7 +113,7 @@ def load_datasets(toml_path: Path) -> list[Dataset]:
     out = []
     for d, raw in enumerate(raw_datasets):
         _check_keys(raw, toml_path, f"datasets[{d}]", "datasets")
-        out.append(_dataset(general, raw, toml_path, d))
+        out.append(_dataset(general, raw, toml_path, d, frozenset(hold_out)))
     return out
 
 
@@ -152,7 +157,7 @@ def _resolution(value, toml_path: Path, where: str) -> Size:
     return (value[0], value[-1])
 
 
-def _dataset(general: dict, raw: dict, toml_path: Path, d: int) -> Dataset:
+def _dataset(general: dict, raw: dict, toml_path: Path, d: int, hold_out: frozenset[str]) -> Dataset:
     where = f"datasets[{d}]"
     get = lambda k: _pick(k, DATASET_DEFAULTS, general, raw)  # noqa: E731
     resolution = _resolution(get("resolution"), toml_path, where)
@@ -162,22 +167,47 @@ def _dataset(general: dict, raw: dict, toml_path: Path, d: int) -> Dataset:
     if not isinstance(steps, int) or steps < 8 or steps % 8:
         raise CharfwError("bucket_reso_steps must be a multiple of 8", file=toml_path,
                           field=f"{where}.bucket_reso_steps")
-    subsets, images, reg = [], [], []
+    split, split_seed = _validation_split(get("validation_split"), get("validation_seed"), toml_path, where)
+    subsets, images, reg, held = [], [], [], []
     for s, raw_sub in enumerate(raw.get("subsets") or []):
         sub_where = f"{where}.subsets[{s}]"
         _check_keys(raw_sub, toml_path, sub_where, "subsets")
         subset = _subset(general, raw, raw_sub, toml_path, sub_where)
         listed = [(path, caption, s) for path, caption in _list_images(subset, toml_path, sub_where)]
         subsets.append(replace(subset, img_count=len(listed)))
-        (reg if subset.is_reg else images).extend((*item, subset.num_repeats) for item in listed)
+        if subset.is_reg:   # never split (sd-scripts)
+            reg.extend((*item, subset.num_repeats) for item in listed)
+            continue
+        kept = [item for item in listed if not held_out_view(_code(item[0]), hold_out)]
+        trained, validated = split_train_val(kept, split, split_seed)
+        held += [(*item, 1) for item in listed if item not in kept] + [(*item, 1) for item in validated]
+        images.extend((*item, subset.num_repeats) for item in trained)
     if not images:
-        raise CharfwError("the dataset has no images" + (" but regularization images" if reg else ""),
+        raise CharfwError("the dataset has no images" + (" but regularization images" if reg else "")
+                          + (" left after holding out the validation images" if held else ""),
                           file=toml_path, field=where)
     filled = reg_repeats(sum(r for *_, r in images), [r for *_, r in reg])
     images += [(*item[:3], n) for item, n in zip(reg, filled) if n]
     ds = Dataset(resolution, batch_size, bool(get("enable_bucket")), bool(get("bucket_no_upscale")), steps,
                  get("min_bucket_reso"), get("max_bucket_reso"), tuple(subsets), ())
-    return replace(ds, images=tuple(_place(ds, *item) for item in images))
+    return replace(ds, images=tuple(_place(ds, *item) for item in images),
+                   held_out=tuple(_place(ds, *item) for item in held))
+
+
+def _code(path: Path) -> str | None:
+    view = parse_view_code(path.stem)
+    return view.code if view else None
+
+
+def _validation_split(split, seed, toml_path: Path, where: str) -> tuple[float, int]:
+    if not isinstance(split, (int, float)) or isinstance(split, bool) or not 0 <= split < 1:
+        raise CharfwError(f"validation_split must be a number from 0 to below 1, not {split!r}", file=toml_path,
+                          field=f"{where}.validation_split")
+    if split and not isinstance(seed, int):
+        raise CharfwError("validation_split needs validation_seed (an integer) here: without it sd-scripts draws "
+                          "the split at random, so the trainers would hold out different images", file=toml_path,
+                          field=f"{where}.validation_seed")
+    return float(split), seed
 
 
 def _subset(general: dict, raw: dict, raw_sub: dict, toml_path: Path, where: str) -> Subset:

@@ -42,17 +42,17 @@ from charfw.rules.memory import auto_batch_scale, use_checkpointing
 from charfw.rules.modelref import is_builtin
 from charfw.rules.training import scaled_schedule
 from charfw.sample import render
+from charfw.train.batch import batch_loss, compute_dtype, prior_weights
 from charfw.train.compiled import CompiledBlocks
 from charfw.train.conditioning import TextConditioner, size_ids
 from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_hashes, training_metadata
 from charfw.train.network import Network
-from charfw.train.objective import diffusion_loss, draw_noise, perturbed
 from charfw.train.optim import build_optimizer, build_scheduler
 from charfw.train.sampling import BatchPlan, bucket_counts
 from charfw.train.state import clear_state, load_state, save_state, saved_state_info
-from charfw.train.transfer import to_device
+from charfw.train.validation import Validator, held_out_sets
 
 log = logging.getLogger("charfw.train")
 
@@ -119,7 +119,7 @@ def run(req: TrainRequest, on_step: Callable[[int, float], None] | None = None, 
 def _prepare_and_train(req: TrainRequest, accelerator, models, on_step) -> Path:
     """Load data and model, inject the adapters, train; the adapters are removed again afterwards."""
     settings, device = req.settings, accelerator.device
-    datasets = load_datasets(req.dataset_toml)
+    datasets = load_datasets(req.dataset_toml, req.recipe.validation_views)
     if models is None:
         models = load_model(req.model, req.vae, family=req.family, dtype=torch.float32, device="cpu")
     sd = models
@@ -167,6 +167,7 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
     disk = job.state_dir / "latents" if job.settings.cache_latents == "disk" else None
     latents = LatentCache(sd.vae, datasets, seed=job.settings.seed, device=device, disk_dir=disk, vae_id=_vae_id(sd))
     losses = LossLog(job, accelerator, on_step, plan.per_epoch, start)
+    validator = _validator(job, sd, network, accelerator, conditioner, datasets, disk) if main else None
     log.info("training %s: %d images (x repeats: %d), %d batches per epoch, steps %d-%d, %s dim %d alpha %g, "
              "%s, %d process(es)", job.name, sum(len(d.images) for d in datasets),
              sum(d.num_train_images for d in datasets), plan.per_epoch, start + 1, job.steps, network.spec.algo,
@@ -181,11 +182,14 @@ def _train(job: TrainRequest, accelerator, datasets: list[Dataset], sd, network:
                               + ("resume" if step else "train it"))
         losses.add(step + 1, *steps.run(step, latents))
         done, stop = step + 1, interrupt.requested()
-        due = saver.due(done)
-        losses.read(force=done == job.steps or due or stop)
-        if done in sample_at and main:
+        due, validate = saver.due(done), validator is not None and validator.due(done)
+        losses.read(force=done == job.steps or due or stop or validate)
+        if (done in sample_at and main) or validate:
             with blocks.eager() if blocks is not None else contextlib.nullcontext():
-                _progress_sample(job, sd, conditioner, device, done)
+                if done in sample_at:
+                    _progress_sample(job, sd, conditioner, device, done)
+                if validate:
+                    validator.report(done, losses.average)
         if done < job.steps and (due or stop):
             saver.save(done)
             if stop:
@@ -231,6 +235,20 @@ def _checkpointing(job: TrainRequest, datasets: list[Dataset], sd, footprint: di
     return checkpointing
 
 
+def _validator(job: TrainRequest, sd, network: Network, accelerator, conditioner: TextConditioner,
+               datasets: list[Dataset], disk: Path | None) -> Validator | None:
+    """The held-out images' loss, where the run holds any out (validation_views, validation_split)."""
+    if not any(d.held_out for d in datasets):
+        if job.recipe.validates:
+            log.warning("%s: validation is set but no image is held out (no image of the views %s)", job.name,
+                        ", ".join(job.recipe.validation_views) or "-")
+        return None
+    held = held_out_sets(datasets)
+    latents = LatentCache(sd.vae, held, seed=job.settings.seed, device=accelerator.device, disk_dir=disk,
+                          vae_id=_vae_id(sd))
+    return Validator(job, sd, network, accelerator, conditioner, held, latents)
+
+
 def _conditioner(job: TrainRequest, datasets: list[Dataset], sd, accelerator) -> TextConditioner:
     """The captions' conditioning; with frozen text encoders every caption (and the progress-sample
     prompts) encoded once, up front."""
@@ -238,8 +256,8 @@ def _conditioner(job: TrainRequest, datasets: list[Dataset], sd, accelerator) ->
     if not job.recipe.train_text_encoder:
         samples = job.progress_samples
         extra = [samples.prompt, samples.settings.negative_prompt] if samples else []
-        conditioner.precompute([im.caption for d in datasets for im in d.images] + extra, accelerator.device,
-                               accelerator.autocast)
+        captions = [im.caption for d in datasets for im in (*d.images, *d.held_out)]
+        conditioner.precompute(captions + extra, accelerator.device, accelerator.autocast)
     return conditioner
 
 
@@ -380,6 +398,11 @@ class LossLog:
         self.bar.set_postfix(loss=f"{average:.4f}", refresh=False)
         self.pending.clear()
 
+    @property
+    def average(self) -> float | None:
+        """The moving average of the losses read so far (about one epoch)."""
+        return sum(self.window) / len(self.window) if self.window else None
+
     def close(self) -> None:
         self.bar.close()
 
@@ -449,47 +472,17 @@ def _step_with_fallback(blocks: CompiledBlocks | None, optimizer, step: Callable
         return step()
 
 
-def prior_weights(datasets: list[Dataset], samples, prior_loss_weight: float) -> torch.Tensor | None:
-    """Per-sample loss weights: `prior_loss_weight` for regularization images, 1 for the rest (None: all 1)."""
-    regs = [datasets[s.dataset].subsets[datasets[s.dataset].images[s.image].subset].is_reg for s in samples]
-    if prior_loss_weight == 1.0 or not any(regs):
-        return None
-    return torch.tensor([prior_loss_weight if r else 1.0 for r in regs])
-
-
-def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, conditioner: TextConditioner, captions: list[str],
-          sizes: list[tuple[int, ...]], gen: torch.Generator, mask: torch.Tensor | None = None,
+def _step(sd, network: Network, recipe: Recipe, accelerator, x0: torch.Tensor, conditioner: TextConditioner,
+          captions: list[str], sizes: list[tuple[int, ...]], gen: torch.Generator, mask: torch.Tensor | None = None,
           weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU).
-    `mask`: the pixels' loss weights (masked_loss); `weights`: the samples' (prior_loss_weight)."""
-    device = accelerator.device
-    multires = (recipe.multires_noise_iterations, recipe.multires_noise_discount) \
-        if recipe.multires_noise_iterations else None
-    noise, timesteps = draw_noise(tuple(x0.shape), gen, sd.noise_scheduler.config.num_train_timesteps,
-                                  recipe.noise_offset, multires)
-    input_noise = perturbed(noise, gen, recipe.ip_noise_gamma) if recipe.ip_noise_gamma else None
+    """Forward and backward of one batch; returns the loss (a tensor: reading it would wait for the GPU)."""
     network.refresh(compute_dtype(accelerator))
     try:
-        with accelerator.autocast():
-            cond = conditioner(captions, device, sizes)
-            loss = diffusion_loss(sd.unet, sd.noise_scheduler, x0, cond.context, to_device(noise, device),
-                                  to_device(timesteps, device), recipe.min_snr_gamma, mask,
-                                  input_noise=None if input_noise is None else to_device(input_noise, device),
-                                  loss_type=recipe.loss_type,
-                                  huber=(recipe.huber_c, recipe.huber_schedule, recipe.huber_scale),
-                                  debiased=recipe.debiased_estimation, sample_weights=weights,
-                                  **cond.unet_kwargs())
+        loss = batch_loss(sd, recipe, accelerator, x0, conditioner, captions, sizes, gen, mask, weights)
         accelerator.backward(loss)
     finally:
         network.release()
     return loss.detach()
-
-
-def compute_dtype(accelerator) -> torch.dtype | None:
-    """The dtype autocast computes in (the adapters' factors are cast to it once per step); None: fp32."""
-    if accelerator.device.type == "cpu":
-        return None
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
 
 
 @torch.no_grad()

@@ -73,7 +73,7 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_text_encoder_lr": recipe.text_encoder_lr if rates else None,
         "ss_unet_lr": recipe.lr if rates else None,
         "ss_num_train_images": sum(ds.num_train_images for ds in datasets),
-        "ss_num_validation_images": 0,
+        "ss_num_validation_images": sum(len(ds.held_out) for ds in datasets),
         "ss_num_reg_images": sum(ds.num_reg_images for ds in datasets),
         "ss_num_batches_per_epoch": batches_per_epoch,
         "ss_num_epochs": epochs,
@@ -120,11 +120,11 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_huber_c": recipe.huber_c,
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
-        "ss_validation_seed": None,
-        "ss_validation_split": 0.0,
+        "ss_validation_seed": recipe.validation_seed if recipe.validation_split else None,
+        "ss_validation_split": recipe.validation_split,
         "ss_max_validation_steps": None,
         "ss_validate_every_n_epochs": None,
-        "ss_validate_every_n_steps": None,
+        "ss_validate_every_n_steps": recipe.validation_every if recipe.validates else None,
         "ss_resize_interpolation": None,
         "ss_resolution": tuple(datasets[0].resolution),
         "ss_datasets": json.dumps(dataset_metadata(datasets)),
@@ -133,6 +133,8 @@ def training_metadata(*, recipe: Recipe, datasets: list[Dataset], optimizer_name
         "ss_sd_model_name": model_name,
         "ss_training_comment": "trained by charfw",
     }
+    if recipe.validation_views:
+        meta["charfw_validation_views"] = json.dumps(list(recipe.validation_views))
     if spec.args:
         meta["ss_network_args"] = spec.args_json()
     if model_hashes:

@@ -5,7 +5,7 @@ import torch
 from lora_factory import lora_tensors, make_tensors, write
 
 from charfw.errors import CharfwError
-from charfw.families import SD15, SDXL
+from charfw.families import SD15
 from charfw.lora import compress_file, load_lora
 from charfw.lora.compress import choose_rank, rank_sv_cumulative, rank_sv_fro, rank_sv_ratio, sd_scripts_rank
 from charfw.lora.keys import ModuleSpec, lora_module_specs

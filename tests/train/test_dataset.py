@@ -85,7 +85,7 @@ def test_sample_pixels_flip_and_color(tmp_path):
 def test_reader_accepts_every_key_sd_scripts_accepts(tmp_path, caplog):
     """Keys current sd-scripts takes are read: at their "off" value silently, with a note where the
     embedded trainer ignores a value, as an error where ignoring it would train differently
-    (alpha_mask is implemented: test_masked_loss)."""
+    (alpha_mask: test_masked_loss; is_reg: test_regularization; validation_split: test_validation)."""
     toml = make_dataset(tmp_path)
     text = toml.read_text()
     toml.write_text(text.replace("flip_aug = true", "flip_aug = true\nalpha_mask = false\ncaption_separator = ','\n"
@@ -96,11 +96,14 @@ def test_reader_accepts_every_key_sd_scripts_accepts(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="charfw.train"):
         load_datasets(toml)
     assert "resize_interpolation = 'area' is ignored by the embedded trainer" in caplog.text
-    for old, line, key in (("batch_size = 2", "validation_split = 0.2", "validation_split"),
+    for old, line, key in (("batch_size = 2", "network_multiplier = 0.5", "network_multiplier"),
                            ("flip_aug = true", "shuffle_caption = true", "shuffle_caption")):
         toml.write_text(text.replace(old, old + "\n" + line))
         with pytest.raises(CharfwError, match=f"{key} = .* not supported by the embedded trainer"):
             load_datasets(toml)
+    toml.write_text(text.replace("batch_size = 2", "batch_size = 2\nvalidation_split = 0.2"))
+    with pytest.raises(CharfwError, match="validation_split needs validation_seed"):
+        load_datasets(toml)    # sd-scripts would draw its split at random: the trainers would differ
 
 
 def test_reader_follows_sd_scripts_levels(tmp_path):
