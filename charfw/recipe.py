@@ -33,6 +33,7 @@ class NetworkSpec:
     conv_dim: int
     conv_alpha: float
     loraplus: tuple[tuple[str, float], ...] = ()   # LoRA+ ratios as sd-scripts' network_args name them
+    dora: bool = False   # DoRA (LyCORIS dora_wd, magnitude per input channel): locon only
 
     @property
     def conv3x3(self) -> bool:
@@ -51,6 +52,8 @@ class NetworkSpec:
             args = {"conv_dim": number_text(self.conv_dim), "conv_alpha": number_text(self.conv_alpha)}
         if self.algo in LYCORIS_ALGOS:
             args["algo"] = self.algo
+        if self.dora:   # per input channel, as A1111, Forge and ComfyUI apply dora_scale (LyCORIS' default differs)
+            args.update(dora_wd="True", wd_on_output="False")
         return {**args, **{name: number_text(ratio) for name, ratio in self.loraplus}}
 
     @property
@@ -67,12 +70,15 @@ class NetworkSpec:
 
 
 def network_spec(settings) -> NetworkSpec:
-    """Dim/alpha of docs/rules.md §6 from a TrainSettings."""
+    """Dim/alpha of docs/rules.md §6 from a TrainSettings. DoRA on c3lier trains LyCORIS' LoCon with DoRA:
+    the same layers and key forms, the one module that decomposes the weight (sd-scripts' own LoRA cannot)."""
     dim = resolved_dim(settings.network, settings.dim)
     alpha = resolved_alpha(settings.alpha, dim)
     loraplus = tuple((name, getattr(settings, name)) for name in LORAPLUS
                      if getattr(settings, name, None) is not None)
-    return NetworkSpec(settings.network, dim, alpha, dim, alpha, loraplus)
+    dora = bool(getattr(settings, "dora_wd", False))
+    algo = "locon" if dora else settings.network
+    return NetworkSpec(algo, dim, alpha, dim, alpha, loraplus, dora)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class Strict(BaseModel):
 
 
 Effect = Literal["weights", "file", "run"]
+DORA_NETWORKS = ("locon", "c3lier")
 Backend = Literal["both", "embedded", "sd-scripts"]
 
 
@@ -126,6 +127,10 @@ class TrainSettings(Strict):
                                                    description="LoRA+ for the U-Net only (else loraplus_lr_ratio)")
     loraplus_text_encoder_lr_ratio: float | None = setting(
         None, effect="weights", added=True, gt=0, description="LoRA+ for the text encoders only (else loraplus_lr_ratio)")
+    dora_wd: bool = setting(
+        False, effect="weights", added=True,
+        description="DoRA (weight-decomposed LoRA, LyCORIS' dora_wd): locon and c3lier networks; the file gets "
+                    "a dora_scale per module")
     scale_weight_norms: float | None = setting(
         None, effect="weights", added=True, gt=0,
         description="max-norm regularization: a module whose ΔW norm exceeds this is scaled back after each step")
@@ -164,11 +169,20 @@ class TrainSettings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _dora_network(self, info: ValidationInfo):
+        if not (info.context and info.context.get("partial")) and self.dora_wd and self.network not in DORA_NETWORKS:
+            raise ValueError(f"dora_wd applies to the {' and '.join(DORA_NETWORKS)} networks, not {self.network}")
+        return self
+
+    @model_validator(mode="after")
     def _loraplus_network(self, info: ValidationInfo):
         loraplus = (self.loraplus_lr_ratio, self.loraplus_unet_lr_ratio, self.loraplus_text_encoder_lr_ratio)
         partial = info.context and info.context.get("partial")
-        if not partial and self.network not in ("lora", "c3lier") and any(r is not None for r in loraplus):
-            raise ValueError(f"LoRA+ (loraplus_*) applies to the lora and c3lier networks, not {self.network}")
+        if not partial and any(r is not None for r in loraplus):
+            if self.network not in ("lora", "c3lier"):
+                raise ValueError(f"LoRA+ (loraplus_*) applies to the lora and c3lier networks, not {self.network}")
+            if self.dora_wd:
+                raise ValueError("LoRA+ (loraplus_*) and dora_wd do not go together (DoRA trains LyCORIS modules)")
         return self
 
     @field_validator("compile", mode="before")

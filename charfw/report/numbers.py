@@ -16,9 +16,9 @@ from charfw.project import Target
 from charfw.rules.buckets import Size, batches_per_epoch
 from charfw.rules.captions import caption
 from charfw.rules.regularization import reg_repeats
-from charfw.rules.validation import held_out_view, split_train_val
 from charfw.rules.sizeclass import batch_size, class_pair, resolution
 from charfw.rules.training import scaled_schedule
+from charfw.rules.validation import held_out_view, split_train_val
 
 
 @dataclass

@@ -138,7 +138,7 @@ class PackedGroup:
             m.factors = None
 
 
-def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float) -> nn.Module:
+def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float, dora: bool = False) -> nn.Module:
     from lycoris.logging import logger as lycoris_log
     from lycoris.modules.locon import LoConModule
     from lycoris.modules.loha import LohaModule
@@ -147,6 +147,8 @@ def _lycoris_module(algo: str, name: str, org: nn.Module, dim: int, alpha: float
     level = lycoris_log.level
     lycoris_log.setLevel(logging.ERROR)  # LoKr warns per layer when dim asks for a full-matrix factor
     try:
+        if algo == "locon" and dora:   # DoRA rescales W + ΔW per input channel (the axis every WebUI reads)
+            return LoConModule(name, org, 1.0, dim, alpha, weight_decompose=True, wd_on_out=False, bypass_mode=False)
         if algo == "locon":  # bypass: x -> down -> up, cheaper than rebuilding W every step; same result
             return LoConModule(name, org, 1.0, dim, alpha, bypass_mode=True)
         if algo == "loha":
@@ -168,7 +170,7 @@ class Network(nn.Module):
             spatial = isinstance(layer, nn.Conv2d) and layer.kernel_size[0] > 1
             dim, alpha = (spec.conv_dim, spec.conv_alpha) if spatial else (spec.dim, spec.alpha)
             if spec.algo in LYCORIS_ALGOS:
-                module = _lycoris_module(spec.algo, name, layer, dim, alpha)
+                module = _lycoris_module(spec.algo, name, layer, dim, alpha, spec.dora)
             else:
                 module = LoRAModule(name, layer, dim, alpha)
             self.add_module(name, module)

@@ -29,7 +29,9 @@ OPTIONS = {
     "mixed_precision", "save_precision", "gradient_checkpointing", "persistent_data_loader_workers", "seed",
     "noise_offset", "min_snr_gamma", "cache_latents", "cache_latents_to_disk", "max_data_loader_n_workers",
     "save_state", "resume", "save_every_n_steps", "save_last_n_steps_state", "adaptive_noise_scale",
-    "network_train_unet_only", "no_half_vae",
+    "network_train_unet_only", "no_half_vae", "masked_loss", "loss_type", "huber_c", "huber_schedule", "huber_scale",
+    "debiased_estimation_loss", "ip_noise_gamma", "scale_weight_norms", "multires_noise_iterations",
+    "multires_noise_discount", "prior_loss_weight", "validate_every_n_steps", "v_parameterization", "zero_terminal_snr",
 }
 SDXL_OPTIONS = OPTIONS | {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"}
 MULTI_VALUE = {"network_args", "optimizer_args"}

@@ -28,12 +28,15 @@ VARIANTS = [{}, {"color_aug": False}, {"color_aug": False, "cache_latents": "dis
             {"extra_args": ["--cache_latents"]}, {"extra_args": []},
             *({"network": n, "alpha": a, "optimizer": o} for n in ("c3lier", "lora", "locon", "loha", "lokr")
               for a in ("half", "one") for o in ("adamw8bit", "adafactor")),
-            {"noise_offset": 0.05, "min_snr_gamma": 5, "restarts": 3, "warmup_steps": 10}]
+            {"noise_offset": 0.05, "min_snr_gamma": 5, "restarts": 3, "warmup_steps": 10},
+            {"loss_type": "huber", "debiased_estimation_loss": True, "ip_noise_gamma": 0.1, "scale_weight_norms": 1.0,
+             "multires_noise_iterations": 6, "masked_loss": True, "prior_loss_weight": 0.5, "validation_split": 0.1,
+             "network": "c3lier", "dora_wd": True}]
 
 
 SDXL_VARIANTS = [{"family": "sdxl"}, {"family": "sdxl", "train_text_encoder": True},
                  {"family": "sdxl", "color_aug": False}, {"family": "sdxl", "network": "loha", "optimizer": "adafactor"},
-                 {"train_text_encoder": False}]
+                 {"train_text_encoder": False}, {"family": "sdxl-vpred"}]
 
 
 @pytest.mark.parametrize("variant", VARIANTS + SDXL_VARIANTS,
@@ -56,12 +59,12 @@ def test_documented_sd_scripts_commands_pass_its_checks(workspace, tmp_path, var
     for target in trained:
         argv = command_line(layout.train_request(target))
         script = next(i for i, a in enumerate(argv) if a.endswith("train_network.py"))
-        assert argv[script].endswith("/sdxl_train_network.py" if family == "sdxl" else "/train_network.py")
+        assert argv[script].endswith("/sdxl_train_network.py" if family != "sd15" else "/train_network.py")
         toml_path = layout.toml_path(target.name)
         dataset = tomllib.loads(render_toml(dataset_config(target, layout.plans, layout.images_root,
                                                            toml_path.parent, layout.project.batch_table,
                                                            layout.project.family)))
-        assert problems(argv[script + 1:], dataset, sdxl=family == "sdxl") == [], (target.name, argv)
+        assert problems(argv[script + 1:], dataset, sdxl=family != "sd15") == [], (target.name, argv)
         args = parse(argv[script + 1:])
         if "cache_latents" in args or "cache_latents_to_disk" in args:
             assert dataset["general"]["color_aug"] is False
