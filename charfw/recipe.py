@@ -10,9 +10,11 @@ derives a dimension, an alpha or a learning rate again. Torch-free.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from charfw.families import Family
+from charfw.families.family import LrBlocks
+from charfw.rules.blocklr import BLOCK_OPTIONS, BlockRanks, block_ranks, lr_weights
 from charfw.rules.training import number_text, resolved_alpha, resolved_dim, text_encoder_lr, trains_text_encoder
 from charfw.rules.validation import validation_every
 
@@ -34,6 +36,9 @@ class NetworkSpec:
     conv_alpha: float
     loraplus: tuple[tuple[str, float], ...] = ()   # LoRA+ ratios as sd-scripts' network_args name them
     dora: bool = False   # DoRA (LyCORIS dora_wd, magnitude per input channel): locon only
+    lr_blocks: tuple[float, ...] | None = None   # learning-rate factor per sd-scripts block (rules.blocklr)
+    ranks: BlockRanks | None = None              # rank and alpha per block (rules.blocklr)
+    blocks: LrBlocks | None = None               # the family's blocks, where lr_blocks or ranks are set
 
     @property
     def conv3x3(self) -> bool:
@@ -54,7 +59,34 @@ class NetworkSpec:
             args["algo"] = self.algo
         if self.dora:   # per input channel, as A1111, Forge and ComfyUI apply dora_scale (LyCORIS' default differs)
             args.update(dora_wd="True", wd_on_output="False")
-        return {**args, **{name: number_text(ratio) for name, ratio in self.loraplus}}
+        return {**args, **self.block_args, **{name: number_text(ratio) for name, ratio in self.loraplus}}
+
+    @property
+    def block_args(self) -> dict[str, str]:
+        """Block-wise rates and ranks as sd-scripts' networks.lora takes them: resolved lists (a curve drawn,
+        short lists filled, the zero threshold applied), ranks in full so block_alphas alone applies too."""
+        def text(values) -> str:
+            return ",".join(number_text(v) for v in values)
+
+        out = {}
+        if self.lr_blocks is not None:
+            ends, b = int(self.blocks.ends), self.blocks.down
+            w = self.lr_blocks[ends:len(self.lr_blocks) - ends]
+            out.update(down_lr_weight=text(w[:b]), mid_lr_weight=text(w[b:len(w) - b]), up_lr_weight=text(w[len(w) - b:]))
+        if self.ranks is not None:
+            out.update(block_dims=text(self.ranks.dims), block_alphas=text(self.ranks.alphas))
+            if self.conv3x3:
+                out.update(conv_block_dims=text(self.ranks.conv_dims), conv_block_alphas=text(self.ranks.conv_alphas))
+        return out
+
+    def module_rank(self, index: int | None, spatial: bool) -> tuple[int, float]:
+        """(rank, alpha) of a module in sd-scripts block `index` (None: outside every block); rank 0: none."""
+        if index is None or self.ranks is None:
+            return (self.conv_dim, self.conv_alpha) if spatial else (self.dim, self.alpha)
+        return self.ranks.of(index, spatial)
+
+    def lr_factor(self, index: int | None) -> float:
+        return 1.0 if index is None or self.lr_blocks is None else self.lr_blocks[index]
 
     @property
     def plus_ratios(self) -> tuple[float, float] | None:
@@ -69,16 +101,24 @@ class NetworkSpec:
         return json.dumps(self.args) if self.args else None
 
 
-def network_spec(settings) -> NetworkSpec:
+def network_spec(settings, family: Family | None = None) -> NetworkSpec:
     """Dim/alpha of docs/rules.md §6 from a TrainSettings. DoRA on c3lier trains LyCORIS' LoCon with DoRA:
-    the same layers and key forms, the one module that decomposes the weight (sd-scripts' own LoRA cannot)."""
+    the same layers and key forms, the one module that decomposes the weight (sd-scripts' own LoRA cannot).
+    With `family`, the block-wise rates and ranks (rules.blocklr; BlockError where they do not fit it)."""
     dim = resolved_dim(settings.network, settings.dim)
     alpha = resolved_alpha(settings.alpha, dim)
     loraplus = tuple((name, getattr(settings, name)) for name in LORAPLUS
                      if getattr(settings, name, None) is not None)
     dora = bool(getattr(settings, "dora_wd", False))
     algo = "locon" if dora else settings.network
-    return NetworkSpec(algo, dim, alpha, dim, alpha, loraplus, dora)
+    spec = NetworkSpec(algo, dim, alpha, dim, alpha, loraplus, dora)
+    if family is None or not any(getattr(settings, name, None) is not None for name in BLOCK_OPTIONS):
+        return spec
+    weights = lr_weights(family, settings.down_lr_weight, settings.mid_lr_weight, settings.up_lr_weight,
+                         settings.block_lr_zero_threshold)
+    ranks = block_ranks(family, dim, alpha, dim, alpha, settings.block_dims, settings.block_alphas,
+                        settings.conv_block_dims, settings.conv_block_alphas, weights)
+    return replace(spec, lr_blocks=weights, ranks=ranks, blocks=family.lr_blocks)
 
 
 @dataclass(frozen=True)
@@ -142,7 +182,7 @@ def recipe_of(settings, family: Family, steps: int) -> Recipe:
     """The recipe of a TrainSettings for `family` and `steps`."""
     adafactor = settings.optimizer == "adafactor"
     return Recipe(
-        family=family, network=network_spec(settings), steps=steps, lr=settings.lr,
+        family=family, network=network_spec(settings, family), steps=steps, lr=settings.lr,
         text_encoder_lr=text_encoder_lr(settings.lr, settings.text_encoder_lr),
         train_text_encoder=trains_text_encoder(family, settings.train_text_encoder),
         optimizer=settings.optimizer, optimizer_args=ADAFACTOR_ARGS if adafactor else (),

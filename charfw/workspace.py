@@ -20,6 +20,8 @@ from charfw.families import DEFAULT, Family, family, from_checkpoint, of_builtin
 from charfw.lora.blocks import parse_weights
 from charfw.models.filekind import safetensors_header
 from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
+from charfw.recipe import network_spec
+from charfw.rules.blocklr import BlockError
 from charfw.rules.modelref import builtin_name, is_builtin, resolve_model_ref
 from charfw.rules.names import name_problem
 from charfw.rules.regularization import paired_codes
@@ -326,13 +328,19 @@ class EmptySet(CharfwError):
 
 
 def _check_finishing(project: Project) -> None:
-    """Parse every target's block weights once: unknown presets and wrong-length lists fail now."""
+    """Parse every target's block weights once, and check its block-wise training options against the family:
+    unknown presets and wrong-length lists fail now."""
 
     for name, values in project.config.presets.items():
         try:
             parse_weights(values, project.family)
         except CharfwError as exc:
             raise CharfwError(exc.message, file=project.root / WORKSPACE_FILE, field=f"presets.{name}") from None
+    for target in project.trained_targets():
+        try:
+            network_spec(target.train, project.family)   # block-wise options against the family's blocks
+        except BlockError as exc:
+            raise CharfwError(str(exc), file=target.manifest, field=f"train.{exc.field}") from None
     for target in project.targets.values():
         try:
             target.block_weights = parse_weights(target.merge.weights, project.family, project.config.presets)

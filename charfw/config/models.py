@@ -14,12 +14,14 @@ from pydantic_core import PydanticUndefined
 
 from charfw.families import FAMILIES
 from charfw.lora.options import CompressOptions
+from charfw.rules.blocklr import BLOCK_OPTIONS, CURVE, CURVES
 from charfw.rules.captions import DEFAULT_TEMPLATE, CaptionRule, Tag, without_background
 from charfw.rules.names import checked, name_problem, read_path_problem, relative_dir_problem, words_problem
 from charfw.rules.sizeclass import CLASS_PAIRS, PROFILES
 
 KEYWORD = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 Channel = Annotated[int, Field(ge=0, le=255)]
+BlockLr = str | list[float]   # sd-scripts' down/up_lr_weight: a curve's name (rules.blocklr) or one value per block
 ViewCodeText = Annotated[str, Field(pattern=r"^[fb][0-2][0-7]$")]   # a view code without suffix: f01, b20
 
 
@@ -36,6 +38,7 @@ class Strict(BaseModel):
 
 Effect = Literal["weights", "file", "run"]
 DORA_NETWORKS = ("locon", "c3lier")
+
 Backend = Literal["both", "embedded", "sd-scripts"]
 
 
@@ -131,6 +134,24 @@ class TrainSettings(Strict):
         False, effect="weights", added=True,
         description="DoRA (weight-decomposed LoRA, LyCORIS' dora_wd): locon and c3lier networks; the file gets "
                     "a dora_scale per module")
+    down_lr_weight: BlockLr | None = setting(
+        None, effect="weights", added=True,
+        description="learning-rate factor per input-side block: a list, or cosine | sine | linear | reverse_linear | "
+                    "zeros (+base); a block at 0 is not trained (sd-scripts' network_args, lora and c3lier)")
+    mid_lr_weight: float | list[float] | None = setting(
+        None, effect="weights", added=True, description="the middle block's factor (SDXL: its three parts)")
+    up_lr_weight: BlockLr | None = setting(None, effect="weights", added=True,
+                                           description="learning-rate factor per output-side block, as down_lr_weight")
+    block_lr_zero_threshold: float = setting(0.0, effect="weights", added=True, ge=0,
+                                             description="block factors not above this become 0")
+    block_dims: list[Annotated[int, Field(ge=0)]] | None = setting(
+        None, effect="weights", added=True, description="rank per block (SD1.5 25 values, SDXL 23); 0 = no modules")
+    block_alphas: list[Annotated[float, Field(ge=0)]] | None = setting(None, effect="weights", added=True,
+                                                                       description="alpha per block")
+    conv_block_dims: list[Annotated[int, Field(ge=0)]] | None = setting(
+        None, effect="weights", added=True, description="rank per block of the 3x3 convs (c3lier)")
+    conv_block_alphas: list[Annotated[float, Field(ge=0)]] | None = setting(
+        None, effect="weights", added=True, description="alpha per block of the 3x3 convs (c3lier)")
     scale_weight_norms: float | None = setting(
         None, effect="weights", added=True, gt=0,
         description="max-norm regularization: a module whose ΔW norm exceeds this is scaled back after each step")
@@ -169,6 +190,19 @@ class TrainSettings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _block_options_network(self, info: ValidationInfo):
+        if info.context and info.context.get("partial"):
+            return self
+        used = [name for name in BLOCK_OPTIONS if getattr(self, name) is not None]
+        if used and (self.network not in ("lora", "c3lier") or self.dora_wd):
+            raise ValueError(f"{used[0]} (block-wise learning rates and dims) applies to the lora and c3lier "
+                             f"networks without dora_wd (sd-scripts' networks.lora), not {self.network}"
+                             + (" with dora_wd" if self.dora_wd else ""))
+        if self.network == "lora" and (self.conv_block_dims or self.conv_block_alphas):
+            raise ValueError("conv_block_dims / conv_block_alphas need 3x3 conv modules: network c3lier")
+        return self
+
+    @model_validator(mode="after")
     def _dora_network(self, info: ValidationInfo):
         if not (info.context and info.context.get("partial")) and self.dora_wd and self.network not in DORA_NETWORKS:
             raise ValueError(f"dora_wd applies to the {' and '.join(DORA_NETWORKS)} networks, not {self.network}")
@@ -184,6 +218,13 @@ class TrainSettings(Strict):
             if self.dora_wd:
                 raise ValueError("LoRA+ (loraplus_*) and dora_wd do not go together (DoRA trains LyCORIS modules)")
         return self
+
+    @field_validator("down_lr_weight", "up_lr_weight")
+    @classmethod
+    def _curve_name(cls, value):
+        if isinstance(value, str) and not CURVE.match(value):
+            raise ValueError(f"{value!r} is not a list or one of {', '.join(CURVES)} (optionally +base, e.g. sine+0.5)")
+        return value
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -73,6 +73,22 @@ class BlockLayout:
     own: Mapping[str, str] = field(default_factory=dict)   # the family's own presets, full value lists
 
 
+@dataclass(frozen=True)
+class LrBlocks:
+    """sd-scripts' blocks for block-wise learning rates and dims (its networks.lora): `down` entries for the
+    input side, `mid` for the middle, `down` again for the output side, and with `ends` one more before and
+    after (SDXL's time embedding and output layers, which carry no LoRA)."""
+
+    down: int
+    mid: int
+    ends: bool
+
+    @property
+    def total(self) -> int:
+        """Values block_dims / block_alphas take."""
+        return 2 * self.down + self.mid + 2 * self.ends
+
+
 @dataclass(frozen=True, eq=False)
 class Family:
     """One model family. Compared by identity: there is one object per family."""
@@ -98,6 +114,7 @@ class Family:
     text_encoders: tuple[TextEncoderArch, ...]
     blocks: BlockLayout
     lora_marks: str                # regex: module names only this family's LoRAs have
+    lr_blocks: LrBlocks            # sd-scripts' block-wise learning rates and dims
 
     # training
     trains_text_encoder: bool      # default of `train_text_encoder`

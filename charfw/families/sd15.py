@@ -1,6 +1,6 @@
 """Stable Diffusion 1.x and the models trained from it."""
 
-from charfw.families.family import BlockLayout, Family, SizeClasses, TextEncoderArch, UNetArch, block_ids
+from charfw.families.family import BlockLayout, Family, LrBlocks, SizeClasses, TextEncoderArch, UNetArch, block_ids
 
 GIB = 2**30
 
@@ -34,6 +34,7 @@ SD15 = Family(
     # one text encoder, attention at the highest resolution, a fourth level (down_blocks_3, IN09..IN11)
     lora_marks=r"^lora_te_|^lora_unet_(down_blocks_0_attentions|down_blocks_3_|up_blocks_3_"
                r"|input_blocks_(?:[12]_1_|9_|1[01]_)|output_blocks_(?:9|1[01])_)",
+    lr_blocks=LrBlocks(down=12, mid=1, ends=False),   # IN00..IN11, the mid block, OUT00..OUT11
     trains_text_encoder=True,
     uses_clip_skip=True,
     pooled_conditioning=False,

@@ -1,6 +1,6 @@
 """Stable Diffusion XL and the models trained from it (Illustrious, NoobAI, Pony, ...)."""
 
-from charfw.families.family import BlockLayout, Family, SizeClasses, TextEncoderArch, UNetArch, block_ids
+from charfw.families.family import BlockLayout, Family, LrBlocks, SizeClasses, TextEncoderArch, UNetArch, block_ids
 from charfw.families.sd15 import SD15
 
 GIB = 2**30
@@ -44,6 +44,7 @@ SDXL = Family(
     # two text encoders, attention in the lowest-resolution up level, transformer depth > 1
     lora_marks=r"^lora_te[12]_|^lora_unet_(up_blocks_0_attentions|output_blocks_[0-2]_1_"
                r"|.*transformer_blocks_[1-9])",
+    lr_blocks=LrBlocks(down=9, mid=3, ends=True),   # time embedding, IN00..IN08, middle 0-2, OUT00..OUT08, out
     trains_text_encoder=False,   # the U-Net only, text encoder outputs cached, as sd-scripts recommends
     uses_clip_skip=False,        # always the penultimate layers
     pooled_conditioning=True,

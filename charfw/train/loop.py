@@ -49,7 +49,7 @@ from charfw.train.dataset import Dataset, load_datasets
 from charfw.train.latents import LatentCache
 from charfw.train.metadata import finish_metadata, model_hashes, training_metadata
 from charfw.train.network import Network
-from charfw.train.optim import build_optimizer, build_scheduler
+from charfw.train.optim import build_optimizer, build_scheduler, logged_rates
 from charfw.train.sampling import BatchPlan, bucket_counts
 from charfw.train.state import clear_state, load_state, save_state, saved_state_info
 from charfw.train.validation import Validator, held_out_sets
@@ -273,7 +273,7 @@ class StepRunner:
         unet_params, te_params = network.param_groups()
         self.params = unet_params + te_params
         optimizer, self.optimizer_name = build_optimizer(job.recipe, unet_params, te_params, accelerator.device,
-                                                         network.up_params())
+                                                         network.up_params(), network.param_factors())
         self.lr_scheduler = build_scheduler(job.recipe, optimizer)
         self.optimizer = accelerator.prepare_optimizer(optimizer)
 
@@ -302,7 +302,7 @@ class StepRunner:
             scaled, mean, largest = self.network.scale_weight_norms(self.job.recipe.scale_weight_norms)
             extra = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean,
                      "max_norm/max_key_norm": largest}
-        return loss, self.lr_scheduler.get_last_lr(), extra
+        return loss, logged_rates(self.optimizer, self.lr_scheduler.get_last_lr()), extra
 
     def state(self) -> dict:
         """The optimizer's, the schedule's and the loss scaler's state, for a saved state."""

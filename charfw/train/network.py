@@ -34,6 +34,7 @@ from torch import nn
 from charfw.errors import CharfwError
 from charfw.models.targets import target_layers
 from charfw.recipe import LYCORIS_ALGOS, NetworkSpec
+from charfw.rules.blocklr import block_index
 
 
 class LoRAModule(nn.Module):
@@ -166,9 +167,15 @@ class Network(nn.Module):
         self.spec = spec
         self.names: list[str] = []
         self.packed: list[PackedGroup] = []
+        self.lr_factors: dict[str, float] = {}   # module -> learning-rate factor, where block-wise rates set one
         for name, layer in target_layers(sd, spec.conv3x3, text_encoders).items():
             spatial = isinstance(layer, nn.Conv2d) and layer.kernel_size[0] > 1
-            dim, alpha = (spec.conv_dim, spec.conv_alpha) if spatial else (spec.dim, spec.alpha)
+            block = block_index(name, sd.family) if spec.blocks is not None else None
+            dim, alpha = spec.module_rank(block, spatial)
+            if dim == 0:   # a block at rank 0 or learning rate 0: no module, as sd-scripts leaves it out
+                continue
+            if spec.lr_factor(block) != 1.0:
+                self.lr_factors[name] = spec.lr_factor(block)
             if spec.algo in LYCORIS_ALGOS:
                 module = _lycoris_module(spec.algo, name, layer, dim, alpha, spec.dora)
             else:
@@ -194,11 +201,11 @@ class Network(nn.Module):
         """
         if self.packed or self.spec.algo in LYCORIS_ALGOS:
             return
-        groups: dict[bool, list[LoRAModule]] = {}
+        groups: dict[tuple[bool, float], list[LoRAModule]] = {}   # (text encoder, block lr factor) -> modules
         for name in self.names:
-            groups.setdefault(name.startswith("lora_te"), []).append(getattr(self, name))
+            groups.setdefault((name.startswith("lora_te"), self.lr_factors.get(name, 1.0)), []).append(getattr(self, name))
         split = self.spec.plus_ratios is not None
-        self.packed = [PackedGroup(groups[te], split) for te in (False, True) if te in groups]
+        self.packed = [PackedGroup(groups[key], split) for key in sorted(groups)]
         for i, group in enumerate(self.packed):
             for j, param in enumerate(group.params):
                 self.register_parameter(f"packed_{i}" + (f"_{j}" if split else ""), param)
@@ -235,6 +242,13 @@ class Network(nn.Module):
                 scaled += bool(was_scaled)
                 norms.append(float(norm))
         return scaled, sum(norms) / len(norms), max(norms)
+
+    def param_factors(self) -> dict[nn.Parameter, float]:
+        """Parameters whose learning rate is the U-Net's times a block factor other than 1 (block-wise rates)."""
+        if self.packed:
+            return {p: self.lr_factors.get(g.modules[0].lora_name, 1.0) for g in self.packed for p in g.params
+                    if self.lr_factors.get(g.modules[0].lora_name, 1.0) != 1.0}
+        return {p: self.lr_factors[n] for n in self.lr_factors for p in getattr(self, n).parameters()}
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(U-Net params, text-encoder params): they train at different learning rates."""

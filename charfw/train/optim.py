@@ -33,21 +33,25 @@ def _adamw8bit(groups, device: torch.device, weight_decay: float):
         return None
 
 
-def build_optimizer(recipe: Recipe, unet_params, te_params, device, up_params=frozenset()
+def build_optimizer(recipe: Recipe, unet_params, te_params, device, up_params=frozenset(), factors=None
                     ) -> tuple[torch.optim.Optimizer, str]:
-    """(optimizer, the name sd-scripts would record in ss_optimizer). With LoRA+ the parameters in
-    `up_params` form their own groups at the rate times the ratio, after the U-Net and text-encoder
-    groups (so the first two groups' rates are still the U-Net's and the text encoder's)."""
+    """(optimizer, the name sd-scripts would record in ss_optimizer). One group per (part, factor): the U-Net's
+    and the text encoder's rates times a block-wise factor (`factors`: parameter -> factor, rules.blocklr)
+    and, for the parameters in `up_params`, LoRA+'s ratio. Each group records its `role` (unet, te) and
+    `factor`, so the logged rates are the parts' own (`logged_rates`)."""
     ratios = recipe.network.plus_ratios
-    plus = set(up_params) if ratios else set()
-    groups = [{"params": [p for p in unet_params if p not in plus], "lr": recipe.lr}]
-    if te_params:
-        groups.append({"params": [p for p in te_params if p not in plus], "lr": recipe.text_encoder_lr})
-    if plus:
-        groups.append({"params": [p for p in unet_params if p in plus], "lr": recipe.lr * ratios[0]})
-        if te_params:
-            groups.append({"params": [p for p in te_params if p in plus], "lr": recipe.text_encoder_lr * ratios[1]})
-        groups = [g for g in groups if g["params"]]
+    plus, factors = (set(up_params) if ratios else set()), factors or {}
+    parts = (("unet", unet_params, recipe.lr, ratios[0] if ratios else 1.0),
+             ("te", te_params, recipe.text_encoder_lr, ratios[1] if ratios else 1.0))
+    keyed: dict[tuple[bool, str, float], dict] = {}   # (LoRA+ ups, role, factor) -> its group, in order of use
+    for ups in (False, True):   # the seed's order first: the U-Net's groups, the text encoder's, then LoRA+'s
+        for role, params, lr, ratio in parts:
+            for p in params:
+                if (p in plus) == ups:
+                    factor = factors.get(p, 1.0) * (ratio if ups else 1.0)
+                    keyed.setdefault((ups, role, factor), {"params": [], "lr": lr * factor, "role": role,
+                                                           "factor": factor})["params"].append(p)
+    groups = list(keyed.values())
     if recipe.optimizer == "adafactor":
         from transformers.optimization import Adafactor
         args = dict(recipe.optimizer_args)
@@ -66,6 +70,17 @@ def build_optimizer(recipe: Recipe, unet_params, te_params, device, up_params=fr
     # One fused kernel for every parameter instead of several per parameter (the same maths)
     opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay, fused=True)
     return opt, "torch.optim.adamw.AdamW"
+
+
+def logged_rates(optimizer, rates: list[float]) -> list[float]:
+    """[U-Net rate, text-encoder rate (if trained)] from the schedule's per-group `rates`, block-wise and LoRA+
+    factors taken out: what lr/unet and lr/textencoder log."""
+    out = []
+    for role in ("unet", "te"):
+        at = next((i for i, g in enumerate(optimizer.param_groups) if g.get("role") == role), None)
+        if at is not None:
+            out.append(rates[at] / optimizer.param_groups[at]["factor"])
+    return out
 
 
 def build_scheduler(recipe: Recipe, optimizer):

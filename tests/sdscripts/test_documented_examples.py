@@ -31,7 +31,8 @@ VARIANTS = [{}, {"color_aug": False}, {"color_aug": False, "cache_latents": "dis
             {"noise_offset": 0.05, "min_snr_gamma": 5, "restarts": 3, "warmup_steps": 10},
             {"loss_type": "huber", "debiased_estimation_loss": True, "ip_noise_gamma": 0.1, "scale_weight_norms": 1.0,
              "multires_noise_iterations": 6, "masked_loss": True, "prior_loss_weight": 0.5, "validation_split": 0.1,
-             "network": "c3lier", "dora_wd": True}]
+             "network": "c3lier", "dora_wd": True},
+            {"down_lr_weight": "sine", "mid_lr_weight": 0.5, "up_lr_weight": [1, 0], "block_alphas": [8] * 25}]
 
 
 SDXL_VARIANTS = [{"family": "sdxl"}, {"family": "sdxl", "train_text_encoder": True},
