@@ -151,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from charfw.lora.cli import register as register_lora
     from charfw.models.cli import register as register_model
+    from charfw.templates.cli import register as register_templates
 
     register_lora(sub)
     register_model(sub)
+    register_templates(sub)
     return parser
 
 

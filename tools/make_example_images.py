@@ -16,7 +16,8 @@ and yaw, so every view is consistent: eyes exist only on the front of the head,
 the ponytail swaps sides between yaws 1/7, 2/6 and 3/5, from above shows the top
 of the head, from below the chin.  Surface details (eyes, mouth, collar, suit
 panels) are painted by per-primitive material functions in character coordinates.
-Images are drawn at 2x and downscaled with LANCZOS for anti-aliasing, and saved
+The camera, the ray-caster and the skeleton live in charfw.templates (the pose templates
+are rendered from the same mannequin). Images are drawn at 2x and downscaled with LANCZOS for anti-aliasing, and saved
 as RGBA PNG with a transparent background.  Output is deterministic (no
 randomness).
 
@@ -41,12 +42,16 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from charfw.templates.geometry import (Camera, Ellipsoid, Material, frame_from_axis, limb, make_camera, normalize,
+                                       outline_mask, raycast)
+from charfw.templates.mannequin import ANKLE, ELBOW
+from charfw.templates.mannequin import FRAMING as CAMERAS
+from charfw.templates.mannequin import HEAD_C, HEAD_R, HIP, KNEE, NECK, SHOULDER, WRIST, mirror
+
 SUPERSAMPLE = 2
-PITCH_DEGREES = {0: 0.0, 1: 30.0, 2: -30.0}
 OUTLINE = np.array([28, 24, 36]) / 255.0
 LIGHT_IN_CAMERA = np.array([-0.35, 0.40, 0.85])  # (right, up, toward camera)
 
-Material = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (points, normals) -> rgb
 
 
 def rgb(r: int, g: int, b: int) -> np.ndarray:
@@ -58,10 +63,6 @@ def solid(colour: np.ndarray) -> Material:
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def normalize(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def rot_x(a: float) -> np.ndarray:
@@ -77,54 +78,6 @@ def rot_y(a: float) -> np.ndarray:
 def rot_z(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def frame_from_axis(axis, local: int = 1) -> np.ndarray:
-    """Rotation whose column ``local`` is ``axis`` (the other two orthonormal)."""
-    a = normalize(np.asarray(axis, dtype=float))
-    helper = np.array([0.0, 0.0, 1.0]) if abs(a[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    u = normalize(np.cross(helper, a))
-    w = np.cross(a, u)
-    cols = [u, w]
-    cols.insert(local, a)
-    return np.stack(cols, axis=1)
-
-
-class Ellipsoid:
-    """Ellipsoid ``center + rot @ (radii * unit sphere)``; ``keep`` cuts holes."""
-
-    def __init__(self, center, radii, material: Material, rot=None, keep=None, shade_center=None):
-        self.c = np.asarray(center, dtype=float)
-        self.r = np.asarray(radii, dtype=float)
-        self.rot = np.eye(3) if rot is None else np.asarray(rot, dtype=float)
-        self.material = material
-        self.keep = keep
-        self.shade_center = shade_center  # shade as a sphere around it (smooth seams)
-        self.bound = float(self.r.max())
-
-    def intersect(self, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-        ol = ((o - self.c) @ self.rot) / self.r
-        dl = (d @ self.rot) / self.r
-        a = np.einsum("ij,ij->i", dl, dl)
-        b = 2.0 * (dl @ ol)
-        c = ol @ ol - 1.0
-        disc = b * b - 4 * a * c
-        hit = disc >= 0
-        sq = np.sqrt(np.where(hit, disc, 0.0))
-        t_near = np.where(hit, (-b - sq) / (2 * a), np.inf)
-        t_far = np.where(hit, (-b + sq) / (2 * a), np.inf)
-        if self.keep is None:
-            return t_near
-        safe_near, safe_far = np.where(hit, t_near, 0.0), np.where(hit, t_far, 0.0)
-        ok_near = hit & self.keep(o + safe_near[:, None] * d)
-        ok_far = hit & self.keep(o + safe_far[:, None] * d)
-        return np.where(ok_near, t_near, np.where(ok_far, t_far, np.inf))
-
-    def normal(self, p: np.ndarray) -> np.ndarray:
-        if self.shade_center is not None:
-            return normalize(p - self.shade_center)
-        local = ((p - self.c) @ self.rot) / self.r
-        return normalize((local / self.r) @ self.rot.T)
 
 
 class Convex:
@@ -207,13 +160,6 @@ def frustum(y_top, y_bot, r_top, r_bot, sides, material, depth_scale=1.0) -> Con
     return Convex(normals, offsets, material)
 
 
-def limb(a, b, radius, material, overhang=0.35) -> Ellipsoid:
-    """Ellipsoid spanning segment a-b (a little past both ends)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    half = np.linalg.norm(b - a) / 2 + overhang * radius
-    return Ellipsoid((a + b) / 2, (radius, half, radius), material, rot=frame_from_axis(b - a))
-
-
 def along(p: np.ndarray, a, b) -> np.ndarray:
     """Parameter of points' projection on segment a-b (0 at a, 1 at b)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -224,59 +170,11 @@ def along(p: np.ndarray, a, b) -> np.ndarray:
 # --------------------------------------------------------------------------- camera
 
 
-@dataclass
-class Camera:
-    origin: np.ndarray
-    right: np.ndarray
-    up: np.ndarray
-    back: np.ndarray  # unit vector from target toward the camera
-
-
-def make_camera(pitch: int, yaw: int, target, distance: float) -> Camera:
-    yaw_a = math.radians(45.0 * yaw)
-    pitch_a = math.radians(PITCH_DEGREES[pitch])
-    back = np.array([
-        math.sin(yaw_a) * math.cos(pitch_a),
-        math.sin(pitch_a),
-        math.cos(yaw_a) * math.cos(pitch_a),
-    ])
-    right = normalize(np.cross([0.0, 1.0, 0.0], back))
-    up = np.cross(back, right)
-    return Camera(np.asarray(target, dtype=float) + distance * back, right, up, back)
-
-
-def camera_rays(cam: Camera, width: int, height: int, tan_half_h: float) -> np.ndarray:
-    """Unit ray directions, row-major from the top-left pixel."""
-    aspect = width / height
-    xs = ((np.arange(width) + 0.5) / width * 2 - 1) * tan_half_h * aspect
-    ys = (1 - (np.arange(height) + 0.5) / height * 2) * tan_half_h
-    gx, gy = np.meshgrid(xs, ys)
-    d = gx[..., None] * cam.right + gy[..., None] * cam.up - cam.back
-    return normalize(d.reshape(-1, 3))
-
-
-# --------------------------------------------------------------------------- renderer
-
-
 def render(prims, cam: Camera, width: int, height: int, tan_half_h: float) -> np.ndarray:
     """Ray-cast the primitives; returns an RGBA float image (height, width, 4)."""
-    d = camera_rays(cam, width, height, tan_half_h)
+    ident, depth, d = raycast(prims, cam, width, height, tan_half_h)
     o = cam.origin
     n_px = d.shape[0]
-    depth = np.full(n_px, np.inf)
-    ident = np.full(n_px, -1)
-    for k, prim in enumerate(prims):
-        # Cull rays that miss the bounding sphere.
-        w = prim.c - o
-        tca = d @ w
-        near = np.nonzero(w @ w - tca * tca <= prim.bound ** 2)[0]
-        if near.size == 0:
-            continue
-        t = prim.intersect(o, d[near])
-        closer = t < depth[near]
-        depth[near[closer]] = t[closer]
-        ident[near[closer]] = k
-
     colour = np.zeros((n_px, 3))
     light = normalize(LIGHT_IN_CAMERA @ np.stack([cam.right, cam.up, cam.back]))
     for k, prim in enumerate(prims):
@@ -300,34 +198,6 @@ def render(prims, cam: Camera, width: int, height: int, tan_half_h: float) -> np
 def cel_shade(lambert: np.ndarray) -> np.ndarray:
     """Anime-style shading: shadow / mid / lit tones (flat tones also keep PNGs small)."""
     return np.select([lambert < 0.12, lambert < 0.45], [0.68, 0.86], 1.0)
-
-
-NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
-
-
-def shifted(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
-    """``a`` moved by (dy, dx) pixels, uncovered border filled with ``fill``."""
-    out = np.full_like(a, fill)
-    h, w = a.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        a[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
-
-
-def outline_mask(ident: np.ndarray, depth: np.ndarray, gap: float = 0.05) -> np.ndarray:
-    """Silhouette and depth-discontinuity edges, dilated by one pixel."""
-    fg = ident >= 0
-    d = np.where(fg, depth, 1e9)
-    edge = np.zeros_like(fg)
-    for dy, dx in NEIGHBOURS:
-        nd = shifted(d, dy, dx, 1e9)
-        nid = shifted(ident, dy, dx, -1)
-        # Mark the nearer pixel of a pair that jumps in depth (or meets background).
-        edge |= fg & (nid != ident) & (nd - d > gap)
-    grown = edge.copy()
-    for dy, dx in NEIGHBOURS:
-        grown |= shifted(edge, dy, dx, False)
-    return grown
 
 
 # --------------------------------------------------------------------------- characters
@@ -357,8 +227,6 @@ TYANK = Character(
     blunt_bangs=False, long_hair=False, side_ponytail=True,
 )
 
-HEAD_C = np.array([0.0, 5.9, 0.0])
-HEAD_R = 0.52
 WHITE = rgb(246, 246, 250)
 NAVY = rgb(36, 44, 92)
 RED = rgb(210, 36, 48)
@@ -494,17 +362,8 @@ def head(ch: Character) -> list:
 
 # --------------------------------------------------------------------------- bodies
 
-NECK = ((0, 5.45, -0.02), (0, 4.9, -0.02))
-SHOULDER = np.array([0.57, 4.84, -0.02])
-ELBOW = np.array([0.74, 4.12, -0.05])
-WRIST = np.array([0.80, 3.45, 0.02])
-HIP = np.array([0.27, 3.35, 0.0])
-KNEE = np.array([0.25, 1.80, 0.03])
-ANKLE = np.array([0.23, 0.32, -0.02])
 
 
-def mirror(p, side: float) -> np.ndarray:
-    return np.array([side * p[0], p[1], p[2]])
 
 
 @dataclass
@@ -647,10 +506,7 @@ class ImageSet:
 
 
 # (width, height, camera target, camera distance, tan of half vertical field of view)
-FRAMING = {
-    "f": (768, 768, (0.0, 5.25, 0.0), 5.5, 0.30),
-    "b": (512, 768, (0.0, 3.30, 0.0), 11.0, 0.345),
-}
+FRAMING = {"f": (768, 768, *CAMERAS["f"]), "b": (512, 768, *CAMERAS["b"])}
 
 SETS = [
     ImageSet(KRNK, "face", "f", [f"{p}{y}" for p in range(3) for y in range(5)], nude),
