@@ -27,6 +27,7 @@ def check_project(root: Path) -> tuple[Project, list[str]]:
     """Load and plan everything (raising CharfwError on the first problem); return warnings."""
     project = load_project(root)
     check_models(project)
+    check_controlnets(project)
     for target in project.targets.values():
         if target.lora is not None:
             check_lora(target.lora, target.manifest)
@@ -110,6 +111,26 @@ def check_models(project: Project) -> None:
             label = project.family.label
             raise CharfwError(f"{path.name} is not an {label} {'checkpoint' if field == 'model' else 'VAE'}: {problem}",
                               **where)
+
+
+def check_controlnets(project: Project) -> None:
+    """Every generate section's ControlNet files: there, safetensors, of the workspace's family, of the
+    declared kind as far as their names tell (headers only)."""
+    from charfw.families import base
+    from charfw.models.controlnet import check_kind, file_family
+
+    for gen in project.generations.values():
+        for use in gen.settings.controlnets:
+            if is_builtin(use.model):
+                continue
+            path = Path(resolve_model_ref(use.model, gen.manifest.parent))
+            if not path.is_file():
+                raise CharfwError(f"ControlNet file not found: {path}", file=gen.manifest, field="generate.controlnets")
+            found = file_family(path)[0]
+            if found is not base(project.family):
+                raise CharfwError(f"an {found.label} ControlNet, but the workspace's model is {project.family.label}",
+                                  file=path)
+            check_kind(path, use.kind)
 
 
 def _tensor_names(path: Path, field: str, where: dict) -> list[str]:

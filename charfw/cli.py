@@ -105,6 +105,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pick(args) -> int:
+    from charfw.generate.pick import pick, picks_from
+    from charfw.workspace import load_project
+
+    project = load_project(Path(args.workspace).resolve())
+    if args.from_file:
+        wanted = picks_from(Path(args.from_file))
+    elif args.code is not None and args.candidate is not None:
+        wanted = {args.set: {args.code: args.candidate}}
+    else:
+        raise CharfwError("give a view code and a candidate number (charfw pick mira/face f00 1), or --from FILE")
+    for set_id, codes in wanted.items():
+        gen = project.generations.get(set_id)
+        if gen is None:
+            known = ", ".join(project.generations) or "none"
+            raise CharfwError(f"no set {set_id!r} with a generate section (sets that have one: {known})")
+        for code, n in codes.items():
+            dest, written = pick(gen, project.build_dir, code, n, force=args.force)
+            print(f"{dest}: {'candidate %d of %s' % (n, code) if written else 'already this candidate'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charfw", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
@@ -148,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for a build running in this workspace to finish")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pick", help="copy a generated candidate into its set as the view's image")
+    p.add_argument("set", nargs="?", help="the set, e.g. mira/face")
+    p.add_argument("code", nargs="?", help="the view code, e.g. f01")
+    p.add_argument("candidate", nargs="?", type=int, help="the candidate's number (build/candidates/SET/CODE-N.png)")
+    p.add_argument("--from", dest="from_file", help="a YAML file of picks: {mira/face: {f00: 1, f02: 0}}")
+    p.add_argument("--force", action="store_true", help="replace a different image of that view already in the set")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_pick)
 
     from charfw.lora.cli import register as register_lora
     from charfw.models.cli import register as register_model

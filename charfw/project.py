@@ -49,6 +49,20 @@ class ImageSet:
 
 
 @dataclass
+class Generation:
+    """A set whose images the generate stage proposes (docs/rules.md §2b): candidates per view code, picked
+    into `folder` by the user. Kept even while the set has no images: that is when it is needed."""
+
+    set_id: str          # "krnk/face"
+    kind: Literal["f", "b"]
+    folder: Path         # the set's image folder: picks go there
+    background: tuple[int, int, int]
+    symmetric: bool
+    settings: object     # charfw.config.models.GenerateSettings, the character's (and outfit's) merged
+    manifest: Path
+
+
+@dataclass
 class Subset:
     set: ImageSet
     repeats: int
@@ -95,6 +109,7 @@ class Project:
     characters: dict[str, Character] = field(default_factory=dict)
     skipped: dict[str, Skipped] = field(default_factory=dict)   # unfinished characters and their groups
     reg_sets: dict[str, ImageSet] = field(default_factory=dict)  # "_reg/<name>/<code>": one view code each
+    generations: dict[str, Generation] = field(default_factory=dict)   # sets with a generate section
 
     @property
     def all_sets(self) -> dict[str, ImageSet]:

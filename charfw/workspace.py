@@ -12,14 +12,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, RootModel
 
-from charfw.config.models import (Character, CompressSettings, Group, MergeSettings, Name, RegFolder, SampleSettings,
-                                  TrainSettings, Workspace)
+from charfw.config.models import (Character, CompressSettings, GenerateSettings, Group, MergeSettings, Name, RegFolder,
+                                  SampleSettings, TrainSettings, Workspace)
 from charfw.config.yamlfile import Loc, load_yaml, validate
 from charfw.errors import CharfwError
 from charfw.families import DEFAULT, Family, family, from_checkpoint, of_builtin
 from charfw.lora.blocks import parse_weights
 from charfw.models.filekind import safetensors_header
-from charfw.project import ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
+from charfw.project import Generation, ImageSet, Project, Skipped, Source, Subset, Target, TargetKind
 from charfw.recipe import network_spec
 from charfw.rules.blocklr import BlockError
 from charfw.rules.modelref import builtin_name, is_builtin, resolve_model_ref
@@ -77,7 +77,10 @@ def load_project(root: str | Path) -> Project:
         try:
             _load_character(project, manifest, ws_layers, regs_of)
         except EmptySet as exc:  # a character still being set up: the others build
-            _drop_character(project, manifest, str(exc))
+            sets = [sid for sid in project.generations if sid.startswith(manifest.parent.name + "/")]
+            hint = (f"; its candidates are made into {config.build}/candidates/{sets[0]}/: pick views with "
+                    f"`charfw pick {sets[0]} CODE N`") if sets else ""
+            _drop_character(project, manifest, str(exc) + hint)
     groups_file = chars_dir / GROUPS_FILE
     if groups_file.exists():
         _load_groups(project, groups_file, ws_layers)
@@ -133,6 +136,7 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer], r
     regs_of[name] = (regs_of[""] if char.regularization is None
                      else _regularization(project, char.regularization, name, manifest, lines))
 
+    _add_generations(project, name, char, manifest, background)
     face = ImageSet(
         id=f"{name}/face", kind="f", folder=manifest.parent / char.face.folder,
         sources=[], class_tokens=f"{char.keyword} {char.class_word}",
@@ -165,6 +169,26 @@ def _load_character(project: Project, manifest: Path, ws_layers: list[_Layer], r
             init=char.keyword if outfit.init == "face" else None, manifest=manifest,
             lora=_lora_file(outfit.lora, manifest, lines, ("outfits", oname, "lora")),
             **_settings("outfit", ws_layers + [char_layer, _Layer(outfit, manifest, lines, ("outfits", oname))], cfg)))
+
+
+def _add_generations(project: Project, name: str, char: Character, manifest: Path, background) -> None:
+    """The sets the generate stage makes candidates for: the face set from the character's section, each
+    outfit's body set from the outfit's laid over it (its prompt added to the character's)."""
+    wanted = [(f"{name}/face", "f", char.face.folder, None)]
+    wanted += [(f"{name}/{oname}", "b", outfit.folder or oname, outfit.generate)
+               for oname, outfit in char.outfits.items()]
+    for set_id, kind, folder, own in wanted:
+        if char.generate is None and own is None:
+            continue
+        merged = char.generate.model_dump(exclude_unset=True) if char.generate else {}
+        if own is not None:
+            extra = own.model_dump(exclude_unset=True)
+            prompts = [p for p in (merged.get("prompt"), extra.get("prompt")) if p]
+            merged.update(extra)
+            if prompts:
+                merged["prompt"] = ", ".join(prompts)
+        project.generations[set_id] = Generation(set_id, kind, manifest.parent / folder, background, char.symmetric,
+                                                 GenerateSettings.model_validate(merged), manifest)
 
 
 def _drop_character(project: Project, manifest: Path, reason: str) -> None:

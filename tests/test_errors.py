@@ -67,7 +67,7 @@ def test_a_new_character_does_not_block_the_others(workspace):
     assert listing.returncode == 0 and "left out until it has images" in listing.stderr
     assert "blocked:newbie" in listing.stdout and "dataset:krnk" in listing.stdout
     stages = [line.split()[0] for line in run_doit(workspace, "list").stdout.splitlines()]
-    assert stages == ["images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample",
+    assert stages == ["generate", "images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample",
                       "blocked"]
     assert run_doit(workspace, "dataset:tyank").returncode == 0
     plan = run_charfw(workspace, "plan")

@@ -350,6 +350,51 @@ class RegFolder(Strict):
     symmetric: bool = Field(True, description="flip them (flip_aug) as the character's symmetric sets are")
 
 
+class ControlNetUse(Strict):
+    """One ControlNet of the generate stage: a file as users download it, the template kind it reads."""
+
+    model: ReadPath = Field(description="a .safetensors ControlNet (original or diffusers layout), or "
+                                        "builtin:tiny-sd15-controlnet / builtin:tiny-sdxl-controlnet")
+    kind: Literal["openpose", "depth", "lineart"]
+    weight: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0, le=1, description="the share of the steps before it starts")
+    end: float = Field(1.0, ge=0, le=1, description="the share of the steps after which it stops")
+
+
+class HiresPass(Strict):
+    """A second, image-to-image pass at a larger size (the seed's high-res fix)."""
+
+    scale: float = Field(1.5, gt=1, le=4)
+    denoise: float = Field(0.7, gt=0, le=1, description="strength: the seed used 0.6-0.8")
+    steps: int | None = Field(None, ge=1, description="None = the first pass's steps")
+
+
+class GenerateSettings(Strict):
+    """Candidate images per view code, made with the workspace's model and ControlNets over the pose
+    templates (docs/rules.md §2b). A character's section applies to its face set; an outfit's is laid
+    over it for the outfit's body set (its prompt is added to the character's)."""
+
+    prompt: str | None = Field(None, description="what the character looks like (the view's tags are added)")
+    negative_prompt: str = "lowres, bad anatomy, bad hands, worst quality, low quality, multiple views"
+    controlnets: list[ControlNetUse] = Field(default_factory=list)
+    candidates: int = Field(4, ge=1, le=64, description="images per view code")
+    seed: int = Field(1, description="candidate n of a view uses seed + n")
+    steps: int = Field(20, ge=1)
+    guidance: float = Field(9.0, ge=0, description="CFG (the seed used 8-14)")
+    sampler: Literal["euler_a", "ddim", "dpmpp_2m"] = "euler_a"
+    width: int | None = Field(None, ge=64, description="None = the template's (the family's resolution)")
+    height: int | None = Field(None, ge=64)
+    hires: HiresPass | None = None
+    views: list[Annotated[str, Field(pattern=r"^[fb][0-2][0-7]$")]] | None = Field(
+        None, description="view codes to generate; None = every pitch of the yaws the set needs")
+    alpha: bool = Field(False, description="key the plain background out into transparency (for masked_loss)")
+    alpha_tolerance: int = Field(40, ge=1, le=255, description="how far from the background colour still counts "
+                                                               "as background (the edge is soft over as much again)")
+    templates: dict[Annotated[str, Field(pattern=r"^[fb][0-2][0-7]$")], ReadPath] = Field(
+        default_factory=dict, description="your own template image per view code (e.g. the seed's HED ones); "
+                                          "it is given to every ControlNet instead of charfw's")
+
+
 class Workspace(Stages):
     """`charfw.yaml`: defaults for every character."""
 
@@ -403,6 +448,8 @@ class Outfit(Stages):
     include_face: bool = True
     init: Literal["face"] | None = Field(None, description="start training from the face LoRA's weights")
     lora: ReadPath | None = LORA_FIELD
+    generate: GenerateSettings | None = Field(
+        None, description="candidates of the body set: laid over the character's generate section")
 
 
 class Character(Stages):
@@ -415,6 +462,7 @@ class Character(Stages):
     background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
     face: FaceSet = Field(default_factory=FaceSet)
     outfits: dict[Name, Outfit] = Field(default_factory=dict)
+    generate: GenerateSettings | None = Field(None, description="make candidate images of the face set (opt-in)")
     regularization: dict[Name, RegFolder] | None = Field(
         None, description="this character's regularization folders instead of the workspace's ({}: none)")
 

@@ -89,6 +89,35 @@ def unet_modules(config: Mapping) -> dict[str, tuple[str, dict[str, str]]]:
     return table
 
 
+CONTROLNET_PREFIX = "control_model."   # lllyasviel's ControlNet 1.1 files; most SDXL ControlNets have none
+
+
+def controlnet_modules(config: Mapping) -> dict[str, tuple[str, dict[str, str]]]:
+    """diffusers ControlNetModel module path -> LDM module path, from the U-Net config it is built on (the
+    shipped one of its family): the U-Net's encoder half and middle block,
+    the hint encoder (`input_hint_block`: convs at 0, 2, ..., 14 between SiLUs), one zero conv per
+    down-path output (`zero_convs.i.0`) and the middle block's (`middle_block_out.0`)."""
+    unet = unet_modules(config)
+    table = {k: v for k, v in unet.items() if not k.startswith(("up_blocks", "conv_norm_out", "conv_out"))}
+    n_blocks = len(config.get("conditioning_embedding_out_channels", (16, 32, 96, 256)))
+    table["controlnet_cond_embedding.conv_in"] = ("input_hint_block.0", _SAME)
+    for k in range(2 * (n_blocks - 1)):
+        table[f"controlnet_cond_embedding.blocks.{k}"] = (f"input_hint_block.{2 * (k + 1)}", _SAME)
+    table["controlnet_cond_embedding.conv_out"] = (f"input_hint_block.{4 * n_blocks - 2}", _SAME)
+    per, levels = int(config["layers_per_block"]), len(config["down_block_types"])
+    for i in range(1 + levels * (per + 1) - 1):
+        table[f"controlnet_down_blocks.{i}"] = (f"zero_convs.{i}.0", _SAME)
+    table["controlnet_mid_block"] = ("middle_block_out.0", _SAME)
+    return table
+
+
+def controlnet_to_ldm(keys: Iterable[str], config: Mapping, prefix: str = CONTROLNET_PREFIX) -> dict[str, str]:
+    """diffusers ControlNet state-dict key -> the key of a single-file ControlNet in the original layout
+    (`config`: the U-Net config the ControlNet is built on)."""
+    modules = controlnet_modules(config)
+    return {k: prefix + _rename(k, modules) for k in keys}
+
+
 def vae_modules(config: Mapping) -> dict[str, tuple[str, dict[str, str]]]:
     """diffusers module path -> (LDM module path, leaf renames) for an AutoencoderKL config."""
     levels = len(config["block_out_channels"])

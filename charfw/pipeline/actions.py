@@ -100,6 +100,28 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
 
 
 @reported
+@reported
+def generate(gen, view, prompt: str, paths: list[str], model: str, vae: str | None, family, nets: list[str],
+             clip_skip: int) -> None:
+    """One view's candidates: rendered over its templates, each saved with its parameters (keyed to RGBA
+    with `alpha`)."""
+    from charfw.generate import views as gv
+    from charfw.generate.render import parameters, render_view, save_candidate
+    from charfw.sample.render import save_png
+
+    s = gen.settings
+    resolved = s.model_copy(update={"controlnets": [u.model_copy(update={"model": n})
+                                                    for u, n in zip(s.controlnets, nets)]})
+    controls = gv.control_images(gen, view, family)
+    for i, control in enumerate(controls):   # what the ControlNets were given, beside the candidates (report)
+        save_png(control, Path(paths[0]).with_name(gv.control_name(view, i)))
+    seeds = [s.seed + n for n in range(len(paths))]
+    images = render_view(model, vae, family, resolved, prompt, controls, seeds, clip_skip)
+    for image, seed, path in zip(images, seeds, paths):
+        save_candidate(image, Path(path), parameters(prompt, s, seed, image.size, model),
+                       gen.background if s.alpha else None, s.alpha_tolerance)
+
+
 def train(req: TrainRequest, build_dir: str) -> None:
     """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
 

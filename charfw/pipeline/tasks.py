@@ -2,6 +2,7 @@
 `config_changed` holding every manifest value it reads, so doit reruns a task only when
 what it would write changes.
 
+    generate  candidate images per view code   (per view of a set with a `generate:` section)
     images    sources -> RGB PNGs per size     (per set)
     captions  view codes -> .txt per image     (per set)
     dataset   sd-scripts dataset TOML          (per target)
@@ -29,10 +30,10 @@ from charfw.report import pages
 from charfw.report.grid import view_grid
 from charfw.request import TrainRequest
 from charfw.rules.captions import caption
-from charfw.rules.modelref import resolve_model_ref
+from charfw.rules.modelref import is_builtin, resolve_model_ref
 from charfw.sample.prompts import sample_prompts
 
-STAGES = ("images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample")
+STAGES = ("generate", "images", "captions", "dataset", "train", "merge", "compress", "report", "charts", "sample")
 
 
 class values_changed(config_changed):
@@ -58,6 +59,42 @@ class TrainedCheck:
 
     def __str__(self) -> str:
         return "no trained LoRA whose run key matches the current settings and inputs"
+
+
+def task_generate(layout: Layout):
+    """Candidate images per view code, over the pose templates (docs/rules.md §2b; `charfw pick` takes one)."""
+    from charfw.fingerprint import model_identity
+    from charfw.generate import views as gv
+    from charfw.templates.render import TEMPLATE_VERSION
+
+    project, cfg = layout.project, layout.project.config
+    model = resolve_model_ref(cfg.model, layout.root)
+    vae = resolve_model_ref(cfg.vae, layout.root) if cfg.vae else None
+    clip_skip = cfg.train.clip_skip if cfg.train else 2
+    identities = {"model": model_identity(model), "vae": model_identity(vae)}
+    for set_id, gen in project.generations.items():
+        s = gen.settings
+        if not s.controlnets:
+            continue
+        nets = [resolve_model_ref(u.model, gen.manifest.parent) for u in s.controlnets]
+        folder = gv.candidate_dir(layout.build_dir, gen)
+        for view in gv.views(gen):
+            prompt = gv.prompt(gen, view, cfg.captions.rules)
+            own = gv.user_template(gen, view)
+            paths = [folder / gv.candidate_name(view, n) for n in range(s.candidates)]
+            controls = [folder / gv.control_name(view, i) for i in range(len(s.controlnets))]
+            yield {
+                "name": f"{set_id}/{view.code}",
+                "doc": f"{s.candidates} candidates of {view.code}: {prompt}",
+                "actions": [(actions.generate, [gen, view, prompt, [str(p) for p in paths], model, vae,
+                                                project.family, nets, clip_skip])],
+                "file_dep": [layout.rel(p) for p in [own, *nets] if p is not None and not is_builtin(str(p))],
+                "targets": [layout.rel(p) for p in (*paths, *controls)],
+                "uptodate": [values_changed({"prompt": prompt, "settings": s.model_dump(exclude={"templates", "views"}),
+                                             "template": str(own) if own else TEMPLATE_VERSION, **identities,
+                                             "clip_skip": clip_skip}, "prompt, generate settings, template, model")],
+                "clean": True,
+            }
 
 
 def task_images(layout: Layout):
@@ -190,6 +227,13 @@ def task_report(layout: Layout):
     texts = {"index.html": pages.index_page(layout, warnings)}
     texts.update({f"characters/{name}.html": pages.character_page(layout, name, warnings)
                   for name in pages.characters(layout)})
+    if layout.project.generations:
+        from charfw.generate.pick import picked
+        from charfw.generate.views import views
+
+        for sid, gen in layout.project.generations.items():
+            chosen = {v.code: picked(gen, layout.build_dir, v.code, gen.settings.candidates) for v in views(gen)}
+            texts[pages.candidates_rel(sid)] = pages.candidates_page(layout, gen, chosen)
     for rel, text in texts.items():
         yield {
             "name": rel.removesuffix(".html"),
@@ -291,7 +335,7 @@ def task_blocked(layout: Layout):
                "actions": [(actions.blocked, [skipped.reason])], "uptodate": [False]}
 
 
-TASKS = {"images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
+TASKS = {"generate": task_generate, "images": task_images, "captions": task_captions, "dataset": task_dataset, "train": task_train,
          "merge": task_merge, "compress": task_compress, "report": task_report, "charts": task_charts,
          "sample": task_sample,
          "blocked": task_blocked}

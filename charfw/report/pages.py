@@ -21,7 +21,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 table.grid td{width:70px;text-align:center}td.present{background:#eef}td.mirrored{background:#def;color:#26c}
 td.missing{background:#fdd;color:#c33}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.5em 1em}
 img{max-width:100%}nav a{margin-right:1em}.row{display:flex;flex-wrap:wrap;align-items:flex-start;gap:8px}
-figure{margin:0;width:220px;font-size:11px}figure img{width:100%;image-rendering:pixelated}"""
+figure{margin:0;width:220px;font-size:11px}figure img{width:100%;image-rendering:pixelated}
+img.picked{outline:4px solid #2a2;outline-offset:-4px}table.candidates td{vertical-align:top;font-size:11px}"""
 
 LORA_FILES = ("trained", "merged", "dist")
 
@@ -94,7 +95,53 @@ def index_page(layout: Layout, warnings: list[str]) -> str:
             + "".join(rows) + "</table>\n<h2>Targets</h2>\n<table><tr><th>target</th><th>kind</th>"
             "<th>images x repeats</th><th>batches / epoch</th><th>epochs</th><th>steps</th><th>trainer</th></tr>"
             + "".join(targets) + "</table>")
+    if layout.project.generations:
+        sids = layout.project.generations
+        links = "".join(f"<li><a href=\"{escape(candidates_rel(sid))}\">{escape(sid)}</a></li>" for sid in sids)
+        body += f"\n<h2>Candidates</h2>\n<ul>{links}</ul>"
     return _page(f"charfw report: {layout.root.name}", body, 0)
+
+
+def candidates_rel(set_id: str) -> str:
+    return f"candidates/{set_id}.html"
+
+
+def candidates_page(layout: Layout, gen, picked: dict[str, int | None]) -> str:
+    """A generated set's candidates laid out as its view-code grid (pitch rows, yaw columns): per view the
+    control images its ControlNets were given and every candidate, the one picked into the set framed."""
+    from charfw.generate import views as gv
+
+    here = layout.report_dir / Path(candidates_rel(gen.set_id)).parent
+    folder = gv.candidate_dir(layout.build_dir, gen)
+    made = {v.code: v for v in gv.views(gen)}
+
+    def img(path: Path, alt: str, cls: str = "") -> str:
+        return (f"<img src=\"{escape(os.path.relpath(path, here))}\" alt=\"{escape(alt)}\" width=\"96\""
+                + (f" class=\"{cls}\"" if cls else "") + ">")
+
+    rows = []
+    for pitch in range(3):
+        cells = []
+        for yaw in range(8):
+            code = f"{gen.kind}{pitch}{yaw}"
+            view = made.get(code)
+            if view is None:
+                cells.append(f"<td data-code=\"{code}\">{code}</td>")
+                continue
+            controls = "".join(img(folder / gv.control_name(view, i), f"{code} control {i}")
+                               for i in range(len(gen.settings.controlnets)))
+            cands = "".join(img(folder / gv.candidate_name(view, n), f"{code} candidate {n}",
+                                "picked" if picked.get(code) == n else "")
+                            for n in range(gen.settings.candidates))
+            state = "picked" if picked.get(code) is not None else "open"
+            cells.append(f"<td data-code=\"{code}\" data-state=\"{state}\"><b>{code}</b><br>{controls}<br>{cands}</td>")
+        rows.append(f"<tr><th>pitch {pitch}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>yaw {y}</th>" for y in range(8))
+    body = (f"<p>Prompt: {escape(gen.settings.prompt or '')}; {gen.settings.candidates} candidates per view, "
+            f"seeds from {gen.settings.seed}. Pick one with <code>charfw pick {escape(gen.set_id)} CODE N</code> "
+            "(N counts from 0, left to right); the framed one is the set's image now.</p>"
+            f"<table class=\"grid candidates\"><tr><th></th>{head}</tr>{''.join(rows)}</table>")
+    return _page(f"candidates {gen.set_id}", body, 2)
 
 
 def _grid_table(layout: Layout, set_id: str) -> str:

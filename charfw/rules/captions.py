@@ -82,3 +82,16 @@ def caption(keywords: list[str], view: ViewCode, template=DEFAULT_TEMPLATE) -> s
         if rule.matches(view):
             tags.extend(rule.tags)
     return ", ".join(tags)
+
+
+BACKGROUND_NAMES = {(0, 0, 0): "black background", (255, 255, 255): "white background"}
+
+
+def view_prompt(description: str | None, view: ViewCode, template=DEFAULT_TEMPLATE,
+                background: tuple[int, int, int] = (0, 0, 0)) -> str:
+    """The generate stage's prompt for a view: the character's description, then the caption template's tags
+    for the view (pitch, yaw, framing...) with the background the character is drawn on (plain, in its
+    colour) instead of both colours: generation and captions say the same thing."""
+    tags = [t for t in caption([], view, template).split(", ") if t and t not in BACKGROUND_TAGS]
+    plain = ["simple background", *([BACKGROUND_NAMES[background]] if background in BACKGROUND_NAMES else [])]
+    return ", ".join([*([description] if description else []), *plain, *tags])

@@ -90,17 +90,17 @@ def render(sd, prompts: list[str], seeds: list[int], settings, clip_skip: int = 
     device = next(sd.unet.parameters()).device
     images = []
     for i, prompt in enumerate(prompts):
-        kwargs = embeds[i] if embeds else _prompt_kwargs(sd, prompt, settings, device, clip_skip)
+        kwargs = embeds[i] if embeds else prompt_kwargs(sd, prompt, settings, device, clip_skip)
         for seed in seeds:
             gen = torch.Generator("cpu").manual_seed(seed)
             latents = pipe(num_inference_steps=settings.steps, guidance_scale=settings.guidance, width=width,
                            height=height, generator=gen, output_type="latent", **kwargs).images
-            images.append(_decode(sd, pipe, latents))
+            images.append(decode(sd, pipe, latents))
     return images
 
 
 @torch.no_grad()
-def _decode(sd, pipe, latents: torch.Tensor):
+def decode(sd, pipe, latents: torch.Tensor):
     """Latents -> PIL in the VAE's own dtype (fp32: SDXL's VAE overflows in fp16), whatever the U-Net's."""
     vae = sd.vae
     param = next(vae.parameters())
@@ -108,7 +108,7 @@ def _decode(sd, pipe, latents: torch.Tensor):
     return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
-def _prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
+def prompt_kwargs(sd, prompt: str, settings, device, clip_skip: int) -> dict:
     """SD1.5: the context as training builds it (clip skip included), which diffusers' own prompt
     encoding cannot do here; SDXL: the pipeline's encoding (the penultimate layers, as training)."""
     if sd.family.pooled_conditioning:

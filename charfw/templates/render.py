@@ -22,6 +22,7 @@ from charfw.templates.geometry import Camera, make_camera, outline_mask, project
 from charfw.templates.mannequin import ASPECT, FRAMING, keypoints, shapes
 
 KINDS = ("openpose", "depth", "lineart")
+TEMPLATE_VERSION = "charfw-templates-1"   # bump when a template's pixels change: candidates are made again
 # The annotator's limbs (1-based keypoint pairs; the first 17 are drawn) and its 18 colours
 LIMBS = ((2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13), (13, 14),
          (2, 1), (1, 15), (15, 17), (1, 16), (16, 18))
