@@ -53,8 +53,8 @@ class Generation:
     """A set whose images the generate stage proposes (docs/rules.md §2b): candidates per view code, picked
     into `folder` by the user. Kept even while the set has no images: that is when it is needed."""
 
-    set_id: str          # "krnk/face"
-    kind: Literal["f", "b"]
+    set_id: str          # "krnk/face"; "_reg/<name>" for a regularization folder
+    kind: str            # the view codes' set letters it holds: "f", "b", or "fb" (a regularization folder)
     folder: Path         # the set's image folder: picks go there
     background: tuple[int, int, int]
     symmetric: bool

@@ -239,8 +239,16 @@ def _regularization(project: Project, regs: dict[str, RegFolder], owner: str, ma
     out: RegSets = []
     for rname, reg in regs.items():
         loc = ("regularization", rname, "folder")
+        base_id = f"{REG_PREFIX}/{rname}{'@' + owner if owner else ''}"
+        folder = manifest.parent / reg.folder
+        if reg.generate is not None:   # generic figures made by the generate stage, picked into the folder
+            project.generations[base_id] = Generation(base_id, "fb", folder, _background(reg.background),
+                                                      reg.symmetric, reg.generate, manifest)
+            if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+                out.append((reg, {}))
+                continue
         try:
-            sources = scan_sources(manifest.parent / reg.folder, None, manifest, loc, lines)
+            sources = scan_sources(folder, None, manifest, loc, lines)
         except EmptySet as exc:   # unlike a character's set, never "still being set up"
             raise CharfwError(exc.message, file=exc.file, line=exc.line, field=exc.field) from None
         by_code: dict[str, list[Source]] = {}
@@ -248,10 +256,10 @@ def _regularization(project: Project, regs: dict[str, RegFolder], owner: str, ma
             by_code.setdefault(src.view.code, []).append(src)
         sets = {}
         for code, srcs in by_code.items():
-            sid = f"{REG_PREFIX}/{rname}{'@' + owner if owner else ''}/{code}"
+            sid = f"{base_id}/{code}"
             sizes = getattr(project.config.sizes, "face" if code[0] == "f" else "body") or _default_sizes(project)
             sets[code] = project.reg_sets[sid] = ImageSet(
-                id=sid, kind=code[0], folder=manifest.parent / reg.folder, sources=srcs, class_tokens=reg.class_word,
+                id=sid, kind=code[0], folder=folder, sources=srcs, class_tokens=reg.class_word,
                 keywords=[reg.class_word], sizes=sizes, background=_background(reg.background),
                 symmetric=reg.symmetric, manifest=manifest)
         out.append((reg, sets))

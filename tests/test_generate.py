@@ -165,3 +165,26 @@ def test_charfw_check_names_a_controlnet_of_the_wrong_family(gen_ws):
     proc = charfw(gen_ws, "check")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"charfw: error: {bad}: an SDXL ControlNet, but the workspace's model is SD1.5"
+
+
+@pytest.mark.slow
+def test_regularization_images_come_from_the_same_stage(gen_ws):
+    """A regularization folder with a generate section gets candidates of generic figures for its face and body
+    codes (its own prompt, no character's description); a pick lands in the folder and pairs by view."""
+    path = gen_ws / "charfw.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["regularization"] = {"girls": {"folder": "reg/girls", "class": "girl", "generate": {
+        "prompt": "1girl", "controlnets": [{"model": "builtin:tiny-sd15-controlnet", "kind": "openpose"}],
+        "candidates": 1, "steps": 2, "width": 64, "height": 64, "views": ["f00", "b00"]}}}
+    path.write_text(yaml.safe_dump(data))
+    ran = executed(run_doit(gen_ws, "generate"))
+    assert {"generate:_reg/girls/f00", "generate:_reg/girls/b00"} <= ran
+    params = Image.open(gen_ws / "build/candidates/_reg/girls/f00-0.png").text["parameters"]
+    assert params.startswith("1girl, simple background") and "silver hair" not in params
+    proc = charfw(gen_ws, "pick", "_reg/girls", "f00", "0")
+    assert proc.returncode == 0, proc.stderr
+    proc = charfw(gen_ws, "pick", "mira/face", "f00", "0")
+    assert proc.returncode == 0, proc.stderr
+    from charfw.workspace import load_project
+    project = load_project(gen_ws)
+    assert [s.set.id for s in project.targets["mira"].reg_subsets] == ["_reg/girls/f00"]

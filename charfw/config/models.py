@@ -348,6 +348,8 @@ class RegFolder(Strict):
     repeats: int = Field(1, ge=1, description="the reg subsets' num_repeats")
     background: Literal["black", "white"] | tuple[Channel, Channel, Channel] = "black"
     symmetric: bool = Field(True, description="flip them (flip_aug) as the character's symmetric sets are")
+    generate: "GenerateSettings | None" = Field(
+        None, description="make candidates of generic figures for this folder (its own prompt, no character's)")
 
 
 class ControlNetUse(Strict):
@@ -393,6 +395,9 @@ class GenerateSettings(Strict):
     templates: dict[Annotated[str, Field(pattern=r"^[fb][0-2][0-7]$")], ReadPath] = Field(
         default_factory=dict, description="your own template image per view code (e.g. the seed's HED ones); "
                                           "it is given to every ControlNet instead of charfw's")
+
+
+RegFolder.model_rebuild()
 
 
 class Workspace(Stages):

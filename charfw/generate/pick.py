@@ -44,9 +44,9 @@ def picked(gen: Generation, build_dir: Path, code: str, count: int) -> int | Non
 def pick(gen: Generation, build_dir: Path, code: str, n: int, force: bool = False) -> tuple[Path, bool]:
     """Copy candidate `n` of `code` into the set; returns (the image, whether it was written)."""
     view = parse_view_code(code)
-    if view is None or view.suffix or view.set != gen.kind:
-        raise CharfwError(f"{code!r} is not a view code of this {'face' if gen.kind == 'f' else 'body'} set",
-                          field="code")
+    if view is None or view.suffix or view.set not in gen.kind:
+        raise CharfwError(f"{code!r} is not a view code of {gen.set_id} (its codes begin with "
+                          f"{' or '.join(gen.kind)})", field="code")
     source = candidate_dir(build_dir, gen) / candidate_name(view, n)
     if not source.is_file():
         made = sorted(p.name for p in candidate_dir(build_dir, gen).glob(f"{code}-*.png") if "control" not in p.name)

@@ -18,13 +18,14 @@ CANDIDATES_DIR = "candidates"
 
 def views(gen: Generation) -> list[ViewCode]:
     """The view codes to generate: the settings' list, else every pitch of the yaws the set needs."""
-    codes = gen.settings.views or [f"{gen.kind}{p}{y}" for p in range(3) for y in required_yaws(gen.symmetric)]
-    return [parse_view_code(c) for c in codes if c[0] == gen.kind]
+    codes = gen.settings.views or [f"{k}{p}{y}" for k in gen.kind for p in range(3)
+                                   for y in required_yaws(gen.symmetric)]
+    return [parse_view_code(c) for c in codes if c[0] in gen.kind]
 
 
-def size(gen: Generation, family: Family) -> tuple[int, int]:
-    """(width, height) of the first pass: the settings', else the set kind's template size."""
-    w, h = template_size(gen.kind, family)
+def size(gen: Generation, family: Family, view: ViewCode) -> tuple[int, int]:
+    """(width, height) of the first pass: the settings', else the view's set kind's template size."""
+    w, h = template_size(view.set, family)
     return gen.settings.width or w, gen.settings.height or h
 
 
@@ -41,7 +42,7 @@ def user_template(gen: Generation, view: ViewCode) -> Path | None:
 def control_images(gen: Generation, view: ViewCode, family: Family) -> list[Image.Image]:
     """One control image per ControlNet, at the first pass's size: the user's template, else charfw's of the
     ControlNet's kind."""
-    target = size(gen, family)
+    target = size(gen, family, view)
     own = user_template(gen, view)
     out = []
     for use in gen.settings.controlnets:

@@ -120,10 +120,10 @@ def candidates_page(layout: Layout, gen, picked: dict[str, int | None]) -> str:
                 + (f" class=\"{cls}\"" if cls else "") + ">")
 
     rows = []
-    for pitch in range(3):
+    for kind, pitch in ((k, p) for k in gen.kind for p in range(3)):
         cells = []
         for yaw in range(8):
-            code = f"{gen.kind}{pitch}{yaw}"
+            code = f"{kind}{pitch}{yaw}"
             view = made.get(code)
             if view is None:
                 cells.append(f"<td data-code=\"{code}\">{code}</td>")
@@ -135,7 +135,7 @@ def candidates_page(layout: Layout, gen, picked: dict[str, int | None]) -> str:
                             for n in range(gen.settings.candidates))
             state = "picked" if picked.get(code) is not None else "open"
             cells.append(f"<td data-code=\"{code}\" data-state=\"{state}\"><b>{code}</b><br>{controls}<br>{cands}</td>")
-        rows.append(f"<tr><th>pitch {pitch}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr><th>{kind} pitch {pitch}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>yaw {y}</th>" for y in range(8))
     body = (f"<p>Prompt: {escape(gen.settings.prompt or '')}; {gen.settings.candidates} candidates per view, "
             f"seeds from {gen.settings.seed}. Pick one with <code>charfw pick {escape(gen.set_id)} CODE N</code> "
