@@ -312,3 +312,33 @@ def test_check_summarises_long_target_lists():
     names = [f"t{i}" for i in range(200)]
     text = summarize(names)
     assert text.startswith("t0, t1") and "192 more" in text and len(text) < 120
+
+
+def test_every_build_action_fails_with_one_line_not_a_traceback(monkeypatch, tmp_path):
+    """A CharfwError inside a doit action becomes doit's TaskFailed (one line), the train action included."""
+    import inspect
+
+    from doit.exceptions import TaskFailed
+
+    from charfw.errors import CharfwError
+    from charfw.pipeline import actions
+
+    not_actions = {"reported", "outdated_on_failure", "clean_training", "refused", "blocked"}
+    found = {n for n, f in vars(actions).items() if inspect.isfunction(f) and f.__module__ == actions.__name__}
+    assert {"train", "generate", "images", "merge", "compress"} <= found
+    for name in sorted(found - not_actions):
+        assert getattr(getattr(actions, name), "__wrapped__", None) is not None, f"{name} is not @reported"
+
+    def fail(req, cache):
+        raise CharfwError("sd-scripts failed (exit code 3)")
+
+    monkeypatch.setattr(actions, "run", fail)
+    monkeypatch.setattr(actions, "claim_worker_gpu", lambda gpus: None)
+    monkeypatch.delenv("CHARFW_DEBUG", raising=False)
+
+    class Req:
+        settings = type("S", (), {"gpus": None})()
+        name = "krnk"
+
+    result = actions.train(Req(), str(tmp_path))
+    assert isinstance(result, TaskFailed) and "sd-scripts failed (exit code 3)" in str(result)

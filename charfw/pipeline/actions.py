@@ -100,7 +100,6 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
 
 
 @reported
-@reported
 def generate(gen, view, prompt: str, paths: list[str], model: str, vae: str | None, family, nets: list[str],
              clip_skip: int) -> None:
     """One view's candidates: rendered over its templates, each saved with its parameters (keyed to RGBA
@@ -122,6 +121,7 @@ def generate(gen, view, prompt: str, paths: list[str], model: str, vae: str | No
                        gen.background if s.alpha else None, s.alpha_tolerance)
 
 
+@reported
 def train(req: TrainRequest, build_dir: str) -> None:
     """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
 
