@@ -16,6 +16,7 @@ from charfw.filecache import file_cache
 from charfw.project import Project, Target
 from charfw.request import ProgressSamples, TrainRequest
 from charfw.rules.modelref import resolve_model_ref
+from charfw.runcache import cache_url
 from charfw.sample.prompts import sample_prompts
 
 HEADERS_FILE = ".images.json"   # [width, height, has_alpha] of every source, from its header
@@ -138,7 +139,7 @@ class Layout:
             output=self.trained_path(target), state_dir=self.state_dir(target), log_dir=self.log_dir,
             trigger_words=tuple(target.trigger_words), root=root, init_weights=init,
             inputs=(toml, *files, *([init] if init else [])), family=self.project.family,
-            progress_samples=self.progress_samples(target))
+            progress_samples=self.progress_samples(target), run_cache=cache_url(cfg.cache, root))
 
     def progress_samples(self, target: Target) -> ProgressSamples | None:
         if not target.train.sample_every_n_steps:

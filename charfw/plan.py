@@ -156,13 +156,24 @@ def plan(root: Path, target: str | None = None) -> str:
         lines += ["", f"{len(trainings)} training{'s' if len(trainings) > 1 else ''}, {total} steps in all:"]
         lines += [f"  {r.name}: {numbers[r.name].steps} steps ({r.settings.trainer}, {r.settings.network} dim {r.recipe.network.dim}"
                   + (", batch_scale auto: fewer, bigger batches on a GPU with room" if numbers[r.name].batch_scale
-                     == "auto" else "") + ")" for r in trainings]
+                     == "auto" else "") + ")" + _from_cache(r) for r in trainings]
     for req in trainings:
         cmd = command_line(req)
         lines += ["", f"train:{req.name} ({req.settings.trainer})",
                   "  Linux / macOS:", "    " + format_shell(cmd), "  Windows (.bat):"]
         lines += ["    " + ln for ln in format_bat(cmd).splitlines()]
     return "\n".join(lines)
+
+
+def _from_cache(req) -> str:
+    """ ": served by the run cache" where the shared cache holds this LoRA (its inputs built already)."""
+    if not req.run_cache:
+        return ""
+    from charfw.backends import cached_keys
+    from charfw.runcache import RunCache
+
+    runs = RunCache(req.run_cache)
+    return ": served by the run cache, not trained" if any(runs.has(k) for k, _ in cached_keys(req)) else ""
 
 
 def status(root: Path, target: str) -> str:

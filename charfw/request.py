@@ -49,6 +49,7 @@ class TrainRequest:
     device: str | None = None           # None: CUDA when available (embedded trainer)
     progress: bool = True
     progress_samples: "ProgressSamples | None" = None   # images during training (sample_every_n_steps)
+    run_cache: str | None = None        # the shared run cache's URL (charfw.runcache): not part of the run
 
     @property
     def key_file(self) -> Path:

@@ -410,6 +410,8 @@ class Workspace(Stages):
         "missing": "set it to your SD1.5 or SDXL checkpoint, e.g. `model: models/animefull-final.safetensors` "
                    "(or `model: builtin:tiny-sd15` for a quick test run)"})
     vae: ReadPath | None = None
+    cache: str | None = Field(None, description="the shared run cache: a folder or an fsspec URL (s3://bucket/charfw); "
+                                                "a LoRA trained anywhere with the same run key is taken from it")
     family: Literal[tuple(FAMILIES)] | None = Field(
         None, description="model family; None = read from the model file (it must agree when set)")
     sizes: Sizes = Field(default_factory=Sizes)
