@@ -11,25 +11,48 @@ from charfw.sdscripts.runner import run_sd_scripts, sd_scripts_command
 
 
 def train(req: TrainRequest, cache: DigestCache | None = None) -> None:
-    """Train with the configured backend (or take the LoRA from the run cache), then record the run key
-    (after the LoRA is in place) and store the LoRA in the run cache."""
+    """Train with the configured backend, here or on the cluster (or take the LoRA from the run cache),
+    then record the run key (after the LoRA is in place) and store the LoRA in the run cache.
+
+    The run key is computed before training: inputs changed meanwhile make the next build retrain.
+    """
     runs = _run_cache(req)
     if runs is not None and served(req, runs, cache):
         return
-    cpu = False
-    if req.settings.trainer == "sd-scripts":
-        key = run_key(req, cache)
+    if req.cluster is not None:
+        from charfw.cluster.driver import train_remote
 
-        run_sd_scripts(req)
+        keys = {cpu: run_key(req, cache, cpu) for cpu in (False, True)}
+        cpu = train_remote(req, cache)     # where it ran decides which key holds
+        key = keys[cpu]
     else:
-        from charfw.train import train_lora, training_device
-
-        cpu = training_device(req) == "cpu"
+        cpu = trains_on_cpu(req)
         key = run_key(req, cache, cpu)
-        train_lora(req)
+        train_here(req)
     record(req, key, cpu)
     if runs is not None and key is not None:
         runs.store((CPU_PREFIX if cpu else "") + key, req.output)
+
+
+def trains_on_cpu(req: TrainRequest) -> bool:
+    """The embedded trainer without CUDA: fp32, so `mixed_precision` is not part of that run."""
+    if req.settings.trainer == "sd-scripts":
+        return False
+    from charfw.train import training_device
+
+    return training_device(req) == "cpu"
+
+
+def train_here(req: TrainRequest) -> bool:
+    """Train in this process (or sd-scripts' child process); True when it ran on a CPU."""
+    cpu = trains_on_cpu(req)
+    if req.settings.trainer == "sd-scripts":
+        run_sd_scripts(req)
+    else:
+        from charfw.train import train_lora
+
+        train_lora(req)
+    return cpu
 
 
 def _run_cache(req: TrainRequest):

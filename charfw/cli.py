@@ -56,6 +56,22 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    from charfw.cluster.driver import cluster_gpus
+    from charfw.cluster.settings import cluster_settings
+    from charfw.workspace import load_project
+
+    settings = cluster_settings(load_project(Path(args.workspace).resolve()).config.cluster)
+    if settings is None:
+        raise CharfwError("no cluster: set `cluster:` in charfw.yaml or CHARFW_RAY_ADDRESS")
+    nodes, gpus = cluster_gpus(settings)
+    at_once = int(gpus // settings.gpus_per_training)
+    print(f"{settings.address}: {nodes} node{'s' if nodes != 1 else ''}, {gpus:g} GPUs, "
+          f"{at_once} training{'s' if at_once != 1 else ''} at once ({settings.gpus_per_training:g} GPU each)")
+    print(f"build with: doit -n {max(1, at_once)}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from charfw.plan import status
 
@@ -151,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="only this target (and its image sets)")
     p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("cluster", help="the Ray cluster's nodes and GPUs, and the doit -n that uses them all")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: .)")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("status", help="each task of one target: up to date, or why it will run")
     p.add_argument("target")

@@ -11,6 +11,8 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from charfw.cluster.settings import cluster_settings
+from charfw.config.models import ClusterSettings
 from charfw.dataset.plan import Prepared, image_header, plan_set
 from charfw.filecache import file_cache
 from charfw.project import Project, Target
@@ -139,7 +141,13 @@ class Layout:
             output=self.trained_path(target), state_dir=self.state_dir(target), log_dir=self.log_dir,
             trigger_words=tuple(target.trigger_words), root=root, init_weights=init,
             inputs=(toml, *files, *([init] if init else [])), family=self.project.family,
-            progress_samples=self.progress_samples(target), run_cache=cache_url(cfg.cache, root))
+            progress_samples=self.progress_samples(target), run_cache=cache_url(cfg.cache, root),
+            cluster=self.cluster)
+
+    @cached_property
+    def cluster(self) -> ClusterSettings | None:
+        """The Ray cluster trainings and sample renders run on (None: this machine)."""
+        return cluster_settings(self.project.config.cluster)
 
     def progress_samples(self, target: Target) -> ProgressSamples | None:
         if not target.train.sample_every_n_steps:

@@ -7,11 +7,12 @@ absolute; `model`/`vae` are "builtin:<name>" or absolute file paths (see rules.m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from charfw.config.models import SampleSettings, TrainSettings
+from charfw.config.models import ClusterSettings, SampleSettings, TrainSettings
 from charfw.families import Family
 from charfw.recipe import Recipe, recipe_of
 
@@ -50,6 +51,8 @@ class TrainRequest:
     progress: bool = True
     progress_samples: "ProgressSamples | None" = None   # images during training (sample_every_n_steps)
     run_cache: str | None = None        # the shared run cache's URL (charfw.runcache): not part of the run
+    cluster: ClusterSettings | None = None   # train on this Ray cluster (charfw.cluster): not part of the run
+    on_state_saved: Callable[[int], None] | None = None   # after each resumable state (a node sends it home)
 
     @property
     def key_file(self) -> Path:

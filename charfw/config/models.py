@@ -400,6 +400,15 @@ class GenerateSettings(Strict):
 RegFolder.model_rebuild()
 
 
+class ClusterSettings(Strict):
+    """`cluster:`: where trainings run when not on this machine (charfw.cluster)."""
+
+    engine: Literal["ray"] = "ray"
+    address: str = Field("auto", description="the Ray cluster: auto (this machine is a node), ray://head:10001 "
+                                             "(Ray Client) or host:port; CHARFW_RAY_ADDRESS wins")
+    gpus_per_training: float = Field(1, gt=0, description="GPUs each training holds on its node")
+
+
 class Workspace(Stages):
     """`charfw.yaml`: defaults for every character."""
 
@@ -412,6 +421,7 @@ class Workspace(Stages):
     vae: ReadPath | None = None
     cache: str | None = Field(None, description="the shared run cache: a folder or an fsspec URL (s3://bucket/charfw); "
                                                 "a LoRA trained anywhere with the same run key is taken from it")
+    cluster: ClusterSettings | None = Field(None, description="train on a Ray cluster instead of this machine")
     family: Literal[tuple(FAMILIES)] | None = Field(
         None, description="model family; None = read from the model file (it must agree when set)")
     sizes: Sizes = Field(default_factory=Sizes)

@@ -126,7 +126,7 @@ def train(req: TrainRequest, build_dir: str) -> None:
     """In a `doit -n` worker or doit itself: stop cleanly (state saved) on Ctrl-C, SIGTERM or doit's death."""
 
     die_with_parent()
-    gpu = claim_worker_gpu(req.settings.gpus)
+    gpu = None if req.cluster is not None else claim_worker_gpu(req.settings.gpus)   # Ray picks a node's GPU
     if gpu is not None:
         print(f"charfw: {req.name} trains on GPU {gpu} (CUDA_VISIBLE_DEVICES)", file=sys.stderr, flush=True)
     try:
@@ -196,35 +196,29 @@ def training_charts(name: str, log_dir: str, loras: dict[str, str], outs: dict[s
 
 @reported
 def samples(model: str, vae: str | None, family: Family, lora: str, prompts: list[str], settings, clip_skip: int,
-            outs: list[str]) -> None:
-    """One image per (prompt, seed) with the finished LoRA at strength 1."""
-    from charfw.lora import load_lora
-    from charfw.sample import render
-
-    sd = render.load(model, vae, family)
-    with render.applied(render.lora_layers(sd), load_lora(lora).modules.values(), 1.0):
-        images = render.render(sd, prompts, settings.seeds, settings, clip_skip)
-    for image, out in zip(images, outs):
-        render.save_png(image, Path(out))
+            outs: list[str], cluster=None) -> None:
+    """One image per (prompt, seed) with the finished LoRA at strength 1 (on the cluster where one is set)."""
+    job = {"model": model, "vae": vae, "family": family, "lora": lora, "prompts": prompts, "settings": settings,
+           "clip_skip": clip_skip, "outs": outs}
+    _render("samples", job, cluster)
 
 
 @reported
 def xy_grid(model: str, vae: str | None, family: Family, lora: str, prompt: str, settings, clip_skip: int,
-            rows: dict[str, dict[str, float]], out: str) -> None:
+            rows: dict[str, dict[str, float]], out: str, cluster=None) -> None:
     """Block weights (rows) x strength (columns) of the trained LoRA, one prompt and seed."""
-    from charfw.lora import load_lora
-    from charfw.lora.merge import apply_block_weights
-    from charfw.sample import render
+    job = {"model": model, "vae": vae, "family": family, "lora": lora, "prompts": [prompt], "settings": settings,
+           "clip_skip": clip_skip, "rows": rows, "outs": [out]}
+    _render("grid", job, cluster)
 
-    sd = render.load(model, vae, family)
-    layers, modules = render.lora_layers(sd), list(load_lora(lora).modules.values())
-    cells = []
-    for r, weights in enumerate(rows.values()):
-        scaled = list(apply_block_weights(modules, weights, family))
-        row = []
-        for c, strength in enumerate(settings.grid_strengths):
-            with render.applied(layers, scaled, strength, quiet=bool(r or c)):
-                row.append(render.render(sd, [prompt], settings.seeds[:1], settings, clip_skip)[0])
-        cells.append(row)
-    grid = render.grid_image(cells, list(rows), [f"strength {s:g}" for s in settings.grid_strengths])
-    render.save_png(grid, Path(out))
+
+def _render(kind: str, job: dict, cluster) -> None:
+    from charfw.sample import jobs
+
+    if cluster is None:
+        jobs.RENDERS[kind](**job)
+        return
+    from charfw.cluster.driver import render_remote
+
+    with deferred_signals():
+        render_remote(cluster, kind, job)

@@ -338,6 +338,8 @@ class Checkpointer:
         if self.accelerator.is_main_process:
             self._save(done)
             log.info("saved training state at step %d", done)
+            if self.job.on_state_saved is not None:
+                self.job.on_state_saved(done)
         self.accelerator.wait_for_everyone()
         self.last_save = time.monotonic()
 

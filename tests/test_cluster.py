@@ -1,0 +1,234 @@
+"""Trainings on a Ray cluster: a real local cluster of two GPU nodes (a declared GPU resource on CPUs,
+bound to 127.0.0.1, stopped by the fixture), against a local build of the same workspace."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from modelutil import write_tiny_sd15
+from wsutil import copy_example, executed, run_charfw, run_doit
+
+from charfw.cluster.bundle import pack, relative, replace_folder, safe, snapshot, unpack, written
+from charfw.cluster.driver import reachable
+from charfw.cluster.settings import cluster_settings
+from charfw.config.models import ClusterSettings
+from charfw.errors import CharfwError
+
+EPOCH = "1700000000"
+
+
+def test_bundle_paths_stay_inside_their_folder(tmp_path):
+    root = tmp_path / "ws"
+    (root / "build/a").mkdir(parents=True)
+    (root / "build/a/x.txt").write_text("x")
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"lora")
+    files = pack([root / "build/a", outside], root)
+    assert files["build/a/x.txt"] == b"x"
+    (far,) = [k for k in files if k.startswith("_outside/")]
+    assert far.endswith("/elsewhere.safetensors") and relative(outside, root) == far
+    for bad in ("../x", "/etc/passwd", "a/../../x", "a\\..\\x", "", "a//b"):
+        with pytest.raises(CharfwError, match="leaves its folder"):
+            safe(bad)
+    with pytest.raises(CharfwError):
+        unpack({"../escape.txt": b"no"}, tmp_path / "node")
+    assert not (tmp_path / "escape.txt").exists()
+    node = tmp_path / "node"
+    unpack(files, node)
+    before = snapshot(node)
+    (node / "build/a/new.txt").write_text("n")
+    (node / "build/state").mkdir()
+    (node / "build/state/s.json").write_text("{}")
+    assert written(node, before, skip=("build/state",)) == {"build/a/new.txt": b"n"}
+
+
+def test_a_state_folder_is_replaced_whole(tmp_path):
+    root = tmp_path
+    state = root / "build/train/k.state"
+    state.mkdir(parents=True)
+    (state / "network-00000010.safetensors").write_bytes(b"old")
+    (state / "latents").mkdir()
+    replace_folder(state, {"build/train/k.state/network-00000020.safetensors": b"new",
+                           "build/train/k.state/state.json": b"{}"}, root)
+    assert sorted(p.name for p in state.iterdir()) == ["latents", "network-00000020.safetensors", "state.json"]
+
+
+def test_cluster_settings_come_from_the_workspace_or_the_environment():
+    assert cluster_settings(None, {}) is None
+    s = cluster_settings(None, {"CHARFW_RAY_ADDRESS": "ray://head:10001"})
+    assert s.address == "ray://head:10001" and s.gpus_per_training == 1
+    mine = ClusterSettings(address="auto", gpus_per_training=2)
+    assert cluster_settings(mine, {"CHARFW_RAY_ADDRESS": "10.0.0.5:6379"}).gpus_per_training == 2
+    assert cluster_settings(mine, {}) is mine
+
+
+def test_an_unreachable_cluster_is_one_line_naming_it():
+    with pytest.raises(CharfwError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:9: .*refused"):
+        reachable("127.0.0.1:9")
+    with pytest.raises(CharfwError, match="ray://127.0.0.1:9"):
+        reachable("ray://127.0.0.1:9")
+    with pytest.raises(CharfwError, match="not host:port"):
+        reachable("somewhere")
+
+
+@pytest.mark.slow
+def test_a_build_that_cannot_reach_its_cluster_fails_in_one_line_and_loses_nothing(tmp_path):
+    ws = workspace(tmp_path / "ws", "127.0.0.1:9")
+    proc = doit(ws, "train:krnk", check=False)
+    assert proc.returncode != 0
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert (ws / "build/datasets/krnk.toml").exists() and not (ws / "build/train/krnk.safetensors").exists()
+    assert executed(doit(ws, "dataset:krnk")) == set()       # what was built stays built
+
+
+# -- a real local cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # every Ray address on 127.0.0.1 (before ray loads)
+    import ray  # the cluster extra: CI installs it, as the README says
+    from ray.cluster_utils import Cluster
+
+    base = tmp_path_factory.mktemp("cluster")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    c.caches = {}
+
+    def add(name):
+        cache = base / name
+        node = c.add_node(num_cpus=1, num_gpus=1, env_vars={"CHARFW_NODE_CACHE": str(cache)})
+        c.caches[node] = cache
+        return node
+
+    c.add = add
+    add("node0")
+    add("node1")
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def workspace(parent, address=None, steps=6, extra=""):
+    parent.mkdir()
+    ws = copy_example(parent)
+    (ws / "models").mkdir()
+    write_tiny_sd15(ws / "models/base.safetensors")
+    text = (ws / "charfw.yaml").read_text()
+    assert "\n  steps: 100 " in text
+    text = text.replace("model: builtin:tiny-sd15", "model: models/base.safetensors")
+    text = text.replace("\n  steps: 100 ", f"\n  steps: {steps}\n{extra}  #")
+    if address:
+        text += f"cluster:\n  address: {address}\n"
+    (ws / "charfw.yaml").write_text(text)
+    return ws
+
+
+def doit(ws, *args, check=True):
+    os.environ["SOURCE_DATE_EPOCH"] = EPOCH
+    try:
+        return run_doit(ws, *args, check=check)
+    finally:
+        del os.environ["SOURCE_DATE_EPOCH"]
+
+
+def free_gpus(ray, want, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("GPU", 0) >= want:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_remote_trainings_match_a_local_build_and_ship_the_model_once_per_node(cluster, tmp_path):
+    import ray
+
+    targets = ("compress:krnk", "compress:tyank", "compress:krnksf", "sample:krnk", "sample:grid-krnk")
+    before = {p for cache in cluster.caches.values() for p in cache.rglob("base.safetensors")}
+    local = workspace(tmp_path / "local")
+    remote = workspace(tmp_path / "remote", cluster.address)
+    doit(local, *targets)
+    proc = doit(remote, "-n", "2", *targets)
+    assert {"train:krnk", "train:tyank", "train:krnksf"} <= executed(proc)
+    assert proc.stderr.count("trained on cluster node") == 3
+    for name in ("krnk", "tyank", "krnksf"):
+        for folder in ("build/train", "dist"):
+            assert (remote / folder / f"{name}.safetensors").read_bytes() == \
+                (local / folder / f"{name}.safetensors").read_bytes(), f"{folder}/{name}"
+        assert list((remote / "build/logs" / name).glob("events.out.tfevents.*")), name   # its logs came back
+    assert not list((remote / "build/train").glob("*.state"))       # a finished run leaves no state
+    images = sorted(p.relative_to(local) for p in (local / "build/report").rglob("*.png")
+                    if {"samples", "grids"} & set(p.parts))
+    assert len(images) >= 2 and proc.stderr.count("rendered on cluster node") == 2
+    for rel in images:                                               # rendered on a node, the same pixels
+        assert (remote / rel).read_bytes() == (local / rel).read_bytes(), rel
+    sent = [line for line in proc.stderr.splitlines() if "sent base.safetensors to node" in line]
+    assert 1 <= len(sent) <= 2 and len(set(sent)) == len(sent)       # at most once per node, 3 trainings
+    copies = {p for cache in cluster.caches.values() for p in cache.rglob("base.safetensors")} - before
+    assert len(copies) == len(sent)
+    assert free_gpus(ray, 2)
+    status = run_charfw(remote, "cluster")
+    assert status.returncode == 0, status.stderr
+    assert f"{cluster.address}: 3 nodes, 2 GPUs, 2 trainings at once" in status.stdout
+    assert "build with: doit -n 2" in status.stdout
+    # up to date afterwards, like a local build
+    assert not {t for t in executed(doit(remote, *targets)) if t.startswith("train:")}
+
+
+def training_with_a_saved_state(cluster, tmp_path):
+    """A build training krnk on the cluster, returned once a saved state has come back from the node."""
+    ws = workspace(tmp_path / "ws", cluster.address, steps=30, extra="  save_every_n_steps: 5\n")
+    doit(ws, "dataset:krnk")
+    state = ws / "build/train/krnk.state/state.json"
+    build = subprocess.Popen([sys.executable, "-m", "doit", "train:krnk"], cwd=ws, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH})
+    deadline = time.monotonic() + 240
+    while not state.exists() and time.monotonic() < deadline and build.poll() is None:
+        time.sleep(0.5)
+    assert state.exists(), "no saved state came back from the node"
+    return ws, build
+
+
+@pytest.mark.slow
+def test_a_killed_build_stops_its_remote_training_and_the_rerun_resumes_on_another_node(cluster, tmp_path):
+    import ray
+
+    ws, build = training_with_a_saved_state(cluster, tmp_path)
+    build.send_signal(signal.SIGTERM)
+    out, err = build.communicate(timeout=300)
+    assert build.returncode != 0 and "interrupted: krnk saved at step" in err, err[-2000:]
+    assert free_gpus(ray, 2, timeout=30), "a training still holds a GPU on the cluster"
+    assert not (ws / "build/train/krnk.safetensors").exists()
+    step = int(err.split("saved at step ")[1].split(";")[0])
+
+    # the node it ran on leaves the cluster; a new one joins; the rerun resumes there from that step
+    ran_on = err.split("stopped on cluster node ")[1][:12]
+    (node,) = [n for n in cluster.caches if n.node_id.startswith(ran_on)]
+    cluster.remove_node(node)
+    del cluster.caches[node]
+    cluster.add("node2")
+    proc = doit(ws, "train:krnk")
+    assert f"resuming from its saved state at step {step}" in proc.stderr
+    assert "trained on cluster node" in proc.stderr and f"trained on cluster node {ran_on}" not in proc.stderr
+    assert (ws / "build/train/krnk.safetensors").exists() and not (ws / "build/train/krnk.state").exists()
+
+
+@pytest.mark.slow
+def test_a_lost_node_is_reported_and_the_training_goes_on_elsewhere_from_its_saved_state(cluster, tmp_path):
+    ws, build = training_with_a_saved_state(cluster, tmp_path)
+    (node,) = [n for n, cache in cluster.caches.items() if list((cache / "runs").glob("krnk-*"))]
+    cluster.remove_node(node)           # the machine is gone, with its scratch folder and model copy
+    del cluster.caches[node]
+    out, err = build.communicate(timeout=600)
+    cluster.add("node3")
+    assert build.returncode == 0, err[-3000:]
+    lost = [line for line in err.splitlines() if "its cluster node was lost" in line]
+    assert len(lost) == 1 and "training again on another node from step " in lost[0], err[-3000:]
+    assert (ws / "build/train/krnk.safetensors").exists() and (ws / "build/train/krnk.safetensors.key").exists()
