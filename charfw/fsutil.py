@@ -57,44 +57,6 @@ def os_errno(exc: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class FullWriter:
-    """A file object that remembers the OS error of a failed write and raises it when the block ends:
-    torch.save turns a full disk into "unexpected pos 576 vs 534"; through this it is ENOSPC, as it should be."""
-
-    def __init__(self, path: str | Path):
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        if self.error is not None:
-            raise self.error
-        view = memoryview(data).cast("B")
-        size = view.nbytes
-        try:
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            self.error = exc
-            raise
-        return size
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> "FullWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
-        if exc is not None and self.error is not None and exc is not self.error:
-            raise self.error from None
-
-
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

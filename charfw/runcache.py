@@ -7,6 +7,10 @@ manifest is written last, each file under a temporary name first and then rename
 upload is never an entry. A hit is downloaded to a temporary file, checked against the manifest and
 only then renamed into place; a corrupt or partial entry is reported and ignored (the LoRA is trained
 again and the entry replaced). Only safetensors files and JSON are stored or read: never a pickle.
+
+A stopped run's resumable state (the embedded trainer's: safetensors and state.json) is stored too,
+under `states/<run key>/` with `states/<run key>.json` (each file's size and SHA-256) written
+last, so another machine with the same inputs resumes it; a finished run removes it.
 """
 
 from __future__ import annotations
@@ -94,11 +98,7 @@ class RunCache:
                                "name": Path(source).name}).encode()
         self.fs.makedirs(f"{self.base.rstrip('/')}/loras", exist_ok=True)
         for suffix, payload in ((".safetensors", data), (".json", manifest)):   # the manifest last
-            final = self._path(key, suffix)
-            tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(payload)
-            self.fs.mv(tmp, final)
+            _put(self.fs, self._path(key, suffix), payload)
 
     def _whole(self, key: str) -> bool:
         entry = self.manifest(key)
@@ -106,6 +106,74 @@ class RunCache:
             return entry is not None and self.fs.size(self._path(key, ".safetensors")) == entry["size"]
         except FileNotFoundError:
             return False
+
+
+class StateStore:
+    """Resumable states in the run cache: whole or absent, as LoRA entries are."""
+
+    def __init__(self, runs: RunCache):
+        self.runs, self.fs = runs, runs.fs
+
+    def _folder(self, key: str) -> str:
+        return f"{self.runs.base.rstrip('/')}/states/{key.replace(':', '-')}"
+
+    def _path(self, key: str, name: str | None = None) -> str:
+        """A file of the state, or (no name) its manifest."""
+        return f"{self._folder(key)}/{name}" if name else self._folder(key) + ".json"
+
+    def store(self, key: str, folder: Path) -> int:
+        """Upload the state in `folder` (its safetensors and JSON files); returns the bytes sent."""
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
+        self.drop(key)                   # no entry while the new one uploads
+        manifest, sent = {}, 0
+        self.fs.makedirs(self._folder(key), exist_ok=True)
+        for path in files:
+            data = path.read_bytes()
+            manifest[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            _put(self.fs, self._path(key, path.name), data)
+            sent += len(data)
+        _put(self.fs, self._path(key), json.dumps({"files": manifest}).encode())
+        return sent
+
+    def fetch(self, key: str, folder: Path, index: str) -> bool:
+        """Download a whole stored state into `folder` (`index`, its state.json, last); False if none."""
+        try:
+            with self.fs.open(self._path(key), "rb") as f:
+                files = json.loads(f.read())["files"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError) as exc:
+            self.runs.problems.append(f"run cache state {key[:12]}: unreadable manifest ({exc}); ignored")
+            return False
+        for name in sorted(files, key=lambda n: n == index):
+            if "/" in name or name.startswith(".") or not name.endswith((".safetensors", ".json")):
+                self.runs.problems.append(f"run cache state {key[:12]}: refusing the file name {name!r}")
+                return False
+            with self.fs.open(self._path(key, name), "rb") as src:
+                data = src.read()
+            if hashlib.sha256(data).hexdigest() != files[name]["sha256"]:
+                self.runs.problems.append(f"run cache state {key[:12]}: {name} is corrupt; ignored")
+                return False
+            with atomic_path(Path(folder) / name) as tmp:
+                Path(tmp).write_bytes(data)
+        return True
+
+    def drop(self, key: str) -> None:
+        """Remove a stored state (its manifest first, so it is never seen half removed)."""
+        for path in (self._path(key), self._folder(key)):
+            try:
+                self.fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
+
+
+def _put(fs, final: str, payload: bytes) -> None:
+    """Write under a temporary name, then rename: a reader sees the whole file or none."""
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(payload)
+    fs.mv(tmp, final)
 
 
 class _Corrupt(Exception):

@@ -51,30 +51,3 @@ def test_a_library_error_that_is_a_full_disk_becomes_one_os_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_torch_save_through_full_writer_reports_enospc(tmp_path, monkeypatch):
-    """torch.save into a buffered file says "unexpected pos"; through FullWriter a full disk is ENOSPC."""
-    import errno
-
-    import torch
-
-    from charfw import fsutil
-
-    real_write, written = os.write, [0]
-
-    def filling_write(fd, data):
-        if written[0] > 1000:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written[0] += len(data)
-        return real_write(fd, data)
-
-    monkeypatch.setattr(fsutil.os, "write", filling_write)
-    target = tmp_path / "optim.pt"
-    with pytest.raises(OSError) as exc:
-        with atomic_path(target) as tmp, fsutil.FullWriter(tmp) as f:
-            torch.save({"a": torch.zeros(10000)}, f)
-    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(target)
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.undo()
-    with atomic_path(target) as tmp, fsutil.FullWriter(tmp) as f:   # and it writes what torch.load reads
-        torch.save({"a": torch.arange(5)}, f)
-    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(5))

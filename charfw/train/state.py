@@ -1,9 +1,11 @@
 """Resumable training state in the state folder.
 
-Layout: `network-<step>.safetensors` (adapter weights, fp32), `optim-<step>.pt`
-(optimizer, LR schedule and grad-scaler state: tensors and plain values only, read
-back with `torch.load(weights_only=True)`, so nothing is ever unpickled), and
-`state.json` naming the run and the step, written last. A crash at any point leaves
+Layout: `network-<step>.safetensors` (adapter weights, fp32), `optim-<step>.safetensors`
+(optimizer, LR schedule and grad-scaler state: its tensors, and the structure around them
+as JSON in the file's metadata, so a state holds no pickle anywhere and can travel through a
+cluster or a shared cache), and `state.json` naming the run and the step, written last.
+States written by earlier versions (`optim-<step>.pt`) are still read, with
+`torch.load(weights_only=True)`. A crash at any point leaves
 either the previous complete state or the new one.
 
 The run id is a hash of everything that decides the training result (settings,
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from charfw.fsutil import FullWriter, atomic_path, write_text
+from charfw.fsutil import atomic_path, write_text
 
 log = logging.getLogger("charfw.train")
 
@@ -35,7 +37,37 @@ class SavedState:
 
 
 def _files(state_dir: Path) -> list[Path]:
-    return [*state_dir.glob("network-*.safetensors"), *state_dir.glob("optim-*.pt")]
+    return [*state_dir.glob("network-*.safetensors"), *state_dir.glob("optim-*.safetensors"),
+            *state_dir.glob("optim-*.pt")]
+
+
+def flatten(value, tensors: dict[str, torch.Tensor], path: str = "s"):
+    """A nested state (dicts with int or str keys, lists, tuples, tensors, plain values) as JSON types,
+    each tensor replaced by {"t": its name in `tensors`}."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().contiguous()
+        return {"t": path}
+    if isinstance(value, dict):
+        return {"d": [[k, flatten(v, tensors, f"{path}.{k}")] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        items = [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(value)]
+        return {"l" if isinstance(value, list) else "u": items}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"v": value}
+    raise TypeError(f"cannot store a {type(value).__name__} in a training state ({path})")
+
+
+def unflatten(node, tensors: dict[str, torch.Tensor]):
+    """`flatten`'s inverse."""
+    (kind, value), = node.items()
+    if kind == "t":
+        return tensors[value]
+    if kind == "d":
+        return {k: unflatten(v, tensors) for k, v in value}
+    if kind in ("l", "u"):
+        items = [unflatten(v, tensors) for v in value]
+        return items if kind == "l" else tuple(items)
+    return value
 
 
 def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Tensor], optim: dict,
@@ -44,11 +76,13 @@ def save_state(state_dir: Path, run: str, step: int, network: dict[str, torch.Te
 
     state_dir.mkdir(parents=True, exist_ok=True)
     old = _files(state_dir)
-    net_path, opt_path = state_dir / f"network-{step:08d}.safetensors", state_dir / f"optim-{step:08d}.pt"
+    net_path, opt_path = (state_dir / f"{part}-{step:08d}.safetensors" for part in ("network", "optim"))
     with atomic_path(net_path) as tmp:
         save_file(network, str(tmp), {"run": run, "step": str(step)})
-    with atomic_path(opt_path) as tmp, FullWriter(tmp) as f:
-        torch.save({"run": run, "step": step, **optim}, f)
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(flatten(optim, tensors))
+    with atomic_path(opt_path) as tmp:
+        save_file(tensors, str(tmp), {"run": run, "step": str(step), "structure": structure})
     write_text(state_dir / STATE_FILE, json.dumps({"run": run, "step": step, "network": net_path.name,
                                                    "optim": opt_path.name, "batch_scale": batch_scale}, indent=1))
     for path in old:
@@ -78,7 +112,7 @@ def load_state(state_dir: Path, run: str) -> SavedState | None:
             return None
         from safetensors.torch import load_file
         network = load_file(str(state_dir / info["network"]))
-        optim = torch.load(state_dir / info["optim"], map_location="cpu", weights_only=True)
+        optim = _load_optim(state_dir / info["optim"])
         if optim.get("run") != run or optim.get("step") != info["step"]:
             raise ValueError("optimizer state does not match state.json")
         return SavedState(int(info["step"]), network, optim)
@@ -97,3 +131,14 @@ def clear_state(state_dir: Path) -> None:
         state_dir.rmdir()
     except OSError:
         pass  # not there, or it still holds the disk latent cache
+
+
+def _load_optim(path: Path) -> dict:
+    if path.suffix == ".pt":   # an earlier version's state
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return {"run": meta["run"], "step": int(meta["step"]), **unflatten(json.loads(meta["structure"]), tensors)}
