@@ -117,20 +117,27 @@ def check_controlnets(project: Project) -> None:
     """Every generate section's ControlNet files: there, safetensors, of the workspace's family, of the
     declared kind as far as their names tell (headers only)."""
     from charfw.families import base
-    from charfw.models.controlnet import check_kind, file_family
+    from charfw.models.controlnet import check_kind, file_family, union_uses
 
     for gen in project.generations.values():
+        layouts = []
         for use in gen.settings.controlnets:
             if is_builtin(use.model):
+                layouts.append("union" if str(use.model).endswith("-union") else "ldm")
                 continue
             path = Path(resolve_model_ref(use.model, gen.manifest.parent))
             if not path.is_file():
                 raise CharfwError(f"ControlNet file not found: {path}", file=gen.manifest, field="generate.controlnets")
-            found = file_family(path)[0]
+            found, _, layout = file_family(path)
             if found is not base(project.family):
                 raise CharfwError(f"an {found.label} ControlNet, but the workspace's model is {project.family.label}",
                                   file=path)
             check_kind(path, use.kind)
+            layouts.append(layout)
+        try:
+            union_uses(gen.settings.controlnets, layouts)
+        except CharfwError as exc:
+            raise CharfwError(exc.message, file=gen.manifest, field=exc.field) from None
 
 
 def _tensor_names(path: Path, field: str, where: dict) -> list[str]:

@@ -96,6 +96,66 @@ def test_a_controlnet_of_the_wrong_family_or_kind_is_one_clear_error(tmp_path):
         load_controlnet(not_cn, SD15)
 
 
+def test_a_union_controlnet_is_recognised_and_runs_alone(tmp_path):
+    from charfw.config.models import ControlNetUse
+    from charfw.models.controlnet import UNION_MODES, file_family, load_controlnet, union_uses, write_random_controlnet
+
+    path = write_random_controlnet(tmp_path / "diffusion_pytorch_model_promax.safetensors", "tiny-sdxl", layout="union")
+    family, arch, layout = file_family(path)
+    assert (family, arch, layout) == (SDXL, "tiny-sdxl", "union")
+    model = load_controlnet(path, SDXL)
+    assert type(model).__name__ == "ControlNetUnionModel" and model.config.num_control_type == 6
+    with pytest.raises(CharfwError, match="an SDXL ControlNet, but the workspace's model is SD1.5"):
+        load_controlnet(path, SD15)
+    assert UNION_MODES == {"openpose": 0, "depth": 1, "lineart": 3}      # xinsir's control types
+
+    def use(kind, model="u.safetensors", weight=1.0):
+        return ControlNetUse(model=model, kind=kind, weight=weight)
+
+    assert union_uses([use("openpose"), use("depth")], ["union", "union"])
+    assert not union_uses([use("openpose"), use("depth", "d.safetensors")], ["ldm", "diffusers"])
+    for uses, layouts, message in (
+            ([use("openpose"), use("depth", "d.safetensors")], ["union", "ldm"], "runs alone"),
+            ([use("openpose"), use("depth", "v.safetensors")], ["union", "union"], "runs alone"),
+            ([use("openpose"), use("depth", weight=0.5)], ["union", "union"], "share one weight"),
+            ([use("depth"), use("depth")], ["union", "union"], "listed twice for depth")):
+        with pytest.raises(CharfwError, match=message) as exc:
+            union_uses(uses, layouts)
+        assert exc.value.field == "generate.controlnets"
+
+
+@pytest.mark.slow
+def test_a_union_controlnet_renders_each_image_with_its_control_type(gen_ws, monkeypatch):
+    from diffusers import ControlNetUnionModel
+
+    from charfw.config.models import ControlNetUse
+    from charfw.generate.render import render_view
+    from charfw.workspace import load_project
+
+    seen = []
+    forward = ControlNetUnionModel.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((list(kwargs["control_type_idx"]), len(kwargs["controlnet_cond"])))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ControlNetUnionModel, "forward", spy)
+    gen = load_project(gen_ws).generations["mira/face"]
+    union = "builtin:tiny-sdxl-controlnet-union"
+    settings = gen.settings.model_copy(update={"steps": 2, "hires": None, "controlnets": [
+        ControlNetUse(model=union, kind="openpose"), ControlNetUse(model=union, kind="depth", start=0.0)]})
+    controls = [Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (128, 128, 128))]
+    images = render_view("builtin:tiny-sdxl", None, SDXL, settings, "1girl", controls, [3])
+    assert len(images) == 1 and images[0].size == (64, 64)
+    assert seen and all(idx == [0, 1] for idx, _ in seen)       # openpose and depth, in the listed order
+    seen.clear()
+    from charfw.config.models import HiresPass
+
+    hires = settings.model_copy(update={"hires": HiresPass(scale=1.5, denoise=0.5, steps=2)})
+    (big,) = render_view("builtin:tiny-sdxl", None, SDXL, hires, "1girl", controls, [3])
+    assert big.size == (96, 96) and seen and all(idx == [0, 1] for idx, _ in seen)   # the second pass too
+
+
 @pytest.mark.slow
 def test_a_candidate_is_deterministic_for_its_seed(gen_ws):
     from charfw.generate import views

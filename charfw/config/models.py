@@ -355,8 +355,9 @@ class RegFolder(Strict):
 class ControlNetUse(Strict):
     """One ControlNet of the generate stage: a file as users download it, the template kind it reads."""
 
-    model: ReadPath = Field(description="a .safetensors ControlNet (original or diffusers layout), or "
-                                        "builtin:tiny-sd15-controlnet / builtin:tiny-sdxl-controlnet")
+    model: ReadPath = Field(description="a .safetensors ControlNet (original or diffusers layout, or an SDXL "
+                                        "union model listed once per kind), or builtin:tiny-sd15-controlnet / "
+                                        "builtin:tiny-sdxl-controlnet / builtin:tiny-sdxl-controlnet-union")
     kind: Literal["openpose", "depth", "lineart"]
     weight: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale")
     start: float = Field(0.0, ge=0, le=1, description="the share of the steps before it starts")

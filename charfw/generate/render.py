@@ -17,7 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 from charfw.families import Family
 from charfw.fsutil import atomic_path
 from charfw.generate.keying import key_out
-from charfw.models.controlnet import load_controlnet, write_random_controlnet
+from charfw.models.controlnet import UNION_MODES, load_controlnet, union_uses, write_random_controlnet
 from charfw.rules.modelref import builtin_name, is_builtin
 from charfw.sample.render import decode, load, prompt_kwargs, sample_scheduler
 
@@ -33,14 +33,17 @@ def controlnet_path(ref: str) -> Path:
     from charfw.models.configs import default_cache_dir
 
     name = builtin_name(ref)
-    arch = next((f.configs[1] for f in FAMILIES.values() if f"{f.configs[1]}-controlnet" == name), None)
-    if arch is None:
+    builtins = {f"{f.configs[1]}-controlnet{tail}": (f.configs[1], layout) for f in FAMILIES.values()
+                if not f.variant_of for tail, layout in (("", "ldm"), ("-union", "union"))
+                if layout == "ldm" or f.pooled_conditioning}
+    if name not in builtins:
         from charfw.errors import CharfwError
-        known = ", ".join(f"builtin:{f.configs[1]}-controlnet" for f in FAMILIES.values() if not f.variant_of)
+        known = ", ".join(f"builtin:{n}" for n in builtins)
         raise CharfwError(f"unknown builtin ControlNet {ref!r}; known: {known}", field="generate.controlnets")
     path = default_cache_dir() / "models" / f"{name}-s0.safetensors"
     if not path.is_file():
-        write_random_controlnet(path, arch)
+        arch, layout = builtins[name]
+        write_random_controlnet(path, arch, layout=layout)
     return path
 
 
@@ -55,17 +58,19 @@ def controlnets(uses, family: Family, device: str, dtype: torch.dtype):
     return models
 
 
-def _pipelines(sd, nets, sampler: str):
+def _pipelines(sd, nets, sampler: str, union: bool = False):
     import diffusers
 
-    net = nets[0] if len(nets) == 1 else diffusers.MultiControlNetModel(nets)
+    net = nets[0] if len(nets) == 1 or union else diffusers.MultiControlNetModel(nets)
     scheduler = sample_scheduler(sd, sampler)
     if sd.family.pooled_conditioning:
         parts = dict(vae=sd.vae, text_encoder=sd.text_encoder, text_encoder_2=sd.text_encoder_2,
                      tokenizer=sd.tokenizer, tokenizer_2=sd.tokenizer_2, unet=sd.unet, controlnet=net,
                      scheduler=scheduler)
-        first, second = (diffusers.StableDiffusionXLControlNetPipeline,
-                         diffusers.StableDiffusionXLControlNetImg2ImgPipeline)
+        first, second = ((diffusers.StableDiffusionXLControlNetUnionPipeline,
+                          diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline) if union else
+                         (diffusers.StableDiffusionXLControlNetPipeline,
+                          diffusers.StableDiffusionXLControlNetImg2ImgPipeline))
     else:
         parts = dict(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                      controlnet=net, scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -96,24 +101,30 @@ def render_view(model: str, vae: str | None, family: Family, settings, prompt: s
     sd = load(model, vae, family)
     device = next(sd.unet.parameters()).device
     dtype = next(sd.unet.parameters()).dtype
-    first, second = _pipelines(sd, controlnets(settings.controlnets, family, str(device), dtype), settings.sampler)
-    many, uses = len(controls) > 1, settings.controlnets
+    nets, uses = controlnets(settings.controlnets, family, str(device), dtype), settings.controlnets
+    union = union_uses(uses, ["union" if type(n).__name__ == "ControlNetUnionModel" else "" for n in nets])
+    first, second = _pipelines(sd, nets, settings.sampler, union)
+    many = len(controls) > 1 and not union
     control = dict(controlnet_conditioning_scale=[u.weight for u in uses] if many else uses[0].weight,
                    control_guidance_start=[u.start for u in uses] if many else uses[0].start,
                    control_guidance_end=[u.end for u in uses] if many else uses[0].end)
+    if union:   # one model, each image with its control type
+        control["control_mode"] = [UNION_MODES[u.kind] for u in uses]
     width, height = controls[0].size
     kwargs = prompt_kwargs(sd, prompt, settings, device, clip_skip)
     images = []
     for seed in seeds:
         gen = torch.Generator("cpu").manual_seed(seed)
-        latents = first(image=controls if many else controls[0], num_inference_steps=settings.steps,
+        given = controls if many or union else controls[0]
+        latents = first(**{"control_image" if union else "image": given}, num_inference_steps=settings.steps,
                         guidance_scale=settings.guidance, width=width, height=height, generator=gen,
                         output_type="latent", **control, **kwargs).images
         image = decode(sd, first, latents)
         if settings.hires:
             big = (round(width * settings.hires.scale / 8) * 8, round(height * settings.hires.scale / 8) * 8)
             larger = [c.resize(big, Image.LANCZOS) for c in controls]
-            latents = second(image=image.resize(big, Image.LANCZOS), control_image=larger if many else larger[0],
+            latents = second(image=image.resize(big, Image.LANCZOS),
+                             control_image=larger if many or union else larger[0],
                              strength=settings.hires.denoise,
                              num_inference_steps=settings.hires.steps or settings.steps,
                              guidance_scale=settings.guidance, generator=gen, output_type="latent",

@@ -7,6 +7,10 @@ single file). Either is read by its tensor names (charfw.models.keymap), the mod
 family's shipped U-Net config: nothing is downloaded. A file's family is read from its tensors
 (SDXL's have the size/pooled-text embedding and a 2048-wide context), its kind from what the user
 declares; a file whose name says another kind ("..._depth...") for `kind: openpose` is refused.
+
+Union ControlNets (xinsir's controlnet-union-sdxl-1.0 and its ProMax, diffusers layout) take every
+kind in one model: a `task_embedding` row per control type, the control type of each image given as
+its index (`UNION_MODES`, xinsir's table). One union file serves all of a section's kinds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from charfw.models.keymap import CONTROLNET_PREFIX, controlnet_to_ldm
 KNOWN_KINDS = ("openpose", "depth", "lineart", "canny", "softedge", "hed", "scribble", "seg", "normal", "tile",
                "inpaint", "mlsd", "shuffle", "ip2p")
 ALIASES = {"pose": "openpose", "lineart_anime": "lineart", "anime_lineart": "lineart", "midas": "depth"}
+# xinsir's control types: 0 openpose, 1 depth, 2 hed/pidi/scribble/ted, 3 canny/lineart/anime_lineart/mlsd,
+# 4 normal, 5 segment, 6 tile, 7 repaint (ProMax)
+UNION_MODES = {"openpose": 0, "depth": 1, "lineart": 3}
 
 
 def controlnet_config(arch: str) -> dict:
@@ -41,8 +48,21 @@ def _stripped(keys) -> tuple[list[str], str]:
     return keys, ""
 
 
+def union_config(arch: str, header: dict) -> dict:
+    """A ControlNetUnionModel config: the shipped U-Net's, the union parts' sizes read from the tensors."""
+    from diffusers import ControlNetUnionModel
+
+    params = inspect.signature(ControlNetUnionModel.__init__).parameters
+    config = {k: v for k, v in arch_config(arch, "unet").items() if k in params}
+    types, channels = header["task_embedding"]["shape"]
+    layers = {k.split(".")[1] for k in header if k.startswith("transformer_layes.")}
+    return {**config, "num_control_type": types, "num_trans_channel": channels, "num_trans_layer": len(layers),
+            "num_proj_channel": header["spatial_ch_projs.weight"]["shape"][0]}
+
+
 def file_family(path: Path, header: dict | None = None) -> tuple[Family, str, str]:
-    """(family, shipped config set, layout "ldm" | "diffusers") of a ControlNet file, from its tensors."""
+    """(family, shipped config set, layout "ldm" | "diffusers" | "union") of a ControlNet file, from its
+    tensors."""
     header = header if header is not None else safetensors_header(path)
     keys, _ = _stripped(header)
     ldm = any(k.startswith("input_hint_block.") for k in keys)
@@ -57,7 +77,7 @@ def file_family(path: Path, header: dict | None = None) -> tuple[Family, str, st
             continue
         for arch in family.configs:
             if arch_config(arch, "unet")["block_out_channels"][0] == conv_in[0]:
-                return family, arch, "ldm" if ldm else "diffusers"
+                return family, arch, "ldm" if ldm else "union" if "task_embedding" in keys else "diffusers"
     raise CharfwError(f"a ControlNet of no known size ({conv_in[0]} channels at the input)", file=path)
 
 
@@ -69,6 +89,25 @@ def check_kind(path: Path, kind: str) -> None:
         return
     raise CharfwError(f"its name says a {'/'.join(sorted(named))} ControlNet, but `kind: {kind}` is set "
                       "(fix the kind, or rename the file if its name is wrong)", file=path)
+
+
+def union_uses(uses, layouts: list[str]) -> bool:
+    """Whether a section's ControlNets are one union model (each use one of its control types). diffusers
+    runs a union model alone and applies one weight and one start/end to it: anything else is refused."""
+    unions = [u for u, layout in zip(uses, layouts) if layout == "union"]
+    if not unions:
+        return False
+    if len(unions) != len(uses) or len({str(u.model) for u in uses}) > 1:
+        raise CharfwError("a union ControlNet runs alone: list that one file once per kind (openpose, depth, "
+                          "lineart), without other ControlNets", field="generate.controlnets")
+    if len({(u.weight, u.start, u.end) for u in uses}) > 1:
+        raise CharfwError("the kinds of one union ControlNet share one weight, start and end (it is one model)",
+                          field="generate.controlnets")
+    kinds = [u.kind for u in uses]
+    if len(set(kinds)) != len(kinds):
+        raise CharfwError(f"the union ControlNet is listed twice for {max(kinds, key=kinds.count)}",
+                          field="generate.controlnets")
+    return True
 
 
 def load_controlnet(path: str | Path, family: Family, dtype=None, device: str = "cpu"):
@@ -89,7 +128,12 @@ def load_controlnet(path: str | Path, family: Family, dtype=None, device: str = 
         raise CharfwError(f"an {found.label} ControlNet, but the workspace's model is {family.label}", file=path)
     tensors = load_file(str(path))
     unet_config = arch_config(arch, "unet")
-    model = ControlNetModel(**controlnet_config(arch))
+    if layout == "union":
+        from diffusers import ControlNetUnionModel
+
+        model = ControlNetUnionModel(**union_config(arch, safetensors_header(path)))
+    else:
+        model = ControlNetModel(**controlnet_config(arch))
     if layout == "ldm":
         keys, prefix = _stripped(tensors)
         names = controlnet_to_ldm(model.state_dict(), unet_config, prefix)
@@ -104,19 +148,27 @@ def load_controlnet(path: str | Path, family: Family, dtype=None, device: str = 
 
 def write_random_controlnet(path: str | Path, arch: str, seed: int = 0, layout: str = "ldm") -> Path:
     """A random-weight ControlNet of a shipped config set (the tiny ones for tests and the example) in the
-    original layout (SD1.5's under control_model.*, SDXL's bare, as they ship) or diffusers'."""
+    original layout (SD1.5's under control_model.*, SDXL's bare, as they ship), diffusers', or as a union
+    model (diffusers' layout, xinsir's six control types)."""
     import torch
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
     from safetensors.torch import save_file
 
     from charfw.families import of_config
     from charfw.fsutil import atomic_path
 
     torch.manual_seed(seed)
-    model = ControlNetModel(**controlnet_config(arch))
+    if layout == "union":
+        params = inspect.signature(ControlNetUnionModel.__init__).parameters
+        model = ControlNetUnionModel(**{k: v for k, v in arch_config(arch, "unet").items() if k in params},
+                                     num_trans_channel=arch_config(arch, "unet")["block_out_channels"][0],
+                                     num_proj_channel=arch_config(arch, "unet")["block_out_channels"][0])
+    else:
+        model = ControlNetModel(**controlnet_config(arch))
     with torch.no_grad():   # its zero convs start at zero: give them weight so the control shows
         for name, p in model.named_parameters():
-            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "cond_embedding.conv_out" in name:
+            if any(part in name for part in ("controlnet_down_blocks", "controlnet_mid_block",
+                                             "cond_embedding.conv_out", "spatial_ch_projs")):
                 p.normal_(0, 0.02)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if layout == "ldm":
