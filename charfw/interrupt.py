@@ -35,15 +35,19 @@ def requested() -> str | None:
 
 
 @contextmanager
-def deferred_signals():
-    """SIGINT/SIGTERM set the stop flag instead of killing the process (main thread only)."""
+def deferred_signals(twice_stops_now: bool = True):
+    """SIGINT/SIGTERM set the stop flag instead of killing the process (main thread only).
+
+    `twice_stops_now`: a second Ctrl-C interrupts at once. A cluster task says False: Ray repeats its
+    cancellation (a SIGINT) every few seconds until the task ends, and each is the same request.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def ask(signum, frame):
         name = signal.Signals(signum).name
-        if _requested and name == "SIGINT" and _requested[0] == "SIGINT":
+        if twice_stops_now and _requested and name == "SIGINT" and _requested[0] == "SIGINT":
             raise KeyboardInterrupt  # Ctrl-C twice: stop now
         if not _requested:  # a dying doit may deliver SIGTERM more than once: one request
             _requested.append(name)

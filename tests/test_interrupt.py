@@ -30,3 +30,17 @@ def test_a_sigint_ignored_from_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_a_repeated_request_is_one_request_where_twice_must_not_stop_at_once():
+    """Ray repeats a cancellation (SIGINT) until the task ends: on a cluster node each is the same request."""
+    import pytest
+
+    with interrupt.deferred_signals(twice_stops_now=False):
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert interrupt.requested() == "SIGINT"
+    with interrupt.deferred_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -123,7 +123,7 @@ def train_task(job: dict, files: dict[str, bytes], models: list[dict], box) -> d
         result = {"node": node, "received": received}
         started = time.monotonic()
         try:
-            with deferred_signals():
+            with deferred_signals(twice_stops_now=False):
                 result["cpu"] = train_here(req)
             result["train_s"] = time.monotonic() - started
         except Interrupted as exc:   # the saved state comes home too (sd-scripts' has no mailbox)
