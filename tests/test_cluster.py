@@ -3,6 +3,7 @@ bound to 127.0.0.1, stopped by the fixture), against a local build of the same w
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,7 +96,12 @@ def cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     base = tmp_path_factory.mktemp("cluster")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    with socket.socket() as s:                   # a free port for the head's Ray Client server
+        s.bind(("127.0.0.1", 0))
+        client_port = s.getsockname()[1]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
+                                                      "ray_client_server_port": client_port})
+    c.client_address = f"ray://127.0.0.1:{client_port}"
     c.caches = {}
 
     def add(name):
@@ -235,4 +241,13 @@ def test_a_lost_node_is_reported_and_the_training_goes_on_elsewhere_from_its_sav
     assert build.returncode == 0, out[-3000:] + err[-3000:]
     lost = [line for line in err.splitlines() if "its cluster node was lost" in line]
     assert len(lost) == 1 and "training again on another node from step " in lost[0], err[-3000:]
+    assert (ws / "build/train/krnk.safetensors").exists() and (ws / "build/train/krnk.safetensors.key").exists()
+
+
+@pytest.mark.slow
+def test_a_build_through_ray_client_trains_on_the_cluster(cluster, tmp_path):
+    """ray://head:port (Ray Client): the build is no node of the cluster, and still ships, waits and writes."""
+    ws = workspace(tmp_path / "ws", cluster.client_address, steps=4)
+    proc = doit(ws, "train:krnk")
+    assert "krnk: trained on cluster node" in proc.stderr
     assert (ws / "build/train/krnk.safetensors").exists() and (ws / "build/train/krnk.safetensors.key").exists()
