@@ -153,7 +153,8 @@ def plan(root: Path, target: str | None = None) -> str:
     if trainings:
         numbers = {r.name: target_numbers(layout, targets[r.name]) for r in trainings}
         total = sum(n.steps for n in numbers.values())
-        lines += ["", f"{len(trainings)} training{'s' if len(trainings) > 1 else ''}, {total} steps in all:"]
+        where = f" on the Ray cluster at {layout.cluster.address}" if layout.cluster is not None else ""
+        lines += ["", f"{len(trainings)} training{'s' if len(trainings) > 1 else ''}, {total} steps in all{where}:"]
         lines += [f"  {r.name}: {numbers[r.name].steps} steps ({r.settings.trainer}, {r.settings.network} dim {r.recipe.network.dim}"
                   + (", batch_scale auto: fewer, bigger batches on a GPU with room" if numbers[r.name].batch_scale
                      == "auto" else "") + ")" + _from_cache(r) for r in trainings]

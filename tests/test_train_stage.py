@@ -90,5 +90,10 @@ def test_plan_prints_the_commands(sd_ws):
 def test_plan_embedded_and_unknown_target(workspace):
     out = run_charfw(workspace, "plan", "tyank").stdout
     assert "charfw train tyank -C" in out and "train:krnk" not in out
+    assert "steps in all:" in out and "Ray cluster" not in out
+    with open(workspace / "charfw.yaml", "a") as f:
+        f.write("cluster:\n  address: head.example:6379\n")
+    out = run_charfw(workspace, "plan", "tyank").stdout      # says where it will train, without connecting
+    assert "steps in all on the Ray cluster at head.example:6379:" in out
     proc = run_charfw(workspace, "plan", "nobody")
     assert proc.returncode == 2 and "unknown target 'nobody'" in proc.stderr
