@@ -217,8 +217,12 @@ class _Training:
         if step := saved_state_info(req.state_dir).get("step"):
             say(f"{req.name}: resuming from its saved state at step {step} (on the node that takes it)")
         here = _node_here(ray)
-        self.box = ray.remote(num_cpus=0)(StateBox).options(   # on the build's node when it is one
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True) if here else "DEFAULT").remote()
+
+        def new_box():   # on the build's node when it is one
+            return ray.remote(num_cpus=0)(StateBox).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True) if here else "DEFAULT").remote()
+
+        self.box = new_box()
         lost = 0
         try:
             while True:
@@ -233,6 +237,8 @@ class _Training:
                         raise CharfwError(f"{req.name}: lost its cluster node {lost} times (last: {exc})") from None
                     say(f"{req.name}: its cluster node was lost ({exc}); training again on another node from "
                         + (f"step {self.step}" if self.step > 0 else "the start"))
+                    _kill(ray, self.box)     # it may have been on the lost node: a new one for the new run
+                    self.box = new_box()
                     continue
                 _write_outputs(req.root, result["outputs"], last=req.output)
                 if "interrupted" in result:
@@ -243,7 +249,7 @@ class _Training:
                     + _cost(time.monotonic() - started, result["train_s"], files, result))
                 return result["cpu"]
         finally:
-            ray.kill(self.box)
+            _kill(ray, self.box)
 
     def _take_state(self) -> None:
         """Mirror the task's newest saved state into the workspace's state folder (resumable anywhere)."""
@@ -262,6 +268,13 @@ def _cost(wall: float, work: float, files: dict[str, bytes], result: dict) -> st
     return (f"({work:.1f} s there, {max(0.0, wall - work):.1f} s overhead; {sent / 1e6:.2f} MB sent, "
             f"{back / 1e6:.2f} MB back" + (f", model files {result['model_bytes'] / 1e6:.1f} MB" if
                                           result["model_bytes"] else "") + ")")
+
+
+def _kill(ray, actor) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:   # already gone with its node
+        pass
 
 
 def train_remote(req: TrainRequest, cache: DigestCache | None = None) -> bool:

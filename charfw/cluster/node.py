@@ -117,7 +117,10 @@ def train_task(job: dict, files: dict[str, bytes], models: list[dict], box) -> d
         state_dir = root / job["request"]["state_dir"]
 
         def send_state(step: int) -> None:
-            ray.get(box.put.remote(step, pack([state_dir], root)))
+            try:
+                ray.get(box.put.remote(step, pack([state_dir], root)))
+            except ray.exceptions.RayError:   # the mailbox is gone (its node too): train on, state kept here
+                pass
 
         req = from_wire(job["request"], root, local, on_state_saved=send_state)
         result = {"node": node, "received": received}
