@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 from charfw.errors import CharfwError
-from charfw.fsutil import atomic_path
+from charfw.fsutil import write_bytes
 
 OUTSIDE = "_outside"
 
@@ -45,12 +45,9 @@ def pack(paths, root: Path) -> dict[str, bytes]:
 
 
 def unpack(files: dict[str, bytes], root: Path) -> None:
-    """Write a bundle under `root`, each file atomically."""
+    """Write a bundle under `root`, each file atomically, in the bundle's order."""
     for rel, data in files.items():
-        path = root / safe(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(data)
+        write_bytes(root / safe(rel), data)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -73,11 +70,7 @@ def replace_folder(folder: Path, files: dict[str, bytes], root: Path, keep: tupl
     files whose names start with one of `keep` stay."""
     rel_folder = relative(folder, root)
     mine = {rel: data for rel, data in files.items() if rel.startswith(rel_folder + "/")}
-    for rel in sorted(mine, key=lambda r: r.endswith(".json")):   # the index (state.json) last
-        path = root / safe(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(mine[rel])
+    unpack({rel: mine[rel] for rel in sorted(mine, key=lambda r: r.endswith(".json"))}, root)   # state.json last
     if folder.is_dir():
         for path in folder.iterdir():
             if path.is_file() and relative(path, root) not in mine and not path.name.startswith(keep):

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from charfw.cluster.bundle import OUTSIDE, pack, relative, replace_folder, safe
+from charfw.cluster.bundle import OUTSIDE, pack, relative, replace_folder, unpack
 from charfw.cluster.node import FORWARDED_ENV, StateBox, render_task, train_task
 from charfw.cluster.wire import model_files, to_wire
 from charfw.config.models import ClusterSettings
 from charfw.errors import CharfwError
 from charfw.fingerprint import DigestCache
-from charfw.fsutil import atomic_path
 from charfw.interrupt import Interrupted, requested
 from charfw.request import TrainRequest
 
@@ -112,13 +111,9 @@ def _send(ray, entries: list[dict]) -> int:
 
 def _write_outputs(root: Path, outputs: dict[str, bytes], last: Path | None = None) -> None:
     """Write what the node wrote, each file atomically (`last`, the LoRA, after the others)."""
-    for rel in sorted(outputs, key=lambda r: last is not None and (root / r).resolve() == last.resolve()):
-        if rel.startswith(OUTSIDE + "/"):
-            continue
-        path = root / safe(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(outputs[rel])
+    order = sorted((r for r in outputs if not r.startswith(OUTSIDE + "/")),
+                   key=lambda r: last is not None and (root / r).resolve() == last.resolve())
+    unpack({rel: outputs[rel] for rel in order}, root)
 
 
 def _clear_state(state_dir: Path) -> None:
