@@ -200,15 +200,27 @@ def core_svd(core: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         n = core.shape[0]
         return torch.eye(n, dtype=core.dtype), core.new_zeros(n), core.new_zeros(core.shape)
     unit = core / peak   # O(1) entries: a trained LoRA's tiny values would underflow in float32 (NaN from LAPACK)
-    eigenvalues, vectors = torch.linalg.eigh(unit @ unit.T)
-    if not (torch.isfinite(eigenvalues).all() and torch.isfinite(vectors).all()):
-        eigenvalues, vectors = (t.to(core.dtype) for t in torch.linalg.eigh((unit @ unit.T).double()))
-    s = eigenvalues.flip(0).clamp_min(0).sqrt() * peak
-    u = vectors.flip(1)
+    eigenvalues, u = _eigh_descending(unit @ unit.T)
+    s = eigenvalues.clamp_min(0).sqrt() * peak
     floor = torch.finfo(core.dtype).eps ** 0.5
     s = torch.where(s > s[0] * floor, s, torch.zeros_like(s)) if len(s) else s
     inv = torch.where(s > 0, 1 / s, torch.zeros_like(s))
     return u, s, inv[:, None] * (u.T @ core)
+
+
+def _eigh_descending(sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and vectors of a symmetric PSD matrix, in its dtype. float32 LAPACK now and
+    then fails on an ordinary matrix (NaN, or "failed to converge": a trained 64x128 SDXL module in CI):
+    that is redone in float64, and an SVD (for a PSD matrix the same decomposition) is the last resort."""
+    for attempt in (sym, sym.double()):
+        try:
+            values, vectors = torch.linalg.eigh(attempt)
+        except torch.linalg.LinAlgError:
+            continue
+        if torch.isfinite(values).all() and torch.isfinite(vectors).all():
+            return values.flip(0).to(sym.dtype), vectors.flip(1).to(sym.dtype)
+    u, values, _ = torch.linalg.svd(sym.double())
+    return values.to(sym.dtype), u.to(sym.dtype)
 
 
 def _dense_factors(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, k: int,
