@@ -7,11 +7,13 @@ every level; a lower level overrides only the fields it sets.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import fields as dataclass_fields
+from typing import Annotated, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
+from charfw.errors import CharfwError
 from charfw.families import FAMILIES
 from charfw.lora.options import CompressOptions
 from charfw.rules.blocklr import BLOCK_OPTIONS, CURVE, CURVES
@@ -273,10 +275,37 @@ class MergeSettings(Strict):
                           "BODY for outfits and groups (charfw.workspace.KIND_DEFAULTS)")
 
 
-class CompressSettings(CompressOptions):
-    """SVD resize of the merged LoRA (docs/rules.md §9). Read by the `compress` stage."""
+class _CompressSection(Strict):
+    """SVD resize of the merged LoRA (docs/rules.md §9). Read by the `compress` stage.
+
+    Its fields are CompressOptions' (charfw.lora.options, where each is written once), plus `enabled`;
+    a level of the workspace may set only some of them, the merged section is checked as a whole.
+    """
 
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo):
+        if not (info.context and info.context.get("partial")):
+            try:
+                self.options()
+            except CharfwError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+    def options(self) -> CompressOptions:
+        return CompressOptions(**self.model_dump(exclude={"enabled"}))
+
+
+def _pydantic_fields(options: type) -> dict:
+    """A dataclass's fields as pydantic field definitions (type, Field with its metadata)."""
+    hints = get_type_hints(options)
+    return {f.name: (hints[f.name], Field(f.default, **{k: v for k, v in f.metadata.items() if v is not None}))
+            for f in dataclass_fields(options)}
+
+
+CompressSettings = create_model("CompressSettings", __base__=_CompressSection, __module__=__name__,
+                                __doc__=_CompressSection.__doc__, **_pydantic_fields(CompressOptions))
 
 
 class SampleSettings(Strict):

@@ -9,11 +9,13 @@ O(out · (in·k·k) · min(out, in·k·k)) of a dense SVD. The r × r work is fl
 rounding, 13% faster). LoCon's Tucker `lora_mid` is folded into down first, so such a module
 comes out as an ordinary conv LoRA (loaders all read that).
 
-A file is compressed in two passes over its modules (compress_file): the first finds every rank,
-which fixes the output's header; the second makes each module's new factors and writes them
-straight into place (lora.io.StreamedLora), hashing them as they come, so neither file is ever
-held whole in memory (peak memory 1.05-1.15x, time 1.4-1.6x of merely reading and writing the
-file: bench/compress.py).
+A file is compressed in one pass over its modules (compress_file): each is read once and its
+new factors kept, and hashed as they come while the next modules are factorized; the ranks then
+fix the output's header and the factors are written into place (lora.io.StreamedLora). An earlier
+two-pass design (ranks first, then each module read again) held only one module per thread, but
+converting every input to float32 twice and hashing after the compute cost more than the memory
+it saved: the output held is at most the input's size (bench/compress.py: peak memory
+1.3-1.45x, time 1.3-1.6x of a process that merely reads and writes the file).
 
 Rank rules, on the singular values S (descending). The default, `rank_rule: sd-scripts`,
 is sd-scripts' networks/resize_lora.py choice (unchanged on its main branch since 2023):
@@ -62,7 +64,7 @@ from charfw.families import Family, from_lora
 from charfw.fsutil import atomic_path
 from charfw.lora.io import LoraReader, StreamedLora
 from charfw.lora.keys import lora_module_specs
-from charfw.lora.metadata import record_compress
+from charfw.lora.metadata import HashStream, record_compress, tensor_bytes
 from charfw.lora.modules import Module, delta_matrix, layer_shape, lora_factors
 from charfw.lora.options import CompressOptions
 
@@ -258,145 +260,97 @@ def module_rank(o: CompressOptions, S: torch.Tensor, full_len: int, conv3x3: boo
     return choose_rank(S, o.method, o.param, cap)
 
 
-def _lora_shapes(k: int, shape: tuple[int, ...], out_dtype: torch.dtype,
-                 extra: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    """The tensors of a rank-k LoRA module for a layer of `shape` (no alpha: alpha = rank for every
-    loader, so all apply the same ΔW; see modules.folded)."""
-    conv = len(shape) == 4
-    return {"lora_down.weight": (out_dtype, (k, *shape[1:]) if conv else (k, shape[1])),
-            "lora_up.weight": (out_dtype, (shape[0], k, 1, 1) if conv else (shape[0], k)),
-            **{suffix: (out_dtype, tuple(t.shape)) for suffix, t in extra.items()}}
-
-
-@dataclass
-class ModulePlan:
-    """What the first pass learns of a module: the rank kept and the new tensors' shapes, and either the
-    r×k rotations that make a LoRA module's new factors from its old ones (second pass) or the new
-    tensors themselves (a LoHa/LoKr module kept or converted through a dense ΔW)."""
-
-    name: str
-    old_rank: int | None
-    rank: int | None                                          # None: left unchanged
-    kind: str
-    shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]]    # suffix -> (dtype, shape) of the output
-    rotations: tuple[torch.Tensor, torch.Tensor] | None = None
-    ready: dict[str, torch.Tensor] | None = None
-
-    def meta_module(self) -> Module:
-        """A shape-only Module (no data) for the metadata's rank records."""
-        return Module(self.name, {k: torch.empty(shape, dtype=dtype, device="meta")
-                                  for k, (dtype, shape) in self.shapes.items()}, self.kind)
-
-
-def plan_module(m: Module, s: CompressOptions, device: str = "cpu",
-                spec_shape: tuple[int, ...] | None = None) -> ModulePlan:
-    """The first pass over one module: its spectrum and the rank kept (the r×r work only for a LoRA)."""
+def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
+                    spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
+    """(new module, new rank or None if left unchanged) for one module, its tensors on the CPU in the
+    output dtype. A LoRA module goes through the r×r work (LowRankSVD); a LoHa/LoKr module is kept, or
+    with `to_lora` converted through its dense ΔW."""
     out_dtype, dev = DTYPES[s.dtype], torch.device(device)
     extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
     if m.kind == "lora":
         up, down = lora_factors(m, torch.float32, dev)
         svd = LowRankSVD.of(up, down, torch.float64 if out_dtype == torch.float32 else torch.float32)
         k = module_rank(s, svd.S, min(up.shape[0], down.shape[1]), m.conv3x3)
+        new_up, new_down = svd.factors(k, s_on_up=s.sd_scripts_compat, scale=m.scale)
         shape = layer_shape(m, up.shape[0], down.shape[1])
-        return ModulePlan(m.name, m.rank, k, "lora", _lora_shapes(k, shape, out_dtype, extra),
-                          rotations=svd.rotations(k, s_on_up=s.sd_scripts_compat, scale=m.scale))
-    if not s.to_lora:
-        ready = {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()}
-        return ModulePlan(m.name, m.rank, None, m.kind, {k_: (v.dtype, tuple(v.shape)) for k_, v in ready.items()},
-                          ready=ready)
-    delta = delta_matrix(m, torch.float32, dev)
-    shape = layer_shape(m, *delta.shape, spec_shape)
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
-    up, down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
-    shapes = _lora_shapes(k, shape, out_dtype, extra)
-    return ModulePlan(m.name, m.rank, k, "lora", shapes, ready=_lora_tensors(up, down, shapes, extra))
-
-
-def make_tensors(plan: ModulePlan, m: Module, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The second pass: the module's new tensors (its old factors, read again, times the rotations)."""
-    if plan.ready is not None:
-        return plan.ready
-    up, down = lora_factors(m, torch.float32, torch.device(device))
-    to_up, to_down = plan.rotations
-    extra = {"dora_scale": m.tensors["dora_scale"]} if m.dora else {}
-    return _lora_tensors(up @ to_up.to(up.device), to_down.to(down.device) @ down, plan.shapes, extra)
-
-
-def _lora_tensors(up: torch.Tensor, down: torch.Tensor, shapes: dict, extra: dict[str, torch.Tensor]) -> dict:
-    dtype = shapes["lora_up.weight"][0]
-    return {"lora_down.weight": down.reshape(shapes["lora_down.weight"][1]).to("cpu", dtype).contiguous(),
-            "lora_up.weight": up.reshape(shapes["lora_up.weight"][1]).to("cpu", dtype).contiguous(),
-            **{suffix: t.to(dtype) for suffix, t in extra.items()}}
-
-
-def compress_module(m: Module, s: CompressOptions, device: str = "cpu",
-                    spec_shape: tuple[int, ...] | None = None) -> tuple[Module, int | None]:
-    """(new module, new rank or None if left unchanged) for one module: both passes at once."""
-    plan = plan_module(m, s, device, spec_shape)
-    return Module(m.name, make_tensors(plan, m, device), plan.kind), plan.rank
+    elif not s.to_lora:
+        return Module(m.name, {k_: v if k_ == "alpha" else v.to(out_dtype) for k_, v in m.tensors.items()},
+                      m.kind), None
+    else:
+        delta = delta_matrix(m, torch.float32, dev)
+        shape = layer_shape(m, *delta.shape, spec_shape)
+        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+        k = module_rank(s, S, len(S), len(shape) == 4 and shape[-1] > 1)
+        new_up, new_down = _dense_factors(U, S, Vh, k, s.sd_scripts_compat)
+    # no alpha: alpha = rank for every loader, so all apply the same ΔW (see modules.folded)
+    conv = len(shape) == 4
+    tensors = {"lora_down.weight": new_down.reshape((k, *shape[1:]) if conv else (k, shape[1])),
+               "lora_up.weight": new_up.reshape((shape[0], k, 1, 1) if conv else (shape[0], k)), **extra}
+    return Module(m.name, {suffix: t.to("cpu", out_dtype).contiguous() for suffix, t in tensors.items()}, "lora"), k
 
 
 def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | None = None, *,
                   device: str = "cpu", progress: bool = False, family: Family | str | None = None,
                   threads: int = 1) -> dict:
-    """Compress `src` into `dst` (written atomically) in two passes over the modules, `threads` modules
-    at a time on the CPU (each on one torch thread: the caller sets torch's own count to 1, see the
-    module docstring).
+    """Compress `src` into `dst` (written atomically), `threads` modules at a time on the CPU (each on
+    one torch thread: the caller sets torch's own count to 1, see the module docstring).
 
-    The first pass finds each module's rank (the r×r work), which fixes the output's header; the
-    second reads each module again, makes its new factors and writes them straight to their place in
-    the file (lora.io.StreamedLora), so neither the input nor the output is ever held whole in
-    memory. Returns a report: modules compressed/unchanged and {name: (old rank, new rank)}.
+    Every module is read once and its new tensors kept: their ranks fix the output's header, so
+    nothing can be written before the last module is done. The main thread hashes each module's
+    tensors as it comes, while the threads compute the next ones (sd-scripts' hash runs over the data
+    in the file's order: modules arrive in it, as a rule); then the threads write the tensors to their
+    places in the file (lora.io.StreamedLora). The input is never held whole: peak memory is the
+    output plus one module per thread. Returns a report: modules compressed/unchanged and
+    {name: (old rank, new rank)}.
     """
     s = options or CompressOptions()
     _check_device(device)
     workers = max(1, threads if device == "cpu" else 1)
     with LoraReader(src) as reader, _pool(workers) as map_:
         specs = _specs_for(reader.names, family) if s.to_lora else {}
-        bar = tqdm(total=2 * len(reader.names), desc=f"compress {Path(src).name}", unit="module",
-                   disable=not progress, leave=False)
 
         @torch.no_grad()
-        def first(name: str) -> ModulePlan:
+        def one(name: str) -> tuple[int | None, Module, int | None]:
             try:
                 spec = specs.get(name)
-                plan = plan_module(reader.read(name), s, device, spec.weight_shape if spec else None)
+                m = reader.read(name)
+                new, rank = compress_module(m, s, device, spec.weight_shape if spec else None)
             except CharfwError as exc:
                 raise CharfwError(exc.message, file=src, field=exc.field) from None
-            bar.update(1)
-            return plan
+            return m.rank, new, rank
 
-        plans = list(map_(first, reader.names))
+        tensors, ranks, compressed, stream = {}, {}, [], HashStream()
+        done = map_(one, reader.names)
+        for old, new, rank in tqdm(done, total=len(reader.names), desc=f"compress {Path(src).name}", unit="module",
+                                   disable=not progress, leave=False):
+            for suffix in sorted(new.tensors):
+                tensors[f"{new.name}.{suffix}"] = new.tensors[suffix]
+                stream.update(tensor_bytes(new.tensors[suffix]))
+            if rank is not None:
+                ranks[new.name] = (old, rank)
+                compressed.append(new)
+        if not tensors:
+            raise CharfwError("nothing to write: no module left", file=dst)
         metadata = dict(reader.metadata)
-        ranks = {p.name: (p.old_rank, p.rank) for p in plans if p.rank is not None}
-        old_dim = max((old for old, _ in ranks.values() if old), default=None)
-        record_compress(metadata, method=s.method, param=s.param, old_dim=old_dim,
-                        modules=[p.meta_module() for p in plans if p.kind == "lora"],
+        record_compress(metadata, method=s.method, param=s.param,
+                        old_dim=max((old for old, _ in ranks.values() if old), default=None),
+                        modules=compressed,
                         options={"rank_rule": s.rank_rule, "max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank,
                                  "dtype": s.dtype, "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
-        if not plans:
-            raise CharfwError("nothing to write: no module left", file=dst)
-        entries = {f"{p.name}.{suffix}": spec for p in plans for suffix, spec in p.shapes.items()}
         with atomic_path(dst) as tmp:
-            out = StreamedLora(tmp, entries, metadata)
+            out = StreamedLora(tmp, {key: (t.dtype, tuple(t.shape)) for key, t in tensors.items()}, metadata)
             try:
-                @torch.no_grad()
-                def second(plan: ModulePlan) -> dict[str, torch.Tensor]:
-                    tensors = make_tensors(plan, reader.read(plan.name) if plan.ready is None else None, device)
-                    for suffix, t in tensors.items():
-                        out.put(f"{plan.name}.{suffix}", t)
-                    bar.update(1)
-                    return {f"{plan.name}.{suffix}": t for suffix, t in tensors.items()}
-
-                for written in map_(second, plans):    # in file order: the hash reads them as they come
-                    for key in sorted(written):
-                        out.hash_in_order(key, written[key])
+                out.adopt(stream, list(tensors))
+                writes = map_(lambda key: out.put(key, tensors[key]), list(tensors))
+                for key in [] if out.hashed_all else out.order:    # modules came out of the file's order
+                    out.hash_in_order(key, tensors[key])
+                for _ in writes:
+                    pass
                 out.finish(metadata)
             finally:
                 out.close()
-        bar.close()
-    return {"modules": len(plans), "compressed": len(ranks), "unchanged": len(plans) - len(ranks), "ranks": ranks}
+    modules = len({key.partition(".")[0] for key in tensors})
+    return {"modules": modules, "compressed": len(ranks), "unchanged": modules - len(ranks), "ranks": ranks}
 
 
 @contextmanager

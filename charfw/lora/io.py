@@ -169,7 +169,7 @@ class StreamedLora:
         self.metadata = {**metadata, **{k: "0" * n for k, n in zip(HASH_KEYS, (64, 8))}}   # placeholders
         self.header = canonical_header({"__metadata__": self.metadata, **self.layout})
         self.hash_start = sd_scripts_data_start(self.layout, metadata)
-        self.hash = HashStream(self.hash_start) if self.hash_start <= LEGACY_WINDOW[0] else None
+        self.hash = HashStream() if self.hash_start <= LEGACY_WINDOW[0] else None
         self.hashed = 0   # tensors fed to the hash so far, in layout order
         # no O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc), which cost
         # 0.1 s per 300 MB here; ftruncate below sets the size and every byte is written
@@ -198,10 +198,19 @@ class StreamedLora:
         else:
             self.hash = None
 
+    def adopt(self, stream: HashStream, names: list[str]) -> None:
+        """Take a hash fed elsewhere with the tensors `names`, in that order (while they were still being
+        made, before this header was known), if that is the file's order; else they are hashed here."""
+        if self.hash is not None and self.hashed == 0 and names == self.order:
+            self.hash, self.hashed = stream, len(names)
+
+    @property
+    def hashed_all(self) -> bool:
+        return self.hash is not None and self.hashed == len(self.order)
+
     def finish(self, metadata: Mapping[str, str]) -> None:
         """Complete the hashes (reading back what was not fed in order) and write the final header."""
-        fed_all = self.hash is not None and self.hashed == len(self.order)
-        hashes = self.hash.hexdigests() if fed_all else self._hashes_from_file(metadata)
+        hashes = self.hash.hexdigests(self.hash_start) if self.hashed_all else self._hashes_from_file(metadata)
         header = canonical_header({"__metadata__": {**metadata, **dict(zip(HASH_KEYS, hashes))}, **self.layout})
         if len(header) != len(self.header):   # the hashes have fixed lengths: only other metadata could differ
             raise ValueError("the header changed length")
@@ -212,13 +221,13 @@ class StreamedLora:
     def _hashes_from_file(self, metadata: Mapping[str, str]) -> tuple[str, str]:
         if self.hash_start > LEGACY_WINDOW[0]:   # the hash window holds header bytes: the in-memory definition
             return safetensors_hashes(safetensors.torch.load_file(str(self.path)), metadata)
-        stream = HashStream(self.hash_start)
+        stream = HashStream()
         offset, end = len(self.header), os.fstat(self.fd).st_size
         while offset < end:
             chunk = os.pread(self.fd, min(1 << 24, end - offset), offset)
             stream.update(chunk)
             offset += len(chunk)
-        return stream.hexdigests()
+        return stream.hexdigests(self.hash_start)
 
     def close(self) -> None:
         if self.fd >= 0:

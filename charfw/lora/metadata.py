@@ -60,23 +60,28 @@ def sd_scripts_data_start(layout: Mapping[str, dict], metadata: Mapping[str, str
 
 
 class HashStream:
-    """sd-scripts' (model_hash, legacy_hash) fed the data region chunk by chunk, in layout order."""
+    """sd-scripts' (model_hash, legacy_hash) fed the data region chunk by chunk, in layout order.
 
-    def __init__(self, data_start: int):
-        self.model, self.legacy = hashlib.sha256(), hashlib.sha256()
-        self.lo, self.hi = LEGACY_WINDOW[0] - data_start, LEGACY_WINDOW[1] - data_start
-        self.position = 0
+    The legacy hash's window is counted from the file's first byte, so where it falls in the data
+    depends on the header's length: the stream keeps the data's first bytes (never more than the
+    window's end, ~1 MiB) and is told where the data starts only at the end, so a writer can hash
+    tensors before its header is known.
+    """
+
+    def __init__(self):
+        self.model, self.head = hashlib.sha256(), bytearray()
 
     def update(self, raw) -> None:
         raw = memoryview(raw).cast("B")
         self.model.update(raw)
-        end = self.position + len(raw)
-        if end > self.lo and self.position < self.hi:
-            self.legacy.update(raw[max(self.lo, self.position) - self.position:min(self.hi, end) - self.position])
-        self.position = end
+        room = LEGACY_WINDOW[1] - len(self.head)
+        if room > 0:
+            self.head += raw[:room]
 
-    def hexdigests(self) -> tuple[str, str]:
-        return self.model.hexdigest(), self.legacy.hexdigest()[:8]
+    def hexdigests(self, data_start: int) -> tuple[str, str]:
+        """(model_hash, legacy_hash) for data that starts at byte `data_start` (≤ the window's start)."""
+        lo, hi = LEGACY_WINDOW[0] - data_start, LEGACY_WINDOW[1] - data_start
+        return self.model.hexdigest(), hashlib.sha256(self.head[lo:hi]).hexdigest()[:8]
 
 
 def tensor_bytes(t: torch.Tensor):
@@ -94,10 +99,10 @@ def safetensors_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
         data = safetensors.torch.save(dict(tensors), training)
         return (hashlib.sha256(memoryview(data)[start:]).hexdigest(),
                 hashlib.sha256(memoryview(data)[slice(*LEGACY_WINDOW)]).hexdigest()[:8])
-    stream = HashStream(start)
+    stream = HashStream()
     for name in layout:
         stream.update(tensor_bytes(tensors[name]))
-    return stream.hexdigests()
+    return stream.hexdigests(start)
 
 
 def with_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:

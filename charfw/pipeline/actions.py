@@ -96,7 +96,7 @@ def compress(src: str, dst: str, settings: CompressSettings) -> None:
                 shutil.copyfile(src, tmp)
             return
         with cpu_threads(1):
-            compress_file(src, dst, settings, progress=True, threads=parallel_share())
+            compress_file(src, dst, settings.options(), progress=True, threads=parallel_share())
 
 
 @reported

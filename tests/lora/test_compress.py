@@ -265,9 +265,9 @@ def test_r_factor_matches_qr(rank_deficient):
     assert torch.allclose(torch.linalg.svdvals(r), exact, atol=1e-5 * float(exact[0]))
 
 
-def test_two_pass_file_equals_the_one_shot_modules(lora_file, tmp_path):
-    """compress_file streams the new factors into the file; the same modules made one at a time
-    (compress_module) and saved whole give the same bytes."""
+def test_streamed_file_equals_the_one_shot_modules(lora_file, tmp_path):
+    """compress_file hashes the new factors as they are made and streams them into the file; the same
+    modules made one at a time (compress_module) and saved whole give the same bytes."""
     from charfw.lora.compress import compress_module
     from charfw.lora.io import LoraReader, save_lora
     from charfw.lora.metadata import record_compress

@@ -27,14 +27,15 @@ def test_written_file_is_the_canonical_bytes(tmp_path, comment):
 
 
 @pytest.mark.parametrize("comment", ["ascii only", "非ASCII: ことば"])
-@pytest.mark.parametrize("in_order", [True, False])
-def test_streamed_file_is_what_write_safetensors_writes(tmp_path, comment, in_order):
-    """Tensors put one by one in any order, the hashes fed as they come or read back from the file:
-    the same bytes as the in-memory writer with sd-scripts' hashes, mixed dtypes and a 1 MiB+ file."""
+@pytest.mark.parametrize("hashing", ["in order", "read back", "adopted", "adopted out of order"])
+def test_streamed_file_is_what_write_safetensors_writes(tmp_path, comment, hashing):
+    """Tensors put one by one in any order, the hashes fed as they come, fed before the header was known
+    (adopted), or read back from the file: the same bytes as the in-memory writer with sd-scripts'
+    hashes, mixed dtypes and a 1 MiB+ file (so the legacy hash's window is in the data)."""
     import random
 
     from charfw.lora.io import StreamedLora
-    from charfw.lora.metadata import with_hashes
+    from charfw.lora.metadata import HashStream, layout_order, tensor_bytes, with_hashes
 
     gen = torch.Generator().manual_seed(3)
     tensors = {"b.lora_up.weight": torch.randn(300, 600, generator=gen).half(), "a.alpha": torch.tensor(2.0),
@@ -42,14 +43,21 @@ def test_streamed_file_is_what_write_safetensors_writes(tmp_path, comment, in_or
                "d.lora_down.weight": torch.randn(700, 500, generator=gen).half()}
     metadata = {"ss_training_comment": comment, "z": "1", "a": "2"}
     write_safetensors(tmp_path / "ref.safetensors", tensors, with_hashes(tensors, metadata))
-    out = StreamedLora(tmp_path / "s.safetensors", {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()},
-                       metadata)
+    entries = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+    early = layout_order(entries) if hashing == "adopted" else list(tensors)
+    stream = HashStream()
+    for name in early:
+        stream.update(tensor_bytes(tensors[name]))
+    out = StreamedLora(tmp_path / "s.safetensors", entries, metadata)
     names = list(tensors)
     random.Random(0).shuffle(names)
     for name in names:
         out.put(name, tensors[name])
-    for name in (out.order if in_order else names):
-        out.hash_in_order(name, tensors[name])
-    assert (out.hash is not None) == in_order
+    if hashing.startswith("adopted"):
+        out.adopt(stream, early)
+    else:
+        for name in (out.order if hashing == "in order" else names):
+            out.hash_in_order(name, tensors[name])
+    assert out.hashed_all == (hashing in ("in order", "adopted"))
     out.finish(metadata)
     assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
