@@ -8,6 +8,7 @@ CharfwError naming the file, and the key or module where there is one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -154,6 +155,19 @@ def canonical_header(header: Mapping) -> bytes:
     return len(text).to_bytes(8, "little") + text
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Give the file its final size with its blocks reserved: a full disk fails here, before any work is
+    written, and ext4 has no delayed allocation left to flush when the file is renamed over an older
+    one (auto_da_alloc: 0.06 s per 200 MB measured, the same for O_TRUNC). ftruncate where the
+    filesystem cannot reserve (every byte is written anyway)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:   # no posix_fallocate (macOS), or a filesystem without it
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
 class StreamedLora:
     """A LoRA file written tensor by tensor, from any thread, at offsets the header fixes up front, then
     hashed as sd-scripts defines it and its header completed: never a second copy of the data in memory.
@@ -171,13 +185,15 @@ class StreamedLora:
         self.hash_start = sd_scripts_data_start(self.layout, metadata)
         self.hash = HashStream() if self.hash_start <= LEGACY_WINDOW[0] else None
         self.hashed = 0   # tensors fed to the hash so far, in layout order
-        # no O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc), which cost
-        # 0.1 s per 300 MB here; ftruncate below sets the size and every byte is written
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         self.path = path
         size = self.order and self.layout[self.order[-1]]["data_offsets"][1]
-        os.pwrite(self.fd, self.header, 0)
-        os.ftruncate(self.fd, len(self.header) + (size or 0))
+        try:
+            _allocate(self.fd, len(self.header) + (size or 0))
+            os.pwrite(self.fd, self.header, 0)
+        except BaseException:
+            self.close()
+            raise
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         entry = self.layout[name]

@@ -338,3 +338,18 @@ def test_core_svd_survives_a_lapack_failure(monkeypatch, failing):
     assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vh).all()
     torch.testing.assert_close(s.double(), torch.linalg.svdvals(core.double()), rtol=1e-4, atol=1e-9)
     torch.testing.assert_close((u * s) @ vh, core, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("r", [16, 64, 127, 128])
+def test_blocked_gram_is_the_gram(r):
+    """The two-block Gram (its off-diagonal block made once) is aᵀa, exactly symmetric off the diagonal
+    blocks, for ranks on both sides of the blocking threshold and an odd one."""
+    from charfw.lora.compress import gram
+
+    a = torch.randn(3000, r, generator=torch.Generator().manual_seed(r), dtype=torch.float64).float()
+    g = gram(a)
+    assert g.shape == (r, r)
+    torch.testing.assert_close(g.double(), a.double().T @ a.double(), rtol=1e-5, atol=1e-3)
+    h = r // 2
+    if r >= 64:
+        assert torch.equal(g[:h, h:], g[h:, :h].T)

@@ -61,3 +61,42 @@ def test_streamed_file_is_what_write_safetensors_writes(tmp_path, comment, hashi
     assert out.hashed_all == (hashing in ("in order", "adopted"))
     out.finish(metadata)
     assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "EOPNOTSUPP"])
+def test_streamed_file_reserves_its_blocks_first(tmp_path, monkeypatch, error):
+    """The file's blocks are reserved before anything is written: a full disk fails there, as the OS error
+    naming the file asked for, with nothing left behind; a filesystem that cannot reserve gets the same
+    file through ftruncate."""
+    import errno
+    import os
+
+    from charfw.fsutil import atomic_path
+    from charfw.lora.io import StreamedLora
+    from charfw.lora.metadata import with_hashes
+
+    code = getattr(errno, error)
+
+    def refuse(fd, offset, size):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    tensors = {"a.lora_down.weight": torch.ones(4, 8).half(), "a.lora_up.weight": torch.ones(8, 4).half()}
+    target = tmp_path / "out.safetensors"
+    write_safetensors(tmp_path / "ref.safetensors", tensors, with_hashes(tensors, {}))
+
+    def stream():
+        with atomic_path(target) as tmp:
+            out = StreamedLora(tmp, {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}, {})
+            for k, t in tensors.items():
+                out.put(k, t)
+            out.finish({})
+
+    if error == "ENOSPC":
+        with pytest.raises(OSError) as exc:
+            stream()
+        assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(target)
+        assert list(tmp_path.iterdir()) == [tmp_path / "ref.safetensors"]
+    else:
+        stream()
+        assert target.read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
