@@ -113,16 +113,37 @@ save_file(load_file(sys.argv[1]), sys.argv[2])
 """
 
 
-def timed_process(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one child process, from the kernel's own accounting (wait4)."""
+# Runs a command (`-m module ...` or `-c code ...`) and writes its own peak RSS (VmHWM, kB) to the file
+# $BENCH_PEAK_FILE at exit. The kernel's wait4 ru_maxrss cannot be used: a forked child starts from the
+# parent's high-water mark, so after the dense baseline every child "peaked" at this process's 2 GiB.
+PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+
+def _peak():
+    with open("/proc/self/status") as status:
+        kb = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_PEAK_FILE"], "w") as out:
+        out.write(kb)
+
+atexit.register(_peak)
+mode, target, *rest = sys.argv[1:]
+sys.argv = [target if mode == "-m" else "-c", *rest]
+if mode == "-m":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(target, "<floor>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def timed_process(args: list[str], peak_file: Path) -> tuple[float, int]:
+    """(wall seconds, the child's own peak RSS in bytes) of `python <args>` (args start with -m or -c)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env={**os.environ, "BENCH_PEAK_FILE": str(peak_file)})
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024
+        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.decode()[-2000:]}")
+    return seconds, int(peak_file.read_text()) * 1024
 
 
 def floor_ratios(tmp: Path, dims: list[int], arch: str, method: str, param: float, repeat: int) -> None:
@@ -135,13 +156,13 @@ def floor_ratios(tmp: Path, dims: list[int], arch: str, method: str, param: floa
     for dim in dims:
         src = tmp / f"floor-{dim}.safetensors"
         size = build_lora(src, dim, 0, arch)
-        ours_cmd = [sys.executable, "-m", "charfw.cli", "lora", "compress", str(src), flag, f"{param:g}", "-q",
+        ours_cmd = ["-m", "charfw.cli", "lora", "compress", str(src), flag, f"{param:g}", "-q",
                     "-o", str(tmp / "floor-out.safetensors")]
-        floor_cmd = [sys.executable, "-c", FLOOR, str(src), str(tmp / "floor-copy.safetensors")]
+        floor_cmd = ["-c", FLOOR, str(src), str(tmp / "floor-copy.safetensors")]
         ours, floor = [], []
         for _ in range(repeat):
-            ours.append(timed_process(ours_cmd))
-            floor.append(timed_process(floor_cmd))
+            ours.append(timed_process(ours_cmd, tmp / "peak"))
+            floor.append(timed_process(floor_cmd, tmp / "peak"))
         (t_ours, m_ours), (t_floor, m_floor) = (tuple(statistics.median(x) for x in zip(*runs))
                                                   for runs in (ours, floor))
         print(f"  dim {dim:3d} ({size / 2**20:5.0f} MiB): compress {t_ours:5.2f} s {m_ours / 2**20:6.0f} MiB | "
