@@ -53,7 +53,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -331,13 +331,14 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
                 raise CharfwError(exc.message, file=src, field=exc.field) from None
             return m.rank, new, rank
 
-        tensors, ranks, compressed, stream = {}, {}, [], HashStream()
+        tensors, ranks, compressed, stream, modules = {}, {}, [], HashStream(), 0
         done = map_(one, reader.names)
         for old, new, rank in tqdm(done, total=len(reader.names), desc=f"compress {Path(src).name}", unit="module",
                                    disable=not progress, leave=False):
             for suffix in sorted(new.tensors):
                 tensors[f"{new.name}.{suffix}"] = new.tensors[suffix]
                 stream.update(tensor_bytes(new.tensors[suffix]))
+            modules += 1
             if rank is not None:
                 ranks[new.name] = (old, rank)
                 compressed.append(new)
@@ -346,9 +347,7 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
         metadata = dict(reader.metadata)
         record_compress(metadata, method=s.method, param=s.param,
                         old_dim=max((old for old, _ in ranks.values() if old), default=None),
-                        modules=compressed,
-                        options={"rank_rule": s.rank_rule, "max_rank": s.max_rank, "max_conv_rank": s.max_conv_rank,
-                                 "dtype": s.dtype, "sd_scripts_compat": s.sd_scripts_compat, "to_lora": s.to_lora})
+                        modules=compressed, options={k: v for k, v in asdict(s).items() if k not in ("method", "value")})
         with atomic_path(dst) as tmp:
             out = StreamedLora(tmp, {key: (t.dtype, tuple(t.shape)) for key, t in tensors.items()}, metadata)
             try:
@@ -361,7 +360,6 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
                 out.finish(metadata)
             finally:
                 out.close()
-    modules = len({key.partition(".")[0] for key in tensors})
     return {"modules": modules, "compressed": len(ranks), "unchanged": modules - len(ranks), "ranks": ranks}
 
 
