@@ -353,9 +353,10 @@ def compress_file(src: str | Path, dst: str | Path, options: CompressOptions | N
             try:
                 out.adopt(stream, list(tensors))
                 writes = map_(lambda key: out.put(key, tensors[key]), list(tensors))
-                for key in [] if out.hashed_all else out.order:    # modules came out of the file's order
-                    out.hash_in_order(key, tensors[key])
-                for _ in writes:
+                if not out.hashed_all:              # the modules came out of the file's order
+                    for key in out.order:
+                        out.hash_in_order(key, tensors[key])
+                for _ in writes:                    # (one thread's plain map writes here)
                     pass
                 out.finish(metadata)
             finally:
