@@ -12,6 +12,7 @@ import pytest
 from modelutil import write_tiny_sd15
 from wsutil import copy_example, executed, run_charfw, run_doit
 
+from charfw.cluster import driver
 from charfw.cluster.bundle import pack, relative, replace_folder, safe, snapshot, unpack, written
 from charfw.cluster.driver import reachable
 from charfw.cluster.settings import cluster_settings
@@ -73,6 +74,61 @@ def test_an_unreachable_cluster_is_one_line_naming_it():
         reachable("ray://127.0.0.1:9")
     with pytest.raises(CharfwError, match="not host:port"):
         reachable("somewhere")
+
+
+class FlakyRay:
+    """Stands in for `ray`: its first `refusals` handshakes fail the way Ray Client's did on a busy CI head."""
+
+    def __init__(self, refusals, error):
+        self.refusals, self.error, self.inits, self.connected = refusals, error, 0, False
+
+    def is_initialized(self):
+        return self.connected
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.refusals:
+            raise self.error
+        self.connected = True
+
+    def shutdown(self):
+        self.connected = False
+
+
+PROXIER_TRACEBACK = ("Initialization failure from server:\nTraceback (most recent call last):\n"
+                     '  File "proxier.py", line 765, in Datapath\n'
+                     "RuntimeError: Starting Ray client server failed. See ray_client_server_23003.err for detailed logs.\n")
+
+
+@pytest.mark.parametrize("message, reason", [
+    ("Initialization failure from server:\n", "no reason given (the head node's ray_client_server*.err"),
+    (PROXIER_TRACEBACK, "RuntimeError: Starting Ray client server failed. See ray_client_server_23003.err"),
+], ids=["empty-reason", "server-traceback"])
+def test_a_refused_ray_handshake_is_tried_again_and_then_named_in_one_line(monkeypatch, capsys, message, reason):
+    monkeypatch.setattr(driver, "reachable", lambda address: None)
+    monkeypatch.setattr(driver.time, "sleep", lambda s: None)
+    settings = ClusterSettings(address="ray://head:10001")
+
+    flaky = FlakyRay(driver.CONNECT_ATTEMPTS - 1, ConnectionAbortedError(message))
+    monkeypatch.setattr(driver, "_ray", lambda: flaky)
+    driver.connect(settings)
+    assert flaky.connected and flaky.inits == driver.CONNECT_ATTEMPTS
+    retries = [line for line in capsys.readouterr().err.splitlines() if "trying again" in line]
+    assert len(retries) == driver.CONNECT_ATTEMPTS - 1 and reason in retries[0]
+
+    refusing = FlakyRay(driver.CONNECT_ATTEMPTS, ConnectionAbortedError(message))
+    monkeypatch.setattr(driver, "_ray", lambda: refusing)
+    with pytest.raises(CharfwError) as err:
+        driver.connect(settings)
+    assert refusing.inits == driver.CONNECT_ATTEMPTS and not refusing.connected
+    assert "\n" not in str(err.value) and "cannot reach the Ray cluster at ray://head:10001" in str(err.value)
+    assert reason in str(err.value)
+
+    mismatch = FlakyRay(1, RuntimeError("Version mismatch: the cluster runs Ray 2.9"))   # not worth a retry
+    monkeypatch.setattr(driver, "_ray", lambda: mismatch)
+    with pytest.raises(CharfwError, match="Version mismatch"):
+        driver.connect(settings)
+    assert mismatch.inits == 1
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ RETRIES = 3               # a training whose node is lost is started again this 
 POLL_S = 1.0              # how often the build looks for a stop request and a newer saved state
 STOP_WAIT_S = 300         # how long a stopped training may take to save its state and answer
 CHUNK = 64 << 20          # model files travel in pieces of this size
+CONNECT_ATTEMPTS = 3      # a refused Ray handshake is tried this often ...
+CONNECT_BACKOFF_S = 2.0   # ... waiting this much longer before each new try
 
 
 def say(text: str) -> None:
@@ -59,22 +61,52 @@ def reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def connect(settings: ClusterSettings) -> None:
-    """Join the cluster once per process (doit's `-n` workers each connect)."""
+    """Join the cluster once per process (doit's `-n` workers each connect).
+
+    A refused handshake is tried again: Ray Client starts a server process per connecting build,
+    and on a busy head (or with several `-n` workers connecting at once) that start fails now and
+    then although the cluster is fine (ray-project/ray#63202: the forked server dies in gRPC).
+    """
     ray = _ray()
     if ray.is_initialized():
         return
     reachable(settings.address)
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            _init(ray, settings.address)
+            return
+        except ConnectionError as exc:
+            if attempt == CONNECT_ATTEMPTS:
+                raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: {_reason(exc)} "
+                                  f"({CONNECT_ATTEMPTS} attempts)") from None
+            say(f"the Ray cluster at {settings.address} refused this build's connection ({_reason(exc)}); "
+                "trying again")
+            if ray.is_initialized():     # a half-made connection would make the next init refuse
+                ray.shutdown()
+            time.sleep(CONNECT_BACKOFF_S * attempt)
+        except (RuntimeError, ValueError) as exc:
+            raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: {_reason(exc)}") from None
+
+
+def _init(ray, address: str) -> None:
     # Ray puts its own SIGTERM handler in (it would end the build without stopping the remote training)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        ray.init(address=settings.address, namespace="charfw", log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: {first}") from None
+        ray.init(address=address, namespace="charfw", log_to_driver=False, logging_level=logging.ERROR)
     finally:
         for sig, handler in handlers.items():
             if handler is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(sig, handler)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of a Ray error: a server's traceback gives its last line, an empty reason says where to look."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
+    if len(lines) == 1 and lines[0].endswith(":"):
+        return f"{lines[0]} no reason given (the head node's ray_client_server*.err logs say more)"
+    return lines[0] if lines else type(exc).__name__
 
 
 def cluster_gpus(settings: ClusterSettings) -> tuple[int, float]:
