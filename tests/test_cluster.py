@@ -97,7 +97,8 @@ class FlakyRay:
 
 PROXIER_TRACEBACK = ("Initialization failure from server:\nTraceback (most recent call last):\n"
                      '  File "proxier.py", line 765, in Datapath\n'
-                     "RuntimeError: Starting Ray client server failed. See ray_client_server_23003.err for detailed logs.\n")
+                     "RuntimeError: Starting Ray client server failed. "
+                     "See ray_client_server_23003.err for detailed logs.\n")
 
 
 @pytest.mark.parametrize("message, reason", [
@@ -123,6 +124,12 @@ def test_a_refused_ray_handshake_is_tried_again_and_then_named_in_one_line(monke
     assert refusing.inits == driver.CONNECT_ATTEMPTS and not refusing.connected
     assert "\n" not in str(err.value) and "cannot reach the Ray cluster at ray://head:10001" in str(err.value)
     assert reason in str(err.value)
+
+    direct = FlakyRay(1, ConnectionError("Could not connect to the GCS at head:6379"))   # no Ray Client: no race
+    monkeypatch.setattr(driver, "_ray", lambda: direct)
+    with pytest.raises(CharfwError, match="Could not connect to the GCS at head:6379$"):
+        driver.connect(ClusterSettings(address="head:6379"))
+    assert direct.inits == 1
 
     mismatch = FlakyRay(1, RuntimeError("Version mismatch: the cluster runs Ray 2.9"))   # not worth a retry
     monkeypatch.setattr(driver, "_ray", lambda: mismatch)

@@ -63,7 +63,7 @@ def reachable(address: str, timeout: float = 5.0) -> None:
 def connect(settings: ClusterSettings) -> None:
     """Join the cluster once per process (doit's `-n` workers each connect).
 
-    A refused handshake is tried again: Ray Client starts a server process per connecting build,
+    A refused Ray Client handshake is tried again: its head starts a server process per connecting build,
     and on a busy head (or with several `-n` workers connecting at once) that start fails now and
     then although the cluster is fine (ray-project/ray#63202: the forked server dies in gRPC).
     """
@@ -71,14 +71,16 @@ def connect(settings: ClusterSettings) -> None:
     if ray.is_initialized():
         return
     reachable(settings.address)
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+    attempts = CONNECT_ATTEMPTS if settings.address.startswith("ray://") else 1   # only Ray Client races
+    for attempt in range(1, attempts + 1):
         try:
             _init(ray, settings.address)
             return
         except ConnectionError as exc:
-            if attempt == CONNECT_ATTEMPTS:
-                raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: {_reason(exc)} "
-                                  f"({CONNECT_ATTEMPTS} attempts)") from None
+            if attempt == attempts:
+                tries = f" ({attempts} attempts)" if attempts > 1 else ""
+                raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: "
+                                  f"{_reason(exc)}{tries}") from None
             say(f"the Ray cluster at {settings.address} refused this build's connection ({_reason(exc)}); "
                 "trying again")
             if ray.is_initialized():     # a half-made connection would make the next init refuse
