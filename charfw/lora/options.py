@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, get_args
 
 from charfw.errors import CharfwError
 
-METHODS = ("sv_ratio", "sv_fro", "sv_cumulative", "rank")
-DTYPE_NAMES = ("fp16", "bf16", "fp32")
-RANK_RULES = ("sd-scripts", "exact")
+Method = Literal["sv_ratio", "sv_fro", "sv_cumulative", "rank"]
+DtypeName = Literal["fp16", "bf16", "fp32"]
+RankRule = Literal["sd-scripts", "exact"]
+METHODS, DTYPE_NAMES, RANK_RULES = get_args(Method), get_args(DtypeName), get_args(RankRule)
 
 
 def check_compress_values(method: str, value: float | None, max_rank: int | None,
@@ -53,12 +54,12 @@ class CompressOptions:
     Checked as a whole on construction (a CharfwError with the rule's message).
     """
 
-    method: Literal["sv_ratio", "sv_fro", "sv_cumulative", "rank"] = "sv_ratio"
+    method: Method = "sv_ratio"
     value: float = _field(16.0, "ratio; fraction for sv_fro/sv_cumulative; the rank for rank", gt=0)
     max_rank: int = _field(128, ge=1)
     max_conv_rank: int | None = _field(None, "separate cap for 3x3 convs", ge=1)
-    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
-    rank_rule: Literal["sd-scripts", "exact"] = _field(
+    dtype: DtypeName = "fp16"
+    rank_rule: RankRule = _field(
         "sd-scripts", "sd-scripts: resize_lora.py's ranks (one more than the criterion); "
                       "exact: the smallest rank meeting it")
     sd_scripts_compat: bool = _field(False, "also store factors as sd-scripts does (S on up)")
