@@ -76,9 +76,9 @@ def connect(settings: ClusterSettings) -> None:
         try:
             _init(ray, settings.address)
             return
-        except ConnectionError as exc:
-            if attempt == attempts:
-                tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        except (ConnectionError, RuntimeError, ValueError) as exc:   # only a refused handshake is worth a retry
+            if not isinstance(exc, ConnectionError) or attempt == attempts:
+                tries = f" ({attempt} attempts)" if attempt > 1 else ""
                 raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: "
                                   f"{_reason(exc)}{tries}") from None
             say(f"the Ray cluster at {settings.address} refused this build's connection ({_reason(exc)}); "
@@ -86,8 +86,6 @@ def connect(settings: ClusterSettings) -> None:
             if ray.is_initialized():     # a half-made connection would make the next init refuse
                 ray.shutdown()
             time.sleep(CONNECT_BACKOFF_S * attempt)
-        except (RuntimeError, ValueError) as exc:
-            raise CharfwError(f"cannot reach the Ray cluster at {settings.address}: {_reason(exc)}") from None
 
 
 def _init(ray, address: str) -> None:
